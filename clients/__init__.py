@@ -1,0 +1,1 @@
+"""The ClientApp: what runs at each site (local training, evaluation, refusals)."""

@@ -1,0 +1,215 @@
+"""Typed run configuration, parsed once from Flower's flat kebab-case run config.
+
+The same :class:`RunConfig` serves ``fedlora simulate`` (built from CLI flags), ``flwr run .``
+(built from ``[tool.flwr.app.config]`` plus ``--run-config`` overrides) and the testing
+helpers. Impossible values raise :class:`~fedlora.errors.ConfigError` at construction; unknown
+keys in a flat config are an error, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, cast, get_args
+
+from fedlora.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+Task = Literal["sft", "classification"]
+OptimizerName = Literal["adamw", "sgd"]
+DeviceChoice = Literal["auto", "cpu", "cuda"]
+Bf16Choice = Literal["auto", "on", "off"]
+
+FlatValue = bool | int | float | str
+
+
+def _split_list(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a federated run needs, validated.
+
+    Attributes mirror the kebab-case keys of ``[tool.flwr.app.config]`` (``lora_r`` is
+    ``lora-r``). List-valued settings (``lora_targets``, ``labels``, ``data_files``,
+    ``test_files``) are comma-separated strings in the flat form.
+    """
+
+    scenario: str = "hospitals"
+    task: Task = "sft"
+    model: str = "tiny-llama"
+    rounds: int = 3
+    sites: int = 0
+    alpha: float = 0.5
+    examples_per_site: int = 120
+    test_fraction: float = 0.2
+    data_files: tuple[str, ...] = ()
+    test_files: tuple[str, ...] = ()
+    labels: tuple[str, ...] = ()
+    lr: float = 0.01
+    local_epochs: int = 1
+    batch_size: int = 16
+    max_steps: int = 0
+    optimizer: OptimizerName = "adamw"
+    strategy: str = "fedavg"
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_targets: tuple[str, ...] = ()
+    max_length: int = 128
+    seed: int = 0
+    out: str = "runs"
+    device: DeviceChoice = "auto"
+    bf16: Bf16Choice = "auto"
+    gradient_checkpointing: bool = False
+    client_cpus: float = 1.0
+    client_gpus: float = -1.0
+    node_wait_timeout: float = 120.0
+    round_timeout: float = 3600.0
+    extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        _check_choice("task", self.task, Task)
+        _check_choice("optimizer", self.optimizer, OptimizerName)
+        _check_choice("device", self.device, DeviceChoice)
+        _check_choice("bf16", self.bf16, Bf16Choice)
+        _check_at_least("rounds", self.rounds, 1)
+        if isinstance(self.sites, bool) or not isinstance(self.sites, int) or self.sites < 0:
+            raise ConfigError(
+                f"sites must be >= 1 (0 means the scenario's default), got {self.sites}"
+            )
+        if self.sites == 0 and self.data_files:
+            object.__setattr__(self, "sites", len(self.data_files))
+        if not (self.alpha > 0 and not math.isnan(self.alpha)):
+            raise ConfigError(f"alpha must be > 0, got {self.alpha}")
+        _check_at_least("examples-per-site", self.examples_per_site, 5)
+        if not 0 < self.test_fraction < 1:
+            raise ConfigError(f"test-fraction must be in (0, 1), got {self.test_fraction}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        _check_at_least("local-epochs", self.local_epochs, 1)
+        _check_at_least("batch-size", self.batch_size, 1)
+        _check_at_least("max-steps", self.max_steps, 0)
+        _check_at_least("lora-r", self.lora_r, 1)
+        _check_at_least("lora-alpha", self.lora_alpha, 1)
+        if not 0 <= self.lora_dropout < 1:
+            raise ConfigError(f"lora-dropout must be in [0, 1), got {self.lora_dropout}")
+        _check_at_least("max-length", self.max_length, 8)
+        if self.client_cpus <= 0:
+            raise ConfigError(f"client-cpus must be > 0, got {self.client_cpus}")
+        if self.client_gpus != -1.0 and not 0 <= self.client_gpus <= 1:
+            raise ConfigError(
+                f"client-gpus must be a fraction in [0, 1] (or -1 for auto), got {self.client_gpus}"
+            )
+        if self.node_wait_timeout <= 0 or self.round_timeout <= 0:
+            raise ConfigError("node-wait-timeout and round-timeout must be > 0")
+        if self.test_files and len(self.test_files) != len(self.data_files):
+            raise ConfigError(
+                f"test-files must name one file per data file: got {len(self.test_files)} "
+                f"test files for {len(self.data_files)} data files"
+            )
+        if self.data_files and self.sites != len(self.data_files):
+            raise ConfigError(
+                f"sites is {self.sites} but {len(self.data_files)} data files were given; "
+                "with your own data there is one site per file"
+            )
+        if len(set(self.labels)) != len(self.labels):
+            raise ConfigError(f"labels contain duplicates: {', '.join(self.labels)}")
+        if self.extra:
+            raise ConfigError(f"unknown config key(s): {', '.join(sorted(self.extra))}")
+
+    @property
+    def uses_own_data(self) -> bool:
+        """True when sites read the user's files rather than a built-in scenario."""
+        return bool(self.data_files)
+
+    @classmethod
+    def from_flat(cls, flat: Mapping[str, FlatValue]) -> RunConfig:
+        """Parse a flat kebab-case mapping (Flower run config) into a validated config.
+
+        Parameters
+        ----------
+        flat
+            Keys as in ``[tool.flwr.app.config]``; values bool, int, float or str.
+
+        Returns
+        -------
+        RunConfig
+            The validated configuration.
+
+        Raises
+        ------
+        ConfigError
+            For an unknown key, a value of the wrong type, or an impossible value.
+        """
+        by_key = {f.name.replace("_", "-"): f for f in fields(cls) if f.name != "extra"}
+        unknown = sorted(set(flat) - set(by_key))
+        if unknown:
+            valid = ", ".join(sorted(by_key))
+            raise ConfigError(f"unknown config key(s): {', '.join(unknown)} (valid keys: {valid})")
+        defaults = cls()
+        kwargs: dict[str, Any] = {}
+        for key, value in flat.items():
+            name = by_key[key].name
+            kwargs[name] = _coerce(key, value, getattr(defaults, name))
+        return cls(**kwargs)
+
+    def to_flat(self) -> dict[str, FlatValue]:
+        """Return the flat kebab-case form, the inverse of :meth:`from_flat`."""
+        flat: dict[str, FlatValue] = {}
+        for f in fields(self):
+            if f.name == "extra":
+                continue
+            value = getattr(self, f.name)
+            flat[f.name.replace("_", "-")] = ",".join(value) if isinstance(value, tuple) else value
+        return flat
+
+    def replace(self, **changes: Any) -> RunConfig:
+        """Return a copy with ``changes`` applied and validated."""
+        return dataclasses.replace(self, **changes)
+
+
+def _coerce(key: str, value: FlatValue, default: Any) -> Any:
+    if isinstance(default, tuple):
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a comma-separated string, got {value!r}")
+        return _split_list(value)
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in {"true", "false", "1", "0", "yes", "no"}:
+            return value.lower() in {"true", "1", "yes"}
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"{key} must be an integer, got {value!r}") from None
+    if isinstance(default, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{key} must be a number, got {value!r}") from None
+    return str(value)
+
+
+def _check_choice(key: str, value: object, choices: object) -> None:
+    valid = cast(tuple[str, ...], get_args(choices))
+    if value not in valid:
+        raise ConfigError(f"{key} must be one of {', '.join(valid)}, got {value!r}")
+
+
+def _check_at_least(key: str, value: int, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ConfigError(f"{key} must be >= {minimum}, got {value}")

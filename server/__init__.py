@@ -1,0 +1,1 @@
+"""The ServerApp: the round loop, the run directory and the coordinator's view of the sites."""

@@ -1,0 +1,327 @@
+"""The coordinator's round loop.
+
+Round 0 evaluates the initial adapter at every site (the "before" numbers). Each round then
+sends the global adapter to every site for local training, aggregates the replies with the
+strategy, writes the new adapter as a PEFT directory, and has every site evaluate it. Replies
+that are errors (a site refusing, crashing or timing out) are logged with the site and reason,
+recorded in ``metrics.jsonl``, and left out of the aggregate.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Message
+from flwr.serverapp import Grid
+
+from fedlora.adapters import (
+    AdapterState,
+    adapter_state,
+    check_compatible,
+    from_array_record,
+    payload_bytes,
+    save_peft_dir,
+    to_array_record,
+)
+from fedlora.config import RunConfig
+from fedlora.errors import AdapterError, FedloraError
+from fedlora.models import apply_lora, load_base_model
+from fedlora.progress import Phase, RoundObserver
+from fedlora.protocol import ADAPTER, METRICS, SITE, make_instruction
+from server.rundir import RunDirectory
+from strategies import SiteUpdate, get_strategy
+
+logger = logging.getLogger(__name__)
+
+_PACKAGES = ("fedlora", "flwr", "torch", "transformers", "peft", "opacus", "numpy")
+_PULL_INTERVAL_S = 0.05
+
+
+@dataclass
+class _PhaseResult:
+    replies: dict[str, Message] = field(default_factory=dict)
+    errors: list[dict[str, str]] = field(default_factory=list)
+    bytes_sent: dict[str, int] = field(default_factory=dict)
+    bytes_received: dict[str, int] = field(default_factory=dict)
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of the packages a run's results depend on."""
+    versions = {}
+    for name in _PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def wait_for_nodes(grid: Grid, expected: int, timeout: float) -> list[int]:
+    """Wait until ``expected`` nodes are connected and return their ids (sorted).
+
+    Raises
+    ------
+    FedloraError
+        When fewer than ``expected`` nodes connect within ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        node_ids = sorted(grid.get_node_ids())
+        if len(node_ids) >= expected:
+            return node_ids[:expected] if expected else node_ids
+        if time.monotonic() > deadline:
+            raise FedloraError(
+                f"only {len(node_ids)} of {expected} sites connected within {timeout:.0f} s"
+            )
+        time.sleep(0.2)
+
+
+class Federation:
+    """One federated run: the global adapter, the sites, the run directory."""
+
+    def __init__(
+        self,
+        grid: Grid,
+        config: RunConfig,
+        observer: RoundObserver | None = None,
+    ) -> None:
+        self.grid = grid
+        self.config = config
+        self.run_dir = RunDirectory(Path())
+        self.observer = observer or RoundObserver()
+        self.strategy = get_strategy(config.strategy)
+        self.base = load_base_model(
+            config.model, task=config.task, labels=config.labels, max_length=config.max_length
+        )
+        self.peft = apply_lora(self.base, config)
+        self.global_state: AdapterState = adapter_state(self.peft)
+        self.site_names: dict[int, str] = {}
+
+    def resolved_config(self, sites: Iterable[str] = ()) -> dict[str, Any]:
+        """What ``config.json`` records: the flat config plus provenance."""
+        return {
+            "run-id": self.run_dir.run_id,
+            "config": self.config.to_flat(),
+            "base-fingerprint": self.base.fingerprint,
+            "model-type": self.base.model_type,
+            "strategy": self.strategy.name,
+            "sites": list(sites),
+            "adapter-tensors": {name: list(t.shape) for name, t in self.global_state.items()},
+            "versions": package_versions(),
+        }
+
+    def start(self, run_dir: RunDirectory) -> None:
+        """Run every round into ``run_dir``; mark it complete, or incomplete with the reason."""
+        self.run_dir = run_dir
+        try:
+            self._run()
+        except BaseException as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            self.run_dir.mark("incomplete", reason)
+            logger.error("run %s stopped: %s", self.run_dir.run_id, reason)
+            raise
+        self.run_dir.mark("complete")
+
+    def _run(self) -> None:
+        config = self.config
+        self.run_dir.write_config(self.resolved_config())
+        node_ids = wait_for_nodes(self.grid, config.sites, config.node_wait_timeout)
+        self.observer.on_start(rounds=config.rounds, sites=len(node_ids))
+        initial = self._exchange(node_ids, 0, "evaluate")
+        self.run_dir.write_config(self.resolved_config(sorted(self.site_names.values())))
+        self._record(0, time.monotonic(), None, initial)
+        for server_round in range(1, config.rounds + 1):
+            started = time.monotonic()
+            trained = self._exchange(node_ids, server_round, "train")
+            updates = self._updates(trained)
+            if not updates:
+                raise FedloraError(f"round {server_round}: no site returned a usable update")
+            self.global_state = self.strategy.aggregate(self.global_state, updates)
+            save_peft_dir(self.peft, self.global_state, self.run_dir.adapter_path(server_round))
+            evaluated = self._exchange(node_ids, server_round, "evaluate")
+            self._record(server_round, started, trained, evaluated)
+        save_peft_dir(self.peft, self.global_state, self.run_dir.adapter_path(None))
+
+    def _exchange(self, node_ids: list[int], server_round: int, phase: Phase) -> _PhaseResult:
+        adapter = to_array_record(self.global_state)
+        size = payload_bytes(adapter)
+        content = make_instruction(
+            adapter, self.config, server_round=server_round, base_fingerprint=self.base.fingerprint
+        )
+        messages = [
+            Message(
+                content=content, dst_node_id=node_id, message_type=phase, group_id=str(server_round)
+            )
+            for node_id in node_ids
+        ]
+        message_ids = {
+            mid: node for mid, node in zip(self.grid.push_messages(messages), node_ids, strict=True)
+        }
+        self.observer.on_phase(server_round=server_round, phase=phase, expected=len(node_ids))
+        result = _PhaseResult()
+        for node_id in node_ids:
+            result.bytes_sent[self._site(node_id)] = size
+        pending = set(message_ids)
+        deadline = time.monotonic() + self.config.round_timeout
+        while pending and time.monotonic() < deadline:
+            for reply in self.grid.pull_messages(pending):
+                pending.discard(reply.metadata.reply_to_message_id)
+                self._accept(
+                    reply,
+                    message_ids[reply.metadata.reply_to_message_id],
+                    server_round,
+                    phase,
+                    result,
+                )
+            if pending:
+                time.sleep(_PULL_INTERVAL_S)
+        for message_id in pending:
+            site = self._site(message_ids[message_id])
+            reason = f"no reply within {self.config.round_timeout:.0f} s"
+            logger.warning("round %d %s: site %s: %s", server_round, phase, site, reason)
+            result.errors.append({"site": site, "phase": phase, "reason": reason})
+            self.observer.on_reply(server_round=server_round, phase=phase, site=site, metrics=None)
+        return result
+
+    def _accept(
+        self, reply: Message, node_id: int, server_round: int, phase: Phase, result: _PhaseResult
+    ) -> None:
+        if reply.has_error():
+            site = self._site(node_id)
+            reason = (
+                reply.error.reason.strip().splitlines()[-1] if reply.error.reason else "unknown"
+            )
+            logger.warning(
+                "round %d %s: site %s replied with an error: %s", server_round, phase, site, reason
+            )
+            result.errors.append(
+                {"site": site, "phase": phase, "reason": reason, "code": str(reply.error.code)}
+            )
+            self.observer.on_reply(server_round=server_round, phase=phase, site=site, metrics=None)
+            return
+        site = str(reply.content.config_records[SITE]["name"])
+        self.site_names[node_id] = site
+        result.bytes_sent[site] = result.bytes_sent.pop(
+            f"node-{node_id}", result.bytes_sent.get(site, 0)
+        )
+        result.replies[site] = reply
+        received = (
+            reply.content.array_records[ADAPTER] if ADAPTER in reply.content.array_records else None
+        )
+        result.bytes_received[site] = payload_bytes(received) if received is not None else 0
+        metrics = {
+            key: float(value) for key, value in reply.content.metric_records[METRICS].items()
+        }  # type: ignore[arg-type]
+        self.observer.on_reply(server_round=server_round, phase=phase, site=site, metrics=metrics)
+
+    def _site(self, node_id: int) -> str:
+        return self.site_names.get(node_id, f"node-{node_id}")
+
+    def _updates(self, trained: _PhaseResult) -> list[SiteUpdate]:
+        updates = []
+        for site, reply in trained.replies.items():
+            try:
+                state = from_array_record(reply.content.array_records[ADAPTER])
+                check_compatible(self.global_state, state)
+            except (AdapterError, KeyError) as exc:
+                logger.warning("site %s: update rejected: %s", site, exc)
+                trained.errors.append(
+                    {"site": site, "phase": "train", "reason": f"update rejected: {exc}"}
+                )
+                continue
+            num_examples = int(reply.content.metric_records[METRICS]["num-examples"])  # type: ignore[call-overload]
+            updates.append(SiteUpdate(site=site, state=state, num_examples=num_examples))
+        return updates
+
+    def _record(
+        self,
+        server_round: int,
+        started: float,
+        trained: _PhaseResult | None,
+        evaluated: _PhaseResult,
+    ) -> None:
+        sites: dict[str, dict[str, Any]] = {}
+        for phase_result, key in ((trained, "train"), (evaluated, "eval")):
+            if phase_result is None:
+                continue
+            for site, reply in phase_result.replies.items():
+                entry = sites.setdefault(site, {"bytes-sent": 0, "bytes-received": 0})
+                entry[key] = {k: float(v) for k, v in reply.content.metric_records[METRICS].items()}  # type: ignore[arg-type]
+            for site, size in phase_result.bytes_sent.items():
+                sites.setdefault(site, {"bytes-sent": 0, "bytes-received": 0})["bytes-sent"] += size
+            for site, size in phase_result.bytes_received.items():
+                sites.setdefault(site, {"bytes-sent": 0, "bytes-received": 0})[
+                    "bytes-received"
+                ] += size
+        record: dict[str, Any] = {
+            "round": server_round,
+            "sites": sites,
+            "train": _weighted(sites, "train", ("train-loss",)) if trained else None,
+            "eval": _weighted(sites, "eval", ("loss", "accuracy")),
+            "bytes-sent": sum(entry["bytes-sent"] for entry in sites.values()),
+            "bytes-received": sum(entry["bytes-received"] for entry in sites.values()),
+            "errors": (trained.errors if trained else []) + evaluated.errors,
+            "duration-s": round(time.monotonic() - started, 3),
+        }
+        if self.config.task == "sft" and record["eval"].get("loss") is not None:
+            record["eval"]["perplexity"] = math.exp(min(record["eval"]["loss"], 50.0))
+        self.run_dir.append_metrics(record)
+        self.observer.on_round_end(record)
+
+
+def _weighted(sites: dict[str, dict[str, Any]], key: str, names: tuple[str, ...]) -> dict[str, Any]:
+    """Example-weighted means of ``names`` over the sites that reported ``key`` metrics."""
+    reports = [entry[key] for entry in sites.values() if key in entry]
+    total = sum(report["num-examples"] for report in reports)
+    result: dict[str, Any] = {"num-examples": total, "num-sites": len(reports)}
+    for name in names:
+        values = [(report[name], report["num-examples"]) for report in reports if name in report]
+        if values and total > 0:
+            result[name] = sum(value * weight for value, weight in values) / sum(
+                w for _, w in values
+            )
+    return result
+
+
+def run_federation(
+    grid: Grid,
+    config: RunConfig,
+    *,
+    out: Path,
+    run_id: str | None = None,
+    observer: RoundObserver | None = None,
+) -> Federation:
+    """Run a whole federation on ``grid`` and return it (its final global adapter included).
+
+    The base model is loaded before the run directory is created, so a model that cannot be
+    loaded leaves no run directory behind.
+
+    Parameters
+    ----------
+    grid
+        Flower's grid (simulation or deployment).
+    config
+        The resolved run configuration (classification labels already fixed).
+    out
+        Parent of the run directory.
+    run_id
+        Name of the run directory; a fresh timestamped id when ``None``.
+    observer
+        Optional progress hooks.
+
+    Raises
+    ------
+    FedloraError
+        When the model cannot be loaded, sites do not connect, or a round has no usable
+        update; a run that had started is then marked incomplete.
+    """
+    federation = Federation(grid, config, observer)
+    federation.start(RunDirectory.create(out, run_id))
+    return federation

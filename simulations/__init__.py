@@ -1,0 +1,1 @@
+"""Built-in, seeded, offline simulation data: scenarios, generators and partitioning."""

@@ -1,0 +1,1 @@
+"""Seeded, template-based text generators for the built-in scenarios."""

@@ -1,0 +1,107 @@
+"""Turn a run configuration into concrete simulated sites with data files on disk.
+
+Built-in scenarios are generated (seeded, deterministic) into a cache folder keyed by every
+setting that shapes the data, so the CLI runner and ``flwr run`` ClientApps that resolve the
+same configuration read the same files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+from fedlora.config import RunConfig
+from fedlora.data import collect_labels, load_examples, write_jsonl
+from fedlora.errors import ConfigError
+from fedlora.sites import SiteSpec, sites_from_files
+from simulations.scenarios import build_sites, get_scenario
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_config(config: RunConfig) -> RunConfig:
+    """Fill in what the configuration leaves to the scenario or the data.
+
+    The number of sites defaults to the scenario's; classification labels come from the
+    scenario, or from the user's files when they bring their own data and name no labels.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown scenario.
+    DataError
+        For an unreadable data file while collecting labels.
+    """
+    changes: dict[str, object] = {}
+    if config.uses_own_data:
+        if config.task == "classification" and not config.labels:
+            changes["labels"] = collect_labels([Path(p) for p in config.data_files])
+    else:
+        try:
+            scenario = get_scenario(config.scenario)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if config.sites == 0:
+            changes["sites"] = len(scenario.site_names)
+        if config.task == "classification" and not config.labels:
+            changes["labels"] = scenario.labels
+    return config.replace(**changes) if changes else config
+
+
+def scenario_sites(config: RunConfig, data_root: Path) -> list[SiteSpec]:
+    """Generate (once) and return the built-in scenario's sites for ``config``."""
+    settings = {
+        "scenario": config.scenario,
+        "task": config.task,
+        "sites": config.sites,
+        "alpha": config.alpha,
+        "seed": config.seed,
+        "examples-per-site": config.examples_per_site,
+        "test-fraction": config.test_fraction,
+    }
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    folder = data_root / f"{config.scenario}-{config.task}-{key}"
+    scenario = get_scenario(config.scenario)
+    splits = None
+    specs = []
+    for index in range(config.sites):
+        name = scenario.site_name(index)
+        train_file, test_file = folder / name / "train.jsonl", folder / name / "test.jsonl"
+        if not (train_file.exists() and test_file.exists()):
+            if splits is None:
+                splits = build_sites(
+                    scenario,
+                    task=config.task,
+                    num_sites=config.sites,
+                    alpha=config.alpha,
+                    seed=config.seed,
+                    examples_per_site=config.examples_per_site,
+                    test_fraction=config.test_fraction,
+                )
+            write_jsonl(train_file, splits[index].train)
+            write_jsonl(test_file, splits[index].test)
+        specs.append(SiteSpec(name, train_file, test_file))
+    return specs
+
+
+def simulated_sites(config: RunConfig) -> list[SiteSpec]:
+    """The sites of a resolved configuration: the user's files or the built-in scenario's."""
+    if config.uses_own_data:
+        return sites_from_files(config.data_files, config.test_files)
+    return scenario_sites(config, Path(config.out) / ".scenario-data")
+
+
+def preflight(config: RunConfig, sites: list[SiteSpec]) -> None:
+    """Read and validate every site's files before anything starts.
+
+    Raises
+    ------
+    DataError
+        Naming the file (and line) of the first problem.
+    """
+    for site in sites:
+        load_examples(site.train_file, config.task, config.labels)
+        if site.test_file is not None:
+            load_examples(site.test_file, config.task, config.labels)

@@ -1,0 +1,129 @@
+"""The one-machine runner: a whole federation in one process with Flower's simulation engine.
+
+The ServerApp runs in this process (so the CLI can show progress); each site is a virtual
+SuperNode whose ClientApp runs in a Ray actor. Sites read the files this runner resolved:
+the built-in scenario's generated files or the user's own.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from clients.app import make_client_app
+from fedlora.config import RunConfig
+from fedlora.errors import FedloraError, RunDirError
+from fedlora.progress import RoundObserver
+from fedlora.sites import SiteSpec
+from server.federation import run_federation
+from server.rundir import RunDirectory, new_run_id
+from simulations.materialize import preflight, resolve_config, simulated_sites
+
+logger = logging.getLogger(__name__)
+
+
+def _client_gpus(config: RunConfig) -> float:
+    if config.client_gpus >= 0:
+        return config.client_gpus
+    if config.device == "cpu":
+        return 0.0
+    import torch
+
+    if not torch.cuda.is_available():
+        return 0.0
+    # Share each GPU among as many sites as there are CPU slots, so all train at once.
+    concurrent = max(1, int((os.cpu_count() or 1) // config.client_cpus))
+    return max(1.0 / min(concurrent, config.sites), 0.05)
+
+
+def _check_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunDirError(f"cannot create output folder {out}: {exc.strerror or exc}") from exc
+    if not os.access(out, os.W_OK):
+        raise RunDirError(f"output folder {out} is not writable")
+
+
+def simulate(
+    config: RunConfig,
+    *,
+    observer: RoundObserver | None = None,
+    run_id: str | None = None,
+    verbose: bool = False,
+) -> Path:
+    """Run a simulated federation and return its run directory.
+
+    Everything that can be checked before training is checked first -- the configuration,
+    the scenario, every site's data file, the output folder -- so bad input leaves no run
+    directory behind.
+
+    Parameters
+    ----------
+    config
+        The run configuration (site count and labels may be left to the scenario).
+    observer
+        Progress hooks (the CLI's display).
+    run_id
+        Name of the run directory under ``config.out``; timestamped when ``None``.
+    verbose
+        Let Flower and Ray log at INFO level.
+
+    Returns
+    -------
+    Path
+        ``<out>/<run-id>``, marked complete.
+
+    Raises
+    ------
+    FedloraError
+        For bad input, or when the run stops before completing.
+    """
+    config = resolve_config(config)
+    out = Path(config.out)
+    _check_writable(out)
+    sites = simulated_sites(config)
+    preflight(config, sites)
+    run_id = run_id or new_run_id()
+
+    server_app = ServerApp()
+
+    @server_app.main()
+    def _main(grid: Grid, context: Context) -> None:
+        run_federation(grid, config, out=out, run_id=run_id, observer=observer)
+
+    def resolve(context: Context, _config: RunConfig) -> SiteSpec:
+        return sites[int(context.node_config["partition-id"])]
+
+    backend_config = {
+        "client_resources": {"num_cpus": config.client_cpus, "num_gpus": _client_gpus(config)},
+        "init_args": {
+            "logging_level": logging.INFO if verbose else logging.ERROR,
+            "log_to_driver": verbose,
+        },
+    }
+    from flwr.simulation import run_simulation
+
+    try:
+        run_simulation(
+            server_app=server_app,
+            client_app=make_client_app(resolve),
+            num_supernodes=len(sites),
+            backend_config=backend_config,  # type: ignore[arg-type]
+            verbose_logging=False,
+        )
+    except FedloraError:
+        raise
+    except RuntimeError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, FedloraError):
+            raise cause from None
+        raise
+    run_dir = RunDirectory(out / run_id)
+    if run_dir.state() != "complete":
+        raise FedloraError(f"run {run_id} did not complete; see {run_dir.path / 'status.json'}")
+    return run_dir.path
