@@ -49,9 +49,16 @@ def site_from_context(context: Context, config: RunConfig) -> SiteSpec:
         return SiteSpec(str(node.get("site-name", train.stem)), train, test)
     if "partition-id" not in node:
         raise ConfigError(
-            "node config has neither train-file (a deployed site) nor partition-id (a simulated one)"
+            "node config has neither train-file (a deployed site) "
+            "nor partition-id (a simulated one)"
         )
     index = int(node["partition-id"])
+    nodes = int(node.get("num-partitions", config.sites))
+    if nodes != config.sites:
+        raise ConfigError(
+            f"the run config has sites = {config.sites} but the federation has {nodes} simulated "
+            "nodes; set sites to the federation's num-supernodes"
+        )
     if config.data_files:
         return sites_from_files(config.data_files, config.test_files)[index]
     # Only a simulated node without files reaches the built-in scenarios, hence the late import.

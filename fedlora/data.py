@@ -76,7 +76,8 @@ def read_records(path: Path) -> list[Record]:
     """
     if path.suffix.lower() not in SUPPORTED_SUFFIXES:
         raise DataError(
-            f"{path}: unsupported data file type {path.suffix!r} (use {', '.join(SUPPORTED_SUFFIXES)})"
+            f"{path}: unsupported data file type {path.suffix!r} "
+            f"(use {', '.join(SUPPORTED_SUFFIXES)})"
         )
     if not path.is_file():
         raise DataError(f"{path}: data file not found")
@@ -237,6 +238,7 @@ def tokenize(
 ) -> TokenizedDataset:
     """Tokenise examples for training or evaluation.
 
+    Sequences start with the tokenizer's ``bos`` token when it does not add one itself.
     SFT examples are ``[bos] prompt response [eos]`` with labels masked to
     :data:`IGNORE_INDEX` on the prompt; an example whose response is cut off entirely by
     ``max_length`` is dropped with a warning (it would carry no loss).
@@ -245,14 +247,10 @@ def tokenize(
     dropped = 0
     for example in examples:
         if isinstance(example, ClassificationExample):
-            ids = tokenizer(example.text, truncation=True, max_length=max_length)["input_ids"]
-            items.append({"input_ids": list(ids), "labels": [example.label]})
+            ids = _with_bos(tokenizer(example.text)["input_ids"], tokenizer)[:max_length]
+            items.append({"input_ids": ids, "labels": [example.label]})
             continue
-        prompt_ids = list(tokenizer(example.prompt, add_special_tokens=True)["input_ids"])
-        if tokenizer.bos_token_id is not None and (
-            not prompt_ids or prompt_ids[0] != tokenizer.bos_token_id
-        ):
-            prompt_ids = [tokenizer.bos_token_id, *prompt_ids]
+        prompt_ids = _with_bos(tokenizer(example.prompt)["input_ids"], tokenizer)
         response_ids = list(tokenizer(example.response, add_special_tokens=False)["input_ids"])
         if tokenizer.eos_token_id is not None:
             response_ids.append(tokenizer.eos_token_id)
@@ -267,6 +265,15 @@ def tokenize(
             "%d example(s) dropped: prompt longer than max-length %d", dropped, max_length
         )
     return TokenizedDataset(items)
+
+
+def _with_bos(ids: Sequence[int], tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    # Tokenizers that add no special tokens (the tiny presets') get <s> in front, so encoder
+    # classifiers pool a fixed first token, as they would [CLS].
+    bos = tokenizer.bos_token_id
+    if bos is None or (ids and ids[0] in (bos, tokenizer.cls_token_id)):
+        return list(ids)
+    return [bos, *ids]
 
 
 def collate(

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
@@ -31,7 +32,7 @@ from transformers import (
 
 from fedlora.config import RunConfig, Task
 from fedlora.errors import BaseMismatchError, ConfigError, ModelError
-from fedlora.tokenizer import BOS_ID, EOS_ID, PAD_ID, VOCAB_SIZE, byte_level_tokenizer
+from fedlora.tokenizer import BOS_ID, EOS_ID, PAD_ID, TINY_VOCAB_SIZE, tiny_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ _TINY_MAX_POSITIONS = 512
 
 def _tiny_llama() -> PretrainedConfig:
     return LlamaConfig(
-        vocab_size=VOCAB_SIZE,
+        vocab_size=TINY_VOCAB_SIZE,
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
@@ -60,7 +61,7 @@ def _tiny_llama() -> PretrainedConfig:
 def _tiny_gpt2() -> PretrainedConfig:
     # GPT2Config defaults bos/eos to 50256, outside a tiny vocabulary.
     return GPT2Config(
-        vocab_size=VOCAB_SIZE,
+        vocab_size=TINY_VOCAB_SIZE,
         n_embd=64,
         n_layer=2,
         n_head=4,
@@ -73,7 +74,7 @@ def _tiny_gpt2() -> PretrainedConfig:
 
 def _tiny_bloom() -> PretrainedConfig:
     return BloomConfig(
-        vocab_size=VOCAB_SIZE,
+        vocab_size=TINY_VOCAB_SIZE,
         hidden_size=64,
         n_layer=2,
         n_head=4,
@@ -85,7 +86,7 @@ def _tiny_bloom() -> PretrainedConfig:
 
 def _tiny_bert() -> PretrainedConfig:
     return BertConfig(
-        vocab_size=VOCAB_SIZE,
+        vocab_size=TINY_VOCAB_SIZE,
         hidden_size=64,
         num_hidden_layers=2,
         num_attention_heads=4,
@@ -187,6 +188,29 @@ def load_base_model(
     return BaseModel(model, tokenizer, model_type, fingerprint(model), tuple(labels))
 
 
+def check_model_spec(spec: str) -> Literal["preset", "directory", "hub"]:
+    """Say what kind of model ``spec`` names, without loading anything.
+
+    Raises
+    ------
+    ModelError
+        For a path that does not exist, or a name that is neither a preset nor a hub id.
+    """
+    if spec in PRESETS:
+        return "preset"
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return "directory"
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or path.exists():
+        raise ModelError(f"model directory not found: {spec}")
+    if "/" not in spec:
+        raise ModelError(
+            f"unknown model {spec!r}: not a preset ({', '.join(preset_names())}), not a local "
+            "directory, and not a hub id of the form org/name"
+        )
+    return "hub"
+
+
 def _label_kwargs(labels: Sequence[str]) -> dict[str, object]:
     return {
         "num_labels": len(labels),
@@ -209,24 +233,15 @@ def _build_preset(
         model = AutoModelForSequenceClassification.from_config(config)
     else:
         model = AutoModelForCausalLM.from_config(config)
-    tokenizer = byte_level_tokenizer(min(max_length, _TINY_MAX_POSITIONS))
+    tokenizer = tiny_tokenizer(min(max_length, _TINY_MAX_POSITIONS))
     return model, tokenizer
 
 
 def _load_pretrained(
     spec: str, task: Task, labels: Sequence[str], max_length: int
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    path = Path(spec).expanduser()
-    local = path.is_dir()
-    looks_like_path = spec.startswith((".", "/", "~")) or spec.count("/") > 1 or path.exists()
-    if not local and looks_like_path:
-        raise ModelError(f"model directory not found: {spec}")
-    if not local and "/" not in spec:
-        raise ModelError(
-            f"unknown model {spec!r}: not a preset ({', '.join(preset_names())}), not a local "
-            "directory, and not a hub id of the form org/name"
-        )
-    source = str(path) if local else spec
+    local = check_model_spec(spec) == "directory"
+    source = str(Path(spec).expanduser()) if local else spec
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
         if task == "classification":

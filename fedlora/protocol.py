@@ -87,3 +87,23 @@ def make_reply(
     if adapter is not None:
         records[ADAPTER] = adapter
     return RecordDict(records)
+
+
+def reply_metrics(message: Message) -> dict[str, float]:
+    """The scalar metrics of a site's reply, as floats.
+
+    Raises
+    ------
+    AdapterError
+        When the reply has no metrics record or no ``num-examples``.
+    """
+    if METRICS not in message.content.metric_records:
+        raise AdapterError("reply has no metrics record")
+    metrics = {
+        key: float(value)
+        for key, value in message.content.metric_records[METRICS].items()
+        if isinstance(value, int | float)
+    }
+    if "num-examples" not in metrics:
+        raise AdapterError("reply metrics have no num-examples")
+    return metrics

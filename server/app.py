@@ -19,7 +19,7 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run the federation described by the run config (``[tool.flwr.app.config]``)."""
-    config = RunConfig.from_flat(dict(context.run_config))  # type: ignore[arg-type]
+    config = RunConfig.from_flat(dict(context.run_config))
     # Defaults a config may leave open (site count, label set) come from the scenario or the
     # data files, which the simulations package owns.
     from simulations.materialize import resolve_config

@@ -34,7 +34,7 @@ from fedlora.config import RunConfig
 from fedlora.errors import AdapterError, FedloraError
 from fedlora.models import apply_lora, load_base_model
 from fedlora.progress import Phase, RoundObserver
-from fedlora.protocol import ADAPTER, METRICS, SITE, make_instruction
+from fedlora.protocol import ADAPTER, SITE, make_instruction, reply_metrics
 from server.rundir import RunDirectory
 from strategies import SiteUpdate, get_strategy
 
@@ -212,13 +212,9 @@ class Federation:
             f"node-{node_id}", result.bytes_sent.get(site, 0)
         )
         result.replies[site] = reply
-        received = (
-            reply.content.array_records[ADAPTER] if ADAPTER in reply.content.array_records else None
-        )
+        received = reply.content.array_records.get(ADAPTER)
         result.bytes_received[site] = payload_bytes(received) if received is not None else 0
-        metrics = {
-            key: float(value) for key, value in reply.content.metric_records[METRICS].items()
-        }  # type: ignore[arg-type]
+        metrics = reply_metrics(reply)
         self.observer.on_reply(server_round=server_round, phase=phase, site=site, metrics=metrics)
 
     def _site(self, node_id: int) -> str:
@@ -236,7 +232,7 @@ class Federation:
                     {"site": site, "phase": "train", "reason": f"update rejected: {exc}"}
                 )
                 continue
-            num_examples = int(reply.content.metric_records[METRICS]["num-examples"])  # type: ignore[call-overload]
+            num_examples = int(reply_metrics(reply)["num-examples"])
             updates.append(SiteUpdate(site=site, state=state, num_examples=num_examples))
         return updates
 
@@ -253,7 +249,7 @@ class Federation:
                 continue
             for site, reply in phase_result.replies.items():
                 entry = sites.setdefault(site, {"bytes-sent": 0, "bytes-received": 0})
-                entry[key] = {k: float(v) for k, v in reply.content.metric_records[METRICS].items()}  # type: ignore[arg-type]
+                entry[key] = reply_metrics(reply)
             for site, size in phase_result.bytes_sent.items():
                 sites.setdefault(site, {"bytes-sent": 0, "bytes-received": 0})["bytes-sent"] += size
             for site, size in phase_result.bytes_received.items():

@@ -11,12 +11,14 @@ import hashlib
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 from fedlora.config import RunConfig
 from fedlora.data import collect_labels, load_examples, write_jsonl
 from fedlora.errors import ConfigError
+from fedlora.models import check_model_spec
 from fedlora.sites import SiteSpec, sites_from_files
-from simulations.scenarios import build_sites, get_scenario
+from simulations.scenarios import DATA_VERSION, Scenario, SiteSplit, build_sites, get_scenario
 
 logger = logging.getLogger(__name__)
 
@@ -39,10 +41,7 @@ def resolve_config(config: RunConfig) -> RunConfig:
         if config.task == "classification" and not config.labels:
             changes["labels"] = collect_labels([Path(p) for p in config.data_files])
     else:
-        try:
-            scenario = get_scenario(config.scenario)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
+        scenario = _scenario(config.scenario)
         if config.sites == 0:
             changes["sites"] = len(scenario.site_names)
         if config.task == "classification" and not config.labels:
@@ -50,9 +49,17 @@ def resolve_config(config: RunConfig) -> RunConfig:
     return config.replace(**changes) if changes else config
 
 
+def _scenario(name: str) -> Scenario:
+    try:
+        return get_scenario(name)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def scenario_sites(config: RunConfig, data_root: Path) -> list[SiteSpec]:
     """Generate (once) and return the built-in scenario's sites for ``config``."""
     settings = {
+        "data-version": DATA_VERSION,
         "scenario": config.scenario,
         "task": config.task,
         "sites": config.sites,
@@ -63,7 +70,7 @@ def scenario_sites(config: RunConfig, data_root: Path) -> list[SiteSpec]:
     }
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     folder = data_root / f"{config.scenario}-{config.task}-{key}"
-    scenario = get_scenario(config.scenario)
+    scenario = _scenario(config.scenario)
     splits = None
     specs = []
     for index in range(config.sites):
@@ -71,7 +78,7 @@ def scenario_sites(config: RunConfig, data_root: Path) -> list[SiteSpec]:
         train_file, test_file = folder / name / "train.jsonl", folder / name / "test.jsonl"
         if not (train_file.exists() and test_file.exists()):
             if splits is None:
-                splits = build_sites(
+                splits = _build(
                     scenario,
                     task=config.task,
                     num_sites=config.sites,
@@ -84,6 +91,13 @@ def scenario_sites(config: RunConfig, data_root: Path) -> list[SiteSpec]:
             write_jsonl(test_file, splits[index].test)
         specs.append(SiteSpec(name, train_file, test_file))
     return specs
+
+
+def _build(scenario: Scenario, **kwargs: Any) -> list[SiteSplit]:
+    try:
+        return build_sites(scenario, **kwargs)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def simulated_sites(config: RunConfig) -> list[SiteSpec]:
@@ -100,7 +114,10 @@ def preflight(config: RunConfig, sites: list[SiteSpec]) -> None:
     ------
     DataError
         Naming the file (and line) of the first problem.
+    ModelError
+        When the model names no preset, existing directory or hub id.
     """
+    check_model_spec(config.model)
     for site in sites:
         load_examples(site.train_file, config.task, config.labels)
         if site.test_file is not None:

@@ -22,6 +22,7 @@ from fedlora.sites import SiteSpec
 from server.federation import run_federation
 from server.rundir import RunDirectory, new_run_id
 from simulations.materialize import preflight, resolve_config, simulated_sites
+from strategies import get_strategy
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +89,7 @@ def simulate(
     _check_writable(out)
     sites = simulated_sites(config)
     preflight(config, sites)
+    get_strategy(config.strategy)
     run_id = run_id or new_run_id()
 
     server_app = ServerApp()

@@ -1,0 +1,1 @@
+"""Files shipped with fedlora (the tiny presets' tokenizer)."""

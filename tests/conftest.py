@@ -1,0 +1,41 @@
+"""Shared test set-up: offline, quiet, GPU tests skipped without a GPU."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+def write_jsonl(path: Path, rows: list[dict[str, str]]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def sentiment_rows() -> list[dict[str, str]]:
+    good = ["great", "love", "excellent", "happy", "good"]
+    bad = ["bad", "awful", "hate", "terrible", "sad"]
+    rows = []
+    for index in range(40):
+        words, label = (good, "pos") if index % 2 else (bad, "neg")
+        text = " ".join(words[(index + k) % len(words)] for k in range(4))
+        rows.append({"text": f"{text} #{index}", "label": label})
+    return rows

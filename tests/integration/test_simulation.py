@@ -1,0 +1,128 @@
+"""Real federations through Flower's simulation engine, with tiny models."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fedlora.models import load_base_model
+from fedlora.testing import run_tiny_federation
+from tests.integration.helpers import read_metrics, reevaluate
+
+pytestmark = pytest.mark.slow
+
+
+def _assert_complete_run(run_dir: Path, rounds: int, sites: int) -> list[dict]:
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "complete"
+    metrics = read_metrics(run_dir)
+    assert [m["round"] for m in metrics] == list(range(rounds + 1))
+    for record in metrics[1:]:
+        assert record["errors"] == []
+        assert len(record["sites"]) == sites
+        assert record["bytes-sent"] > 0 and record["bytes-received"] > 0
+        for site in record["sites"].values():
+            assert site["train"]["num-examples"] > 0
+    for name in [f"round-{r:03d}" for r in range(1, rounds + 1)] + ["final"]:
+        assert (run_dir / "adapters" / name / "adapter_model.safetensors").exists()
+        assert (run_dir / "adapters" / name / "adapter_config.json").exists()
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["base-fingerprint"].startswith("sha256:")
+    assert {"flwr", "torch", "peft", "transformers"} <= set(config["versions"])
+    assert len(config["sites"]) == sites
+    return metrics
+
+
+def _assert_reproduces(run_dir: Path, last: dict, metric: str) -> None:
+    local = reevaluate(run_dir)
+    assert set(local) == set(last["sites"])
+    for site, result in local.items():
+        assert result["loss"] == pytest.approx(last["sites"][site]["eval"]["loss"], rel=1e-5)
+        assert result[metric] == pytest.approx(last["sites"][site]["eval"][metric], rel=1e-5)
+    total = sum(r["num-examples"] for r in local.values())
+    weighted = sum(r["loss"] * r["num-examples"] for r in local.values()) / total
+    assert weighted == pytest.approx(last["eval"]["loss"], rel=1e-5)
+
+
+def test_tiny_llama_instruction_tuning_three_sites_two_rounds(tmp_path):
+    run_dir = run_tiny_federation(
+        tmp_path, task="sft", model="tiny-llama", sites=3, rounds=2, lr=0.03
+    )
+
+    metrics = _assert_complete_run(run_dir, rounds=2, sites=3)
+
+    assert metrics[-1]["eval"]["loss"] < metrics[0]["eval"]["loss"]
+    assert metrics[-1]["eval"]["perplexity"] == pytest.approx(math.exp(metrics[-1]["eval"]["loss"]))
+    _assert_reproduces(run_dir, metrics[-1], "perplexity")
+
+
+def test_tiny_bert_classification_three_sites_two_rounds(tmp_path):
+    run_dir = run_tiny_federation(
+        tmp_path, task="classification", model="tiny-bert", sites=3, rounds=2, lr=0.03
+    )
+
+    metrics = _assert_complete_run(run_dir, rounds=2, sites=3)
+
+    assert metrics[-1]["eval"]["loss"] < metrics[0]["eval"]["loss"]
+    _assert_reproduces(run_dir, metrics[-1], "accuracy")
+
+
+def test_own_csv_files_with_a_local_model_directory(tmp_path, sentiment_rows):
+    base = load_base_model("tiny-gpt2", task="classification", labels=("neg", "pos"))
+    base.model.save_pretrained(tmp_path / "my-model")
+    base.tokenizer.save_pretrained(tmp_path / "my-model")
+    files = []
+    for index in range(2):
+        path = tmp_path / f"clinic-{index}.csv"
+        rows = sentiment_rows[index::2]
+        path.write_text("text,label\n" + "".join(f"{r['text']},{r['label']}\n" for r in rows))
+        files.append(path)
+
+    run_dir = run_tiny_federation(
+        tmp_path / "runs",
+        task="classification",
+        model=str(tmp_path / "my-model"),
+        data_files=files,
+        rounds=1,
+    )
+
+    metrics = _assert_complete_run(run_dir, rounds=1, sites=2)
+    assert set(metrics[-1]["sites"]) == {"clinic-0", "clinic-1"}
+    assert json.loads((run_dir / "config.json").read_text())["base-fingerprint"] == base.fingerprint
+
+
+def test_cli_end_to_end_in_a_subprocess(tmp_path):
+    command = [
+        sys.executable,
+        "-m",
+        "fedlora.cli",
+        "simulate",
+        "--scenario",
+        "banks",
+        "--task",
+        "classification",
+        "--model",
+        "tiny-bert",
+        "--rounds",
+        "1",
+        "--sites",
+        "2",
+        "--examples-per-site",
+        "30",
+        "--batch-size",
+        "8",
+        "--out",
+        str(tmp_path),
+        "--run-id",
+        "cli-run",
+    ]
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL
+    )
+
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Evaluation before vs after 1 round(s)" in result.stdout
+    assert f"final adapter: {tmp_path / 'cli-run' / 'adapters' / 'final'}" in result.stdout
+    _assert_complete_run(tmp_path / "cli-run", rounds=1, sites=2)
