@@ -176,8 +176,9 @@ def run_simulate(args: argparse.Namespace) -> int:
     metrics = RunDirectory(run_path).read_metrics()
     console.print(summary_table(metrics, config.task))
     console.print(traffic_table(metrics))
-    console.print(f"run directory: {run_path}")
-    console.print(f"final adapter: {Path(run_path) / 'adapters' / 'final'}")
+    console.print(f"run directory: {run_path}", soft_wrap=True, highlight=False)
+    final = Path(run_path) / "adapters" / "final"
+    console.print(f"final adapter: {final}", soft_wrap=True, highlight=False)
     return 0
 
 

@@ -12,6 +12,7 @@ from clients.evaluation import evaluate_model
 from fedlora.config import RunConfig
 from fedlora.data import load_examples, tokenize
 from fedlora.models import load_base_model
+from fedlora.sites import split_held_out
 from simulations.materialize import simulated_sites
 
 
@@ -24,8 +25,13 @@ def reevaluate(run_dir: Path, adapter: str = "final") -> dict[str, dict[str, flo
     model = PeftModel.from_pretrained(base.model, str(run_dir / "adapters" / adapter))
     results = {}
     for site in simulated_sites(config):
-        assert site.test_file is not None
-        examples = load_examples(site.test_file, config.task, config.labels)
+        if site.test_file is None:
+            train = load_examples(site.train_file, config.task, config.labels)
+            _, examples = split_held_out(
+                train, test_fraction=config.test_fraction, seed=config.seed, where=""
+            )
+        else:
+            examples = load_examples(site.test_file, config.task, config.labels)
         dataset = tokenize(examples, base.tokenizer, max_length=config.max_length)
         results[site.name] = evaluate_model(
             model,

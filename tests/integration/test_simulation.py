@@ -2,6 +2,7 @@
 
 import json
 import math
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 
 from fedlora.models import load_base_model
 from fedlora.testing import run_tiny_federation
+from tests.conftest import write_jsonl
 from tests.integration.helpers import read_metrics, reevaluate
 
 pytestmark = pytest.mark.slow
@@ -58,15 +60,51 @@ def test_tiny_llama_instruction_tuning_three_sites_two_rounds(tmp_path):
     _assert_reproduces(run_dir, metrics[-1], "perplexity")
 
 
+def _triage_files(folder: Path, sites: int, per_site: int) -> list[Path]:
+    """Three-department triage notes: department words mixed with shared filler words."""
+    pools = {
+        "respiratory": ["cough", "wheezing", "breathless", "sputum", "asthma"],
+        "dermatology": ["rash", "itchy", "eczema", "mole", "blister"],
+        "cardiology": ["palpitations", "chest", "pressure", "fainting", "heartbeat"],
+    }
+    filler = ["patient", "reports", "since", "days", "worse", "at", "night", "with", "mild", "pain"]
+    rng = random.Random(0)
+    files = []
+    for site in range(sites):
+        rows = []
+        for _ in range(per_site):
+            label = rng.choice(sorted(pools))
+            words = [rng.choice(pools[label]) for _ in range(2)] + [
+                rng.choice(filler) for _ in range(5)
+            ]
+            rng.shuffle(words)
+            rows.append({"text": " ".join(words), "label": label})
+        files.append(write_jsonl(folder / f"clinic-{site}.jsonl", rows))
+    return files
+
+
 def test_tiny_bert_classification_three_sites_two_rounds(tmp_path):
+    files = _triage_files(tmp_path, sites=3, per_site=60)
+
     run_dir = run_tiny_federation(
-        tmp_path, task="classification", model="tiny-bert", sites=3, rounds=2, lr=0.03
+        tmp_path / "runs",
+        task="classification",
+        model="tiny-bert",
+        data_files=files,
+        rounds=2,
+        lr=0.03,
+        local_epochs=3,
     )
 
     metrics = _assert_complete_run(run_dir, rounds=2, sites=3)
-
     assert metrics[-1]["eval"]["loss"] < metrics[0]["eval"]["loss"]
-    _assert_reproduces(run_dir, metrics[-1], "accuracy")
+    local = reevaluate(run_dir)
+    assert set(local) == {"clinic-0", "clinic-1", "clinic-2"}
+    for site, result in local.items():
+        assert result["loss"] == pytest.approx(metrics[-1]["sites"][site]["eval"]["loss"], rel=1e-5)
+        assert result["accuracy"] == pytest.approx(
+            metrics[-1]["sites"][site]["eval"]["accuracy"], rel=1e-5
+        )
 
 
 def test_own_csv_files_with_a_local_model_directory(tmp_path, sentiment_rows):

@@ -114,14 +114,16 @@ def test_sft_loss_covers_response_tokens_only():
     tokenizer = byte_level_tokenizer()
     dataset = tokenize([SftExample("Q: ", "ok")], tokenizer, max_length=64)
     item = dataset[0]
-    # <s> + 3 prompt bytes masked; "o", "k", </s> are the targets
-    assert item["labels"] == [IGNORE_INDEX] * 4 + [
-        4 + ord("o"),
-        4 + ord("k"),
+    prompt_ids = tokenizer("Q: ", add_special_tokens=False)["input_ids"]
+    response_ids = tokenizer("ok", add_special_tokens=False)["input_ids"]
+    masked = 1 + len(prompt_ids)  # <s> and the prompt carry no loss
+    assert item["labels"] == [IGNORE_INDEX] * masked + response_ids + [tokenizer.eos_token_id]
+    assert item["input_ids"] == [
+        tokenizer.bos_token_id,
+        *prompt_ids,
+        *response_ids,
         tokenizer.eos_token_id,
     ]
-    assert item["input_ids"][0] == tokenizer.bos_token_id
-    assert item["input_ids"][4:] == item["labels"][4:]
 
 
 def test_example_whose_response_is_truncated_away_is_dropped():
