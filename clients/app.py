@@ -9,20 +9,24 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
 
 from clients.evaluation import evaluate_model
-from clients.runtime import get_datasets, get_model
+from clients.private_round import Declined, train_with_privacy
+from clients.runtime import LoadedModel, get_datasets, get_model
 from clients.training import train_locally
 from fedlora.adapters import adapter_state, from_array_record, load_adapter_state, to_array_record
 from fedlora.config import RunConfig
+from fedlora.data import TokenizedDataset
 from fedlora.device import bf16_enabled, resolve_device
 from fedlora.errors import ConfigError, FedloraError
 from fedlora.models import check_fingerprint
-from fedlora.protocol import make_reply, read_instruction
+from fedlora.protocol import Instruction, make_reply, make_status_reply, read_instruction
 from fedlora.sites import SiteSpec, sites_from_files
 
 logger = logging.getLogger(__name__)
@@ -74,57 +78,105 @@ def _refusal(message: Message, error: FedloraError) -> Message:
     )
 
 
-def handle_train(message: Message, context: Context, resolve_site: SiteResolver) -> Message:
-    """Train the received global adapter on this site's data and reply with the update."""
+@dataclass(frozen=True)
+class _Job:
+    """A decoded instruction with this site's model, data and device ready."""
+
+    instruction: Instruction
+    site: SiteSpec
+    loaded: LoadedModel
+    train_set: TokenizedDataset
+    test_set: TokenizedDataset
+    device: torch.device
+    bf16: bool
+
+    @property
+    def config(self) -> RunConfig:
+        return self.instruction.config
+
+    @property
+    def pad_id(self) -> int:
+        return int(self.loaded.base.tokenizer.pad_token_id or 0)
+
+
+def _prepare(message: Message, context: Context, resolve_site: SiteResolver) -> _Job:
+    """Decode, check the base fingerprint, load the global adapter and this site's data."""
     instruction = read_instruction(message)
     config = instruction.config
     site = resolve_site(context, config)
     loaded = get_model(config)
     check_fingerprint(expected=instruction.base_fingerprint, local=loaded.base.fingerprint)
     load_adapter_state(loaded.peft, from_array_record(instruction.adapter))
-    train_set, _ = get_datasets(site, config, loaded)
+    train_set, test_set = get_datasets(site, config, loaded)
     device = resolve_device(config.device)
-    result = train_locally(
-        loaded.peft,
-        train_set,
-        config=config,
-        pad_id=int(loaded.base.tokenizer.pad_token_id or 0),
-        device=device,
-        bf16=bf16_enabled(config.bf16, device),
-        seed=config.seed * 100_003 + instruction.server_round * 1_009 + _stable_hash(site.name),
+    return _Job(
+        instruction, site, loaded, train_set, test_set, device, bf16_enabled(config.bf16, device)
     )
-    loaded.peft.to("cpu")
+
+
+def handle_train(message: Message, context: Context, resolve_site: SiteResolver) -> Message:
+    """Train the received global adapter on this site's data and reply with the update.
+
+    With DP on (the default) the site's own policy decides first: a round that would exceed
+    its privacy budget is declined with a ``budget-exhausted`` status and nothing is trained.
+    """
+    job = _prepare(message, context, resolve_site)
+    config, site = job.config, job.site
+    seed = config.seed * 100_003 + job.instruction.server_round * 1_009 + _stable_hash(site.name)
+    privacy = None
+    if config.dp:
+        outcome = train_with_privacy(
+            job.loaded.peft,
+            job.train_set,
+            site=site,
+            config=config,
+            context=context,
+            run_id=job.instruction.run_id,
+            server_round=job.instruction.server_round,
+            pad_id=job.pad_id,
+            device=job.device,
+            bf16=job.bf16,
+            seed=seed,
+        )
+        if isinstance(outcome, Declined):
+            job.loaded.peft.to("cpu")
+            return Message(
+                make_status_reply(site.name, outcome.status, outcome.detail), reply_to=message
+            )
+        result, privacy = outcome.result, outcome.privacy
+    else:
+        result = train_locally(
+            job.loaded.peft,
+            job.train_set,
+            config=config,
+            pad_id=job.pad_id,
+            device=job.device,
+            bf16=job.bf16,
+            seed=seed,
+        )
+    job.loaded.peft.to("cpu")
     metrics = {
         "num-examples": float(result.num_examples),
         "train-loss": result.loss,
         "steps": float(result.steps),
     }
-    return Message(
-        make_reply(site.name, metrics, to_array_record(adapter_state(loaded.peft))),
-        reply_to=message,
-    )
+    adapter = to_array_record(adapter_state(job.loaded.peft))
+    return Message(make_reply(site.name, metrics, adapter, privacy), reply_to=message)
 
 
 def handle_evaluate(message: Message, context: Context, resolve_site: SiteResolver) -> Message:
     """Evaluate the received global adapter on this site's held-out split."""
-    instruction = read_instruction(message)
-    config = instruction.config
-    site = resolve_site(context, config)
-    loaded = get_model(config)
-    check_fingerprint(expected=instruction.base_fingerprint, local=loaded.base.fingerprint)
-    load_adapter_state(loaded.peft, from_array_record(instruction.adapter))
-    _, test_set = get_datasets(site, config, loaded)
-    device = resolve_device(config.device)
+    job = _prepare(message, context, resolve_site)
     metrics = evaluate_model(
-        loaded.peft,
-        test_set,
-        task=config.task,
-        pad_id=int(loaded.base.tokenizer.pad_token_id or 0),
-        device=device,
-        bf16=bf16_enabled(config.bf16, device),
+        job.loaded.peft,
+        job.test_set,
+        task=job.config.task,
+        pad_id=job.pad_id,
+        device=job.device,
+        bf16=job.bf16,
     )
-    loaded.peft.to("cpu")
-    return Message(make_reply(site.name, metrics), reply_to=message)
+    job.loaded.peft.to("cpu")
+    return Message(make_reply(job.site.name, metrics), reply_to=message)
 
 
 def _stable_hash(text: str) -> int:

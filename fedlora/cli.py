@@ -13,8 +13,8 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from fedlora.config import RunConfig
-from fedlora.errors import ConfigError, FedloraError
+from fedlora.config import DEFAULT_TARGET_EPSILON, RunConfig
+from fedlora.errors import BudgetExhaustedError, ConfigError, FedloraError
 
 logger = logging.getLogger("fedlora")
 
@@ -102,12 +102,110 @@ def build_parser() -> argparse.ArgumentParser:
         help="GPU fraction per simulated site (-1: auto)",
     )
 
+    _add_privacy_arguments(sim, defaults)
+
     output = sim.add_argument_group("output")
     output.add_argument("--out", default=defaults.out, help="parent folder of run directories")
     output.add_argument("--run-id", default=None, help="run directory name (default: timestamp)")
     output.add_argument("--quiet", action="store_true", help="no progress display")
     output.add_argument("--verbose", action="store_true", help="show Flower and Ray logs")
+
+    report = commands.add_parser(
+        "report",
+        help="write the privacy-budget report of a run",
+        description=(
+            "Write RUN_DIR/report/: privacy_report.json, report.md, report.html, epsilon.png "
+            "and utility.png (per-site ε, budgets, refusals, ledgers, utility, guarantee)."
+        ),
+    )
+    report.add_argument("run_dir", metavar="RUN_DIR", help="a run directory, e.g. runs/<run-id>")
     return parser
+
+
+def _add_privacy_arguments(sim: argparse.ArgumentParser, defaults: RunConfig) -> None:
+    privacy = sim.add_argument_group(
+        "differential privacy (on by default; see docs/privacy.md)",
+        "Each site gives σ or a target ε for the whole run (default: target ε "
+        f"{DEFAULT_TARGET_EPSILON:g}); its budget caps the lifetime ε of its data.",
+    )
+    privacy.add_argument("--no-dp", action="store_true", help="train without DP (warned)")
+    choice = privacy.add_mutually_exclusive_group()
+    choice.add_argument("--noise-multiplier", type=float, metavar="S", help="σ of DP-SGD (>= 0)")
+    choice.add_argument(
+        "--target-epsilon", type=float, metavar="E", help="calibrate σ to reach ε E over the run"
+    )
+    privacy.add_argument(
+        "--delta", type=float, default=None, metavar="D", help="δ (default: 0.1 / site records)"
+    )
+    privacy.add_argument("--max-grad-norm", type=float, default=defaults.max_grad_norm, metavar="C")
+    privacy.add_argument(
+        "--budget-epsilon",
+        type=float,
+        default=defaults.budget_epsilon,
+        metavar="B",
+        help="per-site lifetime ε budget of its data",
+    )
+    privacy.add_argument(
+        "--site-budget",
+        action="append",
+        default=[],
+        metavar="SITE=EPS",
+        help="budget of one site (repeat per site)",
+    )
+    privacy.add_argument("--accountant", choices=("prv", "rdp"), default=defaults.accountant)
+    privacy.add_argument("--dp-mode", choices=("hooks", "ghost"), default=defaults.dp_mode)
+    privacy.add_argument(
+        "--secure-rng", action="store_true", help="noise and sampling from OS entropy"
+    )
+    privacy.add_argument(
+        "--ledger-root",
+        default=defaults.ledger_root,
+        metavar="DIR",
+        help="where simulated sites keep their privacy ledgers (default: OUT/ledgers)",
+    )
+    privacy.add_argument(
+        "--new-ledger",
+        action="store_true",
+        help="retire a ledger whose data changed and start a new one",
+    )
+    privacy.add_argument(
+        "--central-dp",
+        choices=("off", "fixed", "adaptive"),
+        default=defaults.central_dp,
+        help="client-level DP on the server's aggregate",
+    )
+    privacy.add_argument(
+        "--central-noise-multiplier", type=float, default=defaults.central_noise_multiplier
+    )
+    privacy.add_argument("--central-clip-norm", type=float, default=defaults.central_clip_norm)
+    privacy.add_argument("--central-delta", type=float, default=defaults.central_delta)
+
+
+def _privacy_settings(args: argparse.Namespace) -> dict[str, object]:
+    if args.noise_multiplier is not None and args.noise_multiplier < 0:
+        raise ConfigError(f"--noise-multiplier must be >= 0, got {args.noise_multiplier}")
+    if args.target_epsilon is not None and not args.target_epsilon > 0:
+        raise ConfigError(f"--target-epsilon must be > 0, got {args.target_epsilon}")
+    if args.delta is not None and not 0 < args.delta < 1:
+        raise ConfigError(f"--delta must be in (0, 1), got {args.delta}")
+    return {
+        "dp": not args.no_dp,
+        "noise_multiplier": -1.0 if args.noise_multiplier is None else args.noise_multiplier,
+        "target_epsilon": args.target_epsilon or 0.0,
+        "delta": args.delta or 0.0,
+        "max_grad_norm": args.max_grad_norm,
+        "budget_epsilon": args.budget_epsilon,
+        "site_budgets": tuple(args.site_budget),
+        "accountant": args.accountant,
+        "dp_mode": args.dp_mode,
+        "secure_rng": args.secure_rng,
+        "ledger_root": args.ledger_root,
+        "new_ledger": args.new_ledger,
+        "central_dp": args.central_dp,
+        "central_noise_multiplier": args.central_noise_multiplier,
+        "central_clip_norm": args.central_clip_norm,
+        "central_delta": args.central_delta,
+    }
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -145,6 +243,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         bf16=args.bf16,
         gradient_checkpointing=args.gradient_checkpointing,
         client_gpus=args.client_gpus,
+        **_privacy_settings(args),  # type: ignore[arg-type]
     )
 
 
@@ -162,23 +261,52 @@ def run_simulate(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from fedlora.console import ProgressDisplay, summary_table, traffic_table
+    from fedlora.report import HTML_FILE, write_report
     from server.rundir import RunDirectory
     from simulations.runner import simulate
 
     config = config_from_args(args)
     console = Console(stderr=False)
     _quiet_third_parties(args.verbose)
-    if args.quiet:
-        run_path = simulate(config, run_id=args.run_id, verbose=args.verbose)
-    else:
-        with ProgressDisplay(console) as display:
-            run_path = simulate(config, observer=display, run_id=args.run_id, verbose=args.verbose)
+    if not config.dp:
+        print(
+            "fedlora: warning: differential privacy is OFF (--no-dp): the adapters sent by the "
+            "sites carry no formal privacy guarantee for their records",
+            file=sys.stderr,
+        )
+    stopped: BudgetExhaustedError | None = None
+    try:
+        if args.quiet:
+            run_path = simulate(config, run_id=args.run_id, verbose=args.verbose)
+        else:
+            with ProgressDisplay(console) as display:
+                run_path = simulate(
+                    config, observer=display, run_id=args.run_id, verbose=args.verbose
+                )
+    except BudgetExhaustedError as error:
+        if error.run_dir is None:
+            raise
+        stopped, run_path = error, error.run_dir
     metrics = RunDirectory(run_path).read_metrics()
     console.print(summary_table(metrics, config.task))
     console.print(traffic_table(metrics))
+    report = write_report(Path(run_path))
     console.print(f"run directory: {run_path}", soft_wrap=True, highlight=False)
     final = Path(run_path) / "adapters" / "final"
     console.print(f"final adapter: {final}", soft_wrap=True, highlight=False)
+    console.print(f"privacy report: {report / HTML_FILE}", soft_wrap=True, highlight=False)
+    if stopped is not None:
+        raise stopped
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    """``fedlora report RUN_DIR``: write the privacy report and print where it is."""
+    from fedlora.report import HTML_FILE, JSON_FILE, MARKDOWN_FILE, write_report
+
+    out = write_report(Path(args.run_dir))
+    for name in (HTML_FILE, MARKDOWN_FILE, JSON_FILE):
+        print(f"{name}: {out / name}")
     return 0
 
 
@@ -193,6 +321,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "simulate":
             return run_simulate(args)
+        if args.command == "report":
+            return run_report(args)
         parser.error(f"unknown command {args.command}")
     except FedloraError as error:
         if args.debug:

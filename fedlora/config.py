@@ -23,6 +23,12 @@ Task = Literal["sft", "classification"]
 OptimizerName = Literal["adamw", "sgd"]
 DeviceChoice = Literal["auto", "cpu", "cuda"]
 Bf16Choice = Literal["auto", "on", "off"]
+AccountantChoice = Literal["prv", "rdp"]
+DpMode = Literal["hooks", "ghost"]
+CentralDpMode = Literal["off", "fixed", "adaptive"]
+
+DEFAULT_TARGET_EPSILON = 4.0
+"""Per-run ε a site aims for when it gives neither a noise multiplier nor a target."""
 
 FlatValue = bool | int | float | str
 
@@ -63,6 +69,22 @@ class RunConfig:
     lora_targets: tuple[str, ...] = ()
     max_length: int = 128
     seed: int = 0
+    dp: bool = True
+    noise_multiplier: float = -1.0
+    target_epsilon: float = 0.0
+    delta: float = 0.0
+    max_grad_norm: float = 1.0
+    budget_epsilon: float = 10.0
+    site_budgets: tuple[str, ...] = ()
+    accountant: AccountantChoice = "prv"
+    dp_mode: DpMode = "hooks"
+    secure_rng: bool = False
+    ledger_root: str = ""
+    new_ledger: bool = False
+    central_dp: CentralDpMode = "off"
+    central_noise_multiplier: float = 1.0
+    central_clip_norm: float = 0.1
+    central_delta: float = 0.0
     out: str = "runs"
     device: DeviceChoice = "auto"
     bf16: Bf16Choice = "auto"
@@ -120,8 +142,56 @@ class RunConfig:
             )
         if len(set(self.labels)) != len(self.labels):
             raise ConfigError(f"labels contain duplicates: {', '.join(self.labels)}")
+        self._check_privacy()
         if self.extra:
             raise ConfigError(f"unknown config key(s): {', '.join(sorted(self.extra))}")
+
+    def _check_privacy(self) -> None:
+        _check_choice("accountant", self.accountant, AccountantChoice)
+        _check_choice("dp-mode", self.dp_mode, DpMode)
+        _check_choice("central-dp", self.central_dp, CentralDpMode)
+        if self.noise_multiplier != -1.0 and not (
+            self.noise_multiplier >= 0 and math.isfinite(self.noise_multiplier)
+        ):
+            raise ConfigError(f"noise-multiplier must be >= 0, got {self.noise_multiplier}")
+        if not (self.target_epsilon >= 0 and math.isfinite(self.target_epsilon)):
+            raise ConfigError(f"target-epsilon must be > 0, got {self.target_epsilon}")
+        if self.noise_multiplier >= 0 and self.target_epsilon > 0:
+            raise ConfigError("give either noise-multiplier or target-epsilon, not both")
+        if self.delta != 0 and not 0 < self.delta < 1:
+            raise ConfigError(f"delta must be in (0, 1), got {self.delta}")
+        if not (self.max_grad_norm > 0 and math.isfinite(self.max_grad_norm)):
+            raise ConfigError(f"max-grad-norm must be > 0, got {self.max_grad_norm}")
+        if not self.budget_epsilon > 0:
+            raise ConfigError(f"budget-epsilon must be > 0, got {self.budget_epsilon}")
+        for site, budget in self.site_budget_map.items():
+            if budget > 0:
+                continue
+            raise ConfigError(f"site-budgets: budget of {site} must be > 0, got {budget}")
+        if self.central_noise_multiplier < 0:
+            raise ConfigError(
+                f"central-noise-multiplier must be >= 0, got {self.central_noise_multiplier}"
+            )
+        if not self.central_clip_norm > 0:
+            raise ConfigError(f"central-clip-norm must be > 0, got {self.central_clip_norm}")
+        if self.central_delta != 0 and not 0 < self.central_delta < 1:
+            raise ConfigError(f"central-delta must be in (0, 1), got {self.central_delta}")
+
+    @property
+    def site_budget_map(self) -> dict[str, float]:
+        """Per-site budget overrides from ``site-budgets`` (``name=epsilon`` items)."""
+        budgets: dict[str, float] = {}
+        for item in self.site_budgets:
+            name, sep, value = item.partition("=")
+            try:
+                if not sep or not name.strip():
+                    raise ValueError(item)
+                budgets[name.strip()] = float(value)
+            except ValueError:
+                raise ConfigError(
+                    f"site-budgets items must be name=epsilon, got {item!r}"
+                ) from None
+        return budgets
 
     @property
     def uses_own_data(self) -> bool:

@@ -7,6 +7,8 @@ its Flower ``Error`` reply, so the coordinator can tell a refusal from a crash.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class FedloraError(Exception):
     """Base class of every error fedlora reports to a user."""
@@ -48,3 +50,23 @@ class RunDirError(FedloraError):
     """A run directory is unusable or not in the expected state."""
 
     error_code = 106
+
+
+class LedgerError(FedloraError):
+    """A site privacy ledger is corrupted, altered, or belongs to other data."""
+
+    error_code = 107
+
+
+class BudgetExhaustedError(FedloraError):
+    """No site could train another round within its privacy budget.
+
+    ``run_dir`` is the stopped run's directory when one exists (its adapters and ledgers up to
+    the last trained round are valid and its report can be written).
+    """
+
+    error_code = 108
+
+    def __init__(self, message: str, run_dir: Path | None = None) -> None:
+        super().__init__(message)
+        self.run_dir = run_dir

@@ -31,12 +31,21 @@ from fedlora.adapters import (
     to_array_record,
 )
 from fedlora.config import RunConfig
-from fedlora.errors import AdapterError, FedloraError
+from fedlora.errors import AdapterError, BudgetExhaustedError, FedloraError
 from fedlora.models import apply_lora, load_base_model
 from fedlora.progress import Phase, RoundObserver
-from fedlora.protocol import ADAPTER, SITE, make_instruction, reply_metrics
+from fedlora.protocol import (
+    ADAPTER,
+    SITE,
+    make_instruction,
+    read_privacy,
+    read_status,
+    reply_metrics,
+)
 from server.rundir import RunDirectory
 from strategies import SiteUpdate, get_strategy
+from strategies.central_dp import CentralDP
+from strategies.registry import wrap_with_central_dp
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +59,8 @@ class _PhaseResult:
     errors: list[dict[str, str]] = field(default_factory=list)
     bytes_sent: dict[str, int] = field(default_factory=dict)
     bytes_received: dict[str, int] = field(default_factory=dict)
+    privacy: dict[str, dict[str, Any]] = field(default_factory=dict)
+    refused: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def package_versions() -> dict[str, str]:
@@ -96,7 +107,7 @@ class Federation:
         self.config = config
         self.run_dir = RunDirectory(Path())
         self.observer = observer or RoundObserver()
-        self.strategy = get_strategy(config.strategy)
+        self.strategy = wrap_with_central_dp(get_strategy(config.strategy), config, config.sites)
         self.base = load_base_model(
             config.model, task=config.task, labels=config.labels, max_length=config.max_length
         )
@@ -120,8 +131,15 @@ class Federation:
     def start(self, run_dir: RunDirectory) -> None:
         """Run every round into ``run_dir``; mark it complete, or incomplete with the reason."""
         self.run_dir = run_dir
+        if isinstance(self.strategy, CentralDP):
+            self.strategy.open_ledger(run_dir.path / "privacy" / "server-ledger.jsonl")
         try:
             self._run()
+        except BudgetExhaustedError as exc:
+            save_peft_dir(self.peft, self.global_state, self.run_dir.adapter_path(None))
+            self.run_dir.mark("stopped", str(exc))
+            logger.warning("run %s stopped: %s", self.run_dir.run_id, exc)
+            raise
         except BaseException as exc:
             reason = f"{type(exc).__name__}: {exc}"
             self.run_dir.mark("incomplete", reason)
@@ -142,6 +160,12 @@ class Federation:
             trained = self._exchange(node_ids, server_round, "train")
             updates = self._updates(trained)
             if not updates:
+                self._record(server_round, started, trained, _PhaseResult())
+                if trained.refused and not trained.replies:
+                    raise BudgetExhaustedError(
+                        f"stopped before round {server_round} of {config.rounds}: every site "
+                        "declined to train because the round would exceed its privacy budget"
+                    )
                 raise FedloraError(f"round {server_round}: no site returned a usable update")
             self.global_state = self.strategy.aggregate(self.global_state, updates)
             save_peft_dir(self.peft, self.global_state, self.run_dir.adapter_path(server_round))
@@ -153,7 +177,11 @@ class Federation:
         adapter = to_array_record(self.global_state)
         size = payload_bytes(adapter)
         content = make_instruction(
-            adapter, self.config, server_round=server_round, base_fingerprint=self.base.fingerprint
+            adapter,
+            self.config,
+            server_round=server_round,
+            base_fingerprint=self.base.fingerprint,
+            run_id=self.run_dir.run_id,
         )
         messages = [
             Message(
@@ -211,9 +239,25 @@ class Federation:
         result.bytes_sent[site] = result.bytes_sent.pop(
             f"node-{node_id}", result.bytes_sent.get(site, 0)
         )
-        result.replies[site] = reply
         received = reply.content.array_records.get(ADAPTER)
         result.bytes_received[site] = payload_bytes(received) if received is not None else 0
+        status = read_status(reply)
+        if status is not None:
+            logger.warning(
+                "round %d %s: site %s declined (%s): %s",
+                server_round,
+                phase,
+                site,
+                status["status"],
+                status.get("reason", ""),
+            )
+            result.refused[site] = status
+            self.observer.on_reply(server_round=server_round, phase=phase, site=site, metrics=None)
+            return
+        result.replies[site] = reply
+        privacy = read_privacy(reply)
+        if privacy is not None:
+            result.privacy[site] = privacy
         metrics = reply_metrics(reply)
         self.observer.on_reply(server_round=server_round, phase=phase, site=site, metrics=metrics)
 
@@ -264,8 +308,12 @@ class Federation:
             "bytes-sent": sum(entry["bytes-sent"] for entry in sites.values()),
             "bytes-received": sum(entry["bytes-received"] for entry in sites.values()),
             "errors": (trained.errors if trained else []) + evaluated.errors,
+            "privacy": trained.privacy if trained else {},
+            "refused": trained.refused if trained else {},
             "duration-s": round(time.monotonic() - started, 3),
         }
+        if trained is not None and trained.replies and isinstance(self.strategy, CentralDP):
+            record["central-privacy"] = self.strategy.last_round_privacy()
         if self.config.task == "sft" and record["eval"].get("loss") is not None:
             record["eval"]["perplexity"] = math.exp(min(record["eval"]["loss"], 50.0))
         self.run_dir.append_metrics(record)

@@ -27,7 +27,8 @@ from fedlora.io import append_line, atomic_write_json
 
 logger = logging.getLogger(__name__)
 
-RunState = Literal["running", "complete", "incomplete"]
+RunState = Literal["running", "complete", "stopped", "incomplete"]
+"""``stopped``: ended before the planned rounds because no site could train within its budget."""
 
 
 def new_run_id() -> str:
@@ -117,4 +118,4 @@ class RunDirectory:
         except (OSError, ValueError):
             return "incomplete"
         state = payload.get("state")
-        return state if state in ("running", "complete") else "incomplete"
+        return state if state in ("running", "complete", "stopped") else "incomplete"

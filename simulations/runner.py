@@ -7,6 +7,7 @@ the built-in scenario's generated files or the user's own.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -16,13 +17,14 @@ from flwr.serverapp import Grid, ServerApp
 
 from clients.app import make_client_app
 from fedlora.config import RunConfig
-from fedlora.errors import FedloraError, RunDirError
+from fedlora.errors import BudgetExhaustedError, FedloraError, RunDirError
 from fedlora.progress import RoundObserver
 from fedlora.sites import SiteSpec
 from server.federation import run_federation
 from server.rundir import RunDirectory, new_run_id
 from simulations.materialize import preflight, resolve_config, simulated_sites
 from strategies import get_strategy
+from strategies.registry import wrap_with_central_dp
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +91,7 @@ def simulate(
     _check_writable(out)
     sites = simulated_sites(config)
     preflight(config, sites)
-    get_strategy(config.strategy)
+    wrap_with_central_dp(get_strategy(config.strategy), config, len(sites))
     run_id = run_id or new_run_id()
 
     server_app = ServerApp()
@@ -118,14 +120,21 @@ def simulate(
             backend_config=backend_config,  # type: ignore[arg-type]
             verbose_logging=False,
         )
+    except BudgetExhaustedError as exc:
+        raise BudgetExhaustedError(str(exc), out / run_id) from None
     except FedloraError:
         raise
     except RuntimeError as exc:
         cause = exc.__cause__
+        if isinstance(cause, BudgetExhaustedError):
+            raise BudgetExhaustedError(str(cause), out / run_id) from None
         if isinstance(cause, FedloraError):
             raise cause from None
         raise
     run_dir = RunDirectory(out / run_id)
+    if run_dir.state() == "stopped":
+        reason = json.loads((run_dir.path / "status.json").read_text()).get("reason")
+        raise BudgetExhaustedError(f"run {run_id} stopped early: {reason}", run_dir.path)
     if run_dir.state() != "complete":
         raise FedloraError(f"run {run_id} did not complete; see {run_dir.path / 'status.json'}")
     return run_dir.path

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -39,3 +40,16 @@ def sentiment_rows() -> list[dict[str, str]]:
         text = " ".join(words[(index + k) % len(words)] for k in range(4))
         rows.append({"text": f"{text} #{index}", "label": label})
     return rows
+
+
+@pytest.fixture
+def flower_identity() -> Iterator[None]:
+    """Give this process the task identity a ServerApp has, so tests can build Messages."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
+    TaskIdentity.task_id = 1
+    TaskIdentity.run_id = 1
+    TaskIdentity.node_id = 0
+    yield
+    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved

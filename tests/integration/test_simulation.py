@@ -94,6 +94,9 @@ def test_tiny_bert_classification_three_sites_two_rounds(tmp_path):
         rounds=2,
         lr=0.03,
         local_epochs=3,
+        # The backbone's learning check: DP noise at a useful ε on 48 records a site would
+        # swamp two rounds' progress; DP runs are checked in test_privacy_run.py.
+        dp=False,
     )
 
     metrics = _assert_complete_run(run_dir, rounds=2, sites=3)

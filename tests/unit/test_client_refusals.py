@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import pytest
 from flwr.app import Context, Message, RecordDict
 
 from clients.app import make_client_app
@@ -14,11 +15,18 @@ from fedlora.sites import SiteSpec
 from tests.conftest import write_jsonl
 
 
+@pytest.fixture(autouse=True)
+def _identity(flower_identity: None) -> None:
+    """Every test here builds Messages."""
+
+
 def _instruction(config: RunConfig, fingerprint: str, message_type: str) -> Message:
     adapter = to_array_record(
         adapter_state(apply_lora(load_base_model(config.model, task=config.task), config))
     )
-    content = make_instruction(adapter, config, server_round=1, base_fingerprint=fingerprint)
+    content = make_instruction(
+        adapter, config, server_round=1, base_fingerprint=fingerprint, run_id="test-run"
+    )
     return Message(content=content, dst_node_id=1, message_type=message_type)
 
 

@@ -1,0 +1,681 @@
+"""Client-level (central) differential privacy on the server: DP-FedAvg as a strategy wrapper.
+
+:class:`CentralDP` wraps an averaging strategy (FedAvg) and turns each round into one Gaussian
+release protecting every *site* as a whole (McMahan et al. 2018, "Learning differentially
+private recurrent language models"; Andrew et al. 2021, "Differentially private learning with
+adaptive clipping"). Per round, with ``m`` the number of sites sampled per round and ``C`` the
+clip norm:
+
+1. each site's update ``d_i = state_i - global`` is clipped to L2 norm ``C``, flat over all
+   adapter tensors (Flower's ``adaptive_clip_inputs_inplace``);
+2. the clipped updates are averaged with **uniform** weights and the fixed denominator ``m``:
+   ``global + sum_i clip(d_i) / m``. The inner FedAvg computes the uniform mean: it receives
+   the states ``global + clip(d_i)``, all with ``num_examples = 1``. Weighting by examples is
+   deliberately replaced: the sensitivity ``C / m`` of the mean to one site only holds for
+   uniform weights. When ``n != m`` updates arrive (a sampled site failed or refused), the
+   mean's step is rescaled by ``n / m``, as if absent sites had sent zero updates;
+3. Gaussian noise of standard deviation ``compute_stdv(sigma_u, C, m) = sigma_u * C / m`` is
+   added to every coordinate, drawn from a :class:`numpy.random.Generator` of the wrapper's own
+   (seeded from OS entropy unless a seed is given), never from numpy's global state;
+4. in ``adaptive`` mode the clip norm then moves geometrically toward the quantile ``gamma``
+   (``target_clipped_quantile``) of the update norms (Andrew et al., Alg. 1):
+   ``C <- C * exp(-lr * (b - gamma))`` with ``b`` the noisy fraction of updates *not* clipped
+   (``|d_i| <= C``): ``b = 1/2 + (sum_i (b_i - 1/2) + N(0, sigma_b^2)) / m``. With every
+   sampled site present this is ``(sum_i b_i + N(0, sigma_b^2)) / m``; a missing site counts
+   as neutral. ``C`` is carried across rounds.
+
+Privacy statement
+    The guarantee is (ε, δ)-DP at *client level* under add/remove of one site's entire
+    contribution, for what the server releases: the sequence of global adapters (and, in
+    adaptive mode, the clip norms and the noisy clipped fractions). The server itself is
+    trusted: it sees the raw updates. Evaluation metrics the sites report are not covered.
+    Each round is accounted as one Poisson-subsampled Gaussian release with sample rate
+    ``q = m / sites`` and noise multiplier ``sigma`` (``q = 1.0`` when all sites train every
+    round, as in :class:`server.federation.Federation`; ``q < 1`` assumes each site is sampled
+    independently with probability ``q``). ε is reported by both Opacus accountants (PRV and
+    RDP) via :func:`fedlora.privacy.epsilons` over all rounds so far.
+
+Adaptive noise split
+    ``sigma`` is the *total* noise multiplier asked for. Flower's
+    ``compute_adaptive_noise_params`` splits it into the update noise
+    ``sigma_u = (sigma^-2 - (2 sigma_b)^-2)^(-1/2)`` and the clipped-count noise ``sigma_b``
+    (default ``m / 20`` as in Flower), so that the two Gaussian queries together
+    (sensitivities ``C / m`` and ``1 / (2m)``) compose to exactly one Gaussian mechanism of
+    multiplier ``sigma`` (Andrew et al., Thm. 1). The accountant therefore uses ``sigma``. The
+    split is impossible when ``sigma >= 2 sigma_b``; that is refused as a
+    :class:`~fedlora.errors.ConfigError`.
+
+Deliberate differences from Flower's ``DifferentialPrivacyServerSideAdaptiveClipping``
+    Flower's wrapper feeds the fraction of *clipped* updates into ``exp(-lr * (f - gamma))``,
+    which shrinks ``C`` when every update is clipped; here ``b`` is the fraction of unclipped
+    updates, as in the paper, so ``C`` grows when every update is clipped. Flower also draws
+    the round's noise with the already-updated ``C``; here the noise uses the ``C`` the updates
+    were clipped to (the actual sensitivity), and only then is ``C`` updated for the next
+    round. Flower's ``add_gaussian_noise_inplace`` uses numpy's global random state, so the
+    noise is drawn here instead. A zero update is never passed to Flower's clipping helper
+    (it divides by the norm).
+
+Limitations
+    The noise comes from numpy's PCG64 in floating point, not a cryptographically secure
+    generator; like any floating-point Gaussian mechanism it is open in principle to the
+    precision attacks of Mironov (2012). With few sites client-level DP is weak: the default
+    ``δ = 1 / (10 sites)`` is large and ε is high at any useful noise level.
+
+Server ledger
+    With a ledger path (the federation passes ``runs/<id>/privacy/server-ledger.jsonl``), every
+    round is appended to a :class:`ServerPrivacyLedger`, hash-chained exactly like the site
+    ledger of :mod:`fedlora.ledger`, before the aggregate is returned.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from flwr.supercore.differential_privacy import (
+    adaptive_clip_inputs_inplace,
+    compute_adaptive_noise_params,
+    compute_stdv,
+    get_norm,
+)
+
+from fedlora.adapters import AdapterState, check_compatible
+from fedlora.errors import ConfigError, FedloraError, LedgerError
+from fedlora.io import append_line
+from fedlora.ledger import GENESIS, _canonical, _finite_or_none, _line_hash, _now
+from fedlora.privacy import Release, check_delta, default_delta, epsilons
+from strategies.base import SiteUpdate, Strategy, check_finite
+from strategies.fedavg import FedAvg
+
+logger = logging.getLogger(__name__)
+
+CentralMode = Literal["fixed", "adaptive"]
+CENTRAL_MODES: tuple[CentralMode, ...] = ("fixed", "adaptive")
+SERVER_LEDGER_FILE = "server-ledger.jsonl"
+SERVER_LEDGER_VERSION = 1
+_HEADER_FIELDS = ("mode", "sites", "sampled", "delta")
+
+Arrays = list[npt.NDArray[np.float64]]
+
+
+def central_delta(delta: float, sites: int) -> float:
+    """The client-level δ: ``delta`` when set, else ``1 / (10·sites)``.
+
+    δ must be well below ``1 / sites`` (a mechanism that publishes one site's whole update
+    with probability ``1/sites`` would otherwise qualify); a tenth of it mirrors the per-record
+    default of the sites (:func:`fedlora.privacy.default_delta`).
+
+    Raises
+    ------
+    ConfigError
+        For ``sites < 1`` or a set ``delta`` outside (0, 1).
+    """
+    if delta == 0:
+        if sites < 1:
+            raise ConfigError(f"central DP needs at least one site, got {sites}")
+        return default_delta(sites)
+    check_delta(delta)
+    return float(delta)
+
+
+@dataclass(frozen=True)
+class ServerLedgerEntry:
+    """One aggregated round as the server ledger records it.
+
+    ``noise_multiplier`` is the accounted sigma; ``update_noise_multiplier`` the sigma_u actually
+    applied to the aggregate (equal to sigma in fixed mode). ``clipped_count`` is the *noisy*
+    count of clipped updates (the released value; ``None`` in fixed mode, where no count is
+    released).
+    """
+
+    round: int
+    mode: str
+    noise_multiplier: float
+    update_noise_multiplier: float
+    clip_norm: float
+    next_clip_norm: float
+    clipped_count: float | None
+    clipped_count_stddev: float | None
+    updates: int
+    sampled: int
+    sample_rate: float
+    delta: float
+    epsilon_prv: float
+    epsilon_rdp: float
+    time: str
+
+    @property
+    def release(self) -> Release:
+        """The Gaussian release this round made (one step at client level)."""
+        return Release(self.noise_multiplier, self.sample_rate, 1)
+
+    def to_json(self) -> dict[str, Any]:
+        """The entry's fields under the ledger's kebab-case keys (infinite ε as null)."""
+        return {
+            "round": self.round,
+            "mode": self.mode,
+            "noise-multiplier": self.noise_multiplier,
+            "update-noise-multiplier": self.update_noise_multiplier,
+            "clip-norm": self.clip_norm,
+            "next-clip-norm": self.next_clip_norm,
+            "clipped-count": self.clipped_count,
+            "clipped-count-stddev": self.clipped_count_stddev,
+            "updates": self.updates,
+            "sampled": self.sampled,
+            "sample-rate": self.sample_rate,
+            "delta": self.delta,
+            "epsilon-prv": _finite_or_none(self.epsilon_prv),
+            "epsilon-rdp": _finite_or_none(self.epsilon_rdp),
+            "time": self.time,
+        }
+
+    @classmethod
+    def from_json(cls, payload: Mapping[str, Any]) -> ServerLedgerEntry:
+        """Parse a ``round`` line (``KeyError`` / ``TypeError`` / ``ValueError`` if malformed)."""
+
+        def eps(key: str) -> float:
+            value = payload[key]
+            return math.inf if value is None else float(value)
+
+        def optional(key: str) -> float | None:
+            value = payload[key]
+            return None if value is None else float(value)
+
+        return cls(
+            round=int(payload["round"]),
+            mode=str(payload["mode"]),
+            noise_multiplier=float(payload["noise-multiplier"]),
+            update_noise_multiplier=float(payload["update-noise-multiplier"]),
+            clip_norm=float(payload["clip-norm"]),
+            next_clip_norm=float(payload["next-clip-norm"]),
+            clipped_count=optional("clipped-count"),
+            clipped_count_stddev=optional("clipped-count-stddev"),
+            updates=int(payload["updates"]),
+            sampled=int(payload["sampled"]),
+            sample_rate=float(payload["sample-rate"]),
+            delta=float(payload["delta"]),
+            epsilon_prv=eps("epsilon-prv"),
+            epsilon_rdp=eps("epsilon-rdp"),
+            time=str(payload["time"]),
+        )
+
+
+class ServerPrivacyLedger:
+    """The server's append-only, hash-chained record of its client-level releases.
+
+    Line 1 is ``"kind": "open"`` (version, mode, sites, sampled sites per round, δ, time); then
+    one ``"kind": "round"`` line per aggregated round (:class:`ServerLedgerEntry`). Every line
+    carries ``prev`` and ``hash`` as in :mod:`fedlora.ledger`; an edited, removed or reordered
+    line is refused naming its line number. Use :meth:`open` or :func:`read_server_ledger`.
+    """
+
+    def __init__(self, path: Path, header: Mapping[str, Any], last_hash: str) -> None:
+        self.path = path
+        self.header = dict(header)
+        self.entries: list[ServerLedgerEntry] = []
+        self._last_hash = last_hash
+
+    @classmethod
+    def open(
+        cls, path: Path, *, mode: str, sites: int, sampled: int, delta: float
+    ) -> ServerPrivacyLedger:
+        """Load the ledger at ``path`` (validating every line), or start one there.
+
+        An existing ledger is continued, never reset: its rounds count toward ε.
+
+        Parameters
+        ----------
+        path
+            The ledger file; its directory is created when missing.
+        mode, sites, sampled, delta
+            The central-DP set-up the rounds are accounted under.
+
+        Raises
+        ------
+        LedgerError
+            For a corrupted or altered line (naming it), an unwritable path, or an existing
+            ledger of another set-up.
+        """
+        header = {"mode": mode, "sites": sites, "sampled": sampled, "delta": delta}
+        if path.exists():
+            ledger = cls._load(path)
+            recorded = {key: ledger.header.get(key) for key in _HEADER_FIELDS}
+            if recorded != header:
+                raise LedgerError(
+                    f"server privacy ledger {path} was written for {recorded}, not {header}; "
+                    "use a new run directory"
+                )
+            return ledger
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LedgerError(f"cannot create ledger directory {path.parent}: {exc}") from exc
+        ledger = cls(path, header, GENESIS)
+        ledger._write(
+            {
+                "kind": "open",
+                "version": SERVER_LEDGER_VERSION,
+                "scope": "server",
+                **header,
+                "time": _now(),
+            }
+        )
+        return ledger
+
+    @classmethod
+    def _load(cls, path: Path) -> ServerPrivacyLedger:
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise LedgerError(f"cannot read server privacy ledger {path}: {exc}") from exc
+        ledger: ServerPrivacyLedger | None = None
+        previous = GENESIS
+        for number, line in enumerate(lines, start=1):
+            where = f"server privacy ledger {path} line {number}"
+            try:
+                payload = _json_object(line)
+            except ValueError as exc:
+                raise LedgerError(f"{where} is corrupted: {exc}") from exc
+            if payload.get("prev") != previous or payload.get("hash") != _line_hash(payload):
+                raise LedgerError(
+                    f"{where} was altered, removed or reordered (hash chain broken); "
+                    "its privacy history is unprovable"
+                )
+            previous = str(payload["hash"])
+            try:
+                if number == 1:
+                    if (
+                        payload.get("kind") != "open"
+                        or payload.get("version") != SERVER_LEDGER_VERSION
+                        or payload.get("scope") != "server"
+                    ):
+                        raise ValueError("first line is not a version-1 server 'open' line")
+                    header = {key: payload[key] for key in _HEADER_FIELDS}
+                    ledger = cls(path, header, previous)
+                    continue
+                if payload.get("kind") != "round":
+                    raise ValueError(f"unknown kind {payload.get('kind')!r}")
+                assert ledger is not None
+                ledger.entries.append(ServerLedgerEntry.from_json(payload))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise LedgerError(f"{where} is corrupted: {exc}") from exc
+            ledger._last_hash = previous
+        if ledger is None:
+            raise LedgerError(f"server privacy ledger {path} is empty; it has no 'open' line")
+        return ledger
+
+    def _write(self, payload: dict[str, Any]) -> None:
+        payload["prev"] = self._last_hash
+        payload["hash"] = _line_hash(payload)
+        try:
+            append_line(self.path, _canonical(payload))
+        except OSError as exc:
+            raise LedgerError(f"cannot append to server privacy ledger {self.path}: {exc}") from exc
+        self._last_hash = payload["hash"]
+
+    def releases(self) -> list[Release]:
+        """Every recorded release, in order."""
+        return [entry.release for entry in self.entries]
+
+    def append(self, entry: ServerLedgerEntry) -> None:
+        """Record an aggregated round durably (fsynced) before the aggregate is released."""
+        self._write({"kind": "round", **entry.to_json()})
+        self.entries.append(entry)
+
+
+def _json_object(line: str) -> dict[str, Any]:
+    try:
+        payload = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON ({exc.msg})") from exc
+    if not isinstance(payload, dict):
+        raise ValueError("not a JSON object")
+    return payload
+
+
+def read_server_ledger(path: Path) -> ServerPrivacyLedger:
+    """Load and validate a server ledger (a file, or a directory holding one) unchanged.
+
+    Raises
+    ------
+    LedgerError
+        When it is missing, corrupted or altered (naming the line).
+    """
+    if path.is_dir():
+        path = path / SERVER_LEDGER_FILE
+    if not path.exists():
+        raise LedgerError(f"no server privacy ledger at {path}")
+    return ServerPrivacyLedger._load(path)
+
+
+class CentralDP(Strategy):
+    """DP-FedAvg with fixed or adaptive clipping around an averaging strategy.
+
+    See the module docstring for the mechanism, its guarantee and its accounting.
+
+    Parameters
+    ----------
+    inner
+        The wrapped strategy; it must average exactly like :class:`FedAvg` (the privacy
+        guarantee rests on a uniform mean).
+    mode
+        ``"fixed"`` (clip norm ``clip_norm`` throughout) or ``"adaptive"`` (``clip_norm`` is
+        the initial norm, adapted every round).
+    noise_multiplier
+        The total noise multiplier sigma the rounds are accounted with (>= 0; 0 means no privacy).
+    clip_norm
+        The (initial) L2 clip norm ``C`` of a site's whole adapter update.
+    sites
+        The number of sites in the federation.
+    sampled_per_round
+        The expected number of sites sampled per round, ``m``: the fixed denominator of the
+        mean and of the noise. Defaults to ``sites`` (every site trains every round).
+    delta
+        The client-level δ; 0 picks ``1 / (10·sites)``.
+    target_clipped_quantile, clip_norm_lr, clipped_count_stddev
+        Adaptive clipping: the quantile of update norms ``C`` tracks, the geometric step
+        size, and the noise on the unclipped count (``None``: ``m / 20`` when sigma > 0,
+        else 0).
+    ledger_path
+        Where to keep the :class:`ServerPrivacyLedger`; ``None`` keeps no ledger (see
+        :meth:`open_ledger` to attach one later, before the first round).
+    seed
+        Seed of the noise generator, for tests; ``None`` seeds from OS entropy.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown mode, sigma < 0, ``C <= 0``, δ outside (0, 1), a bad site count, an inner
+        strategy that does not average uniformly, or an adaptive sigma the clipped-count noise
+        cannot carry.
+    """
+
+    def __init__(
+        self,
+        inner: Strategy,
+        *,
+        mode: str,
+        noise_multiplier: float,
+        clip_norm: float,
+        sites: int,
+        sampled_per_round: int | None = None,
+        delta: float = 0.0,
+        target_clipped_quantile: float = 0.5,
+        clip_norm_lr: float = 0.2,
+        clipped_count_stddev: float | None = None,
+        ledger_path: Path | None = None,
+        seed: int | None = None,
+    ) -> None:
+        if mode not in CENTRAL_MODES:
+            raise ConfigError(
+                f"central-dp mode must be one of {', '.join(CENTRAL_MODES)}, got {mode!r}"
+            )
+        if type(inner).aggregate is not FedAvg.aggregate:
+            raise ConfigError(
+                f"central DP needs an inner strategy that averages like fedavg, got {inner.name!r}"
+            )
+        if not (noise_multiplier >= 0 and math.isfinite(noise_multiplier)):
+            raise ConfigError(f"central-noise-multiplier must be >= 0, got {noise_multiplier}")
+        if not (clip_norm > 0 and math.isfinite(clip_norm)):
+            raise ConfigError(f"central-clip-norm must be > 0, got {clip_norm}")
+        if isinstance(sites, bool) or not isinstance(sites, int) or sites < 1:
+            raise ConfigError(f"central DP needs at least one site, got {sites}")
+        sampled = sites if sampled_per_round is None else sampled_per_round
+        if not 1 <= sampled <= sites:
+            raise ConfigError(f"sites sampled per round must be in [1, {sites}], got {sampled}")
+        try:
+            self.delta = central_delta(delta, sites)
+        except ConfigError as exc:
+            raise ConfigError(f"central-delta: {exc}") from None
+        if not 0 <= target_clipped_quantile <= 1:
+            raise ConfigError(
+                f"target clipped quantile must be in [0, 1], got {target_clipped_quantile}"
+            )
+        if not clip_norm_lr > 0:
+            raise ConfigError(f"clip-norm learning rate must be > 0, got {clip_norm_lr}")
+        if clipped_count_stddev is not None and not clipped_count_stddev >= 0:
+            raise ConfigError(f"clipped-count stddev must be >= 0, got {clipped_count_stddev}")
+
+        self.inner = inner
+        self.name = f"central-dp({inner.name})"
+        self.mode: CentralMode = "adaptive" if mode == "adaptive" else "fixed"
+        self.noise_multiplier = float(noise_multiplier)
+        self.clip_norm = float(clip_norm)
+        self.sites = sites
+        self.sampled = sampled
+        self.sample_rate = sampled / sites
+        self.target_clipped_quantile = float(target_clipped_quantile)
+        self.clip_norm_lr = float(clip_norm_lr)
+        self.update_noise_multiplier = self.noise_multiplier
+        self.clipped_count_stddev = 0.0
+        if self.mode == "adaptive":
+            try:
+                stddev, sigma_update = compute_adaptive_noise_params(
+                    self.noise_multiplier, sampled, clipped_count_stddev
+                )
+            except ValueError:
+                limit = 2 * (sampled / 20 if clipped_count_stddev is None else clipped_count_stddev)
+                raise ConfigError(
+                    f"central-dp adaptive: central-noise-multiplier {noise_multiplier:g} needs a "
+                    f"clipped-count noise above {noise_multiplier / 2:g}, but {sampled} sampled "
+                    f"sites give {limit / 2:g} (noise multiplier must be < {limit:g}); lower "
+                    "central-noise-multiplier, add sites, or use central-dp=fixed"
+                ) from None
+            self.clipped_count_stddev = float(stddev)
+            self.update_noise_multiplier = float(sigma_update)
+        self._rng = np.random.default_rng(secrets.randbits(128) if seed is None else seed)
+        self._releases: list[Release] = []
+        self._last: dict[str, Any] | None = None
+        self.ledger: ServerPrivacyLedger | None = None
+        if ledger_path is not None:
+            self.open_ledger(ledger_path)
+
+    @property
+    def rounds(self) -> int:
+        """Rounds released so far (including those of a reopened ledger)."""
+        return len(self._releases)
+
+    def open_ledger(self, path: Path) -> ServerPrivacyLedger:
+        """Attach the server ledger at ``path`` (created, or reloaded and continued).
+
+        Raises
+        ------
+        LedgerError
+            When rounds were already aggregated without a ledger, or the ledger is corrupted,
+            altered, or of another set-up.
+        """
+        if self.ledger is not None or self._releases:
+            raise LedgerError(
+                "the server privacy ledger must be attached once, before the first round"
+            )
+        ledger = ServerPrivacyLedger.open(
+            Path(path), mode=self.mode, sites=self.sites, sampled=self.sampled, delta=self.delta
+        )
+        self.ledger = ledger
+        self._releases = ledger.releases()
+        return ledger
+
+    def aggregate(self, global_state: AdapterState, updates: list[SiteUpdate]) -> AdapterState:
+        """Clip, average uniformly, add noise, account, and record one round.
+
+        Parameters
+        ----------
+        global_state
+            The adapter the sites started this round from.
+        updates
+            The validated updates of this round (at least one, at most one per site).
+
+        Returns
+        -------
+        AdapterState
+            The noisy aggregate, each tensor in the dtype and order of ``global_state``.
+
+        Raises
+        ------
+        FloatingPointError
+            For a site update with NaN or infinite values (it cannot be clipped).
+        LedgerError
+            When the round cannot be recorded; the aggregate is then not released.
+        """
+        if not updates:
+            raise FedloraError("central DP: no update to aggregate")
+        if len({update.site for update in updates}) != len(updates) or len(updates) > self.sites:
+            raise FedloraError(
+                f"central DP: {len(updates)} updates from {self.sites} sites; each site may "
+                "contribute at most once per round"
+            )
+        names = list(global_state)
+        base = [_to_numpy(global_state[name]) for name in names]
+        clip_norm = self.clip_norm
+
+        clipped_updates: list[SiteUpdate] = []
+        unclipped = 0
+        for update in updates:
+            check_compatible(global_state, update.state)
+            delta = [_to_numpy(update.state[name]) - g for name, g in zip(names, base, strict=True)]
+            norm = get_norm(delta)
+            if not math.isfinite(norm):
+                bad = next(n for n, d in zip(names, delta, strict=True) if not np.isfinite(d).all())
+                raise FloatingPointError(
+                    f"site {update.site} sent non-finite values in {bad}; it cannot be clipped"
+                )
+            # A zero update is within any norm; Flower's helper would divide by its norm.
+            was_clipped = norm > 0 and adaptive_clip_inputs_inplace(delta, clip_norm)
+            unclipped += 0 if was_clipped else 1
+            restored = [g + d for g, d in zip(base, delta, strict=True)]
+            clipped_updates.append(SiteUpdate(update.site, _to_state(names, restored), 1))
+        mean = self.inner.aggregate(_to_state(names, base), clipped_updates)
+        result = [_to_numpy(mean[name]) for name in names]
+        if len(updates) != self.sampled:
+            # Fixed denominator m: the uniform mean over the n received updates becomes
+            # global + sum_i clip(d_i) / m, as if absent sampled sites sent zero updates.
+            if len(updates) < self.sampled:
+                logger.warning(
+                    "central DP: %d of %d sampled sites sent an update; absent ones count as "
+                    "zero updates",
+                    len(updates),
+                    self.sampled,
+                )
+            scale = len(updates) / self.sampled
+            result = [g + (r - g) * scale for g, r in zip(base, result, strict=True)]
+        stddev = compute_stdv(self.update_noise_multiplier, clip_norm, self.sampled)
+        if stddev > 0:
+            for array in result:
+                array += self._rng.normal(0.0, stddev, array.shape)
+
+        clipped_count: float | None = None
+        if self.mode == "adaptive":
+            received = len(updates)
+            noisy_centered = (unclipped - received / 2) + (
+                float(self._rng.normal(0.0, self.clipped_count_stddev))
+                if self.clipped_count_stddev > 0
+                else 0.0
+            )
+            unclipped_fraction = 0.5 + noisy_centered / self.sampled
+            clipped_count = self.sampled * (1 - unclipped_fraction)
+            self.clip_norm = clip_norm * math.exp(
+                -self.clip_norm_lr * (unclipped_fraction - self.target_clipped_quantile)
+            )
+
+        self._account(
+            clip_norm=clip_norm, clipped_count=clipped_count, received=len(updates), std=stddev
+        )
+        aggregate: AdapterState = {
+            name: torch.from_numpy(array).to(
+                device=global_state[name].device, dtype=global_state[name].dtype
+            )
+            for name, array in zip(names, result, strict=True)
+        }
+        check_finite(aggregate)
+        return aggregate
+
+    def _account(
+        self, *, clip_norm: float, clipped_count: float | None, received: int, std: float
+    ) -> None:
+        releases = [*self._releases, Release(self.noise_multiplier, self.sample_rate, 1)]
+        with np.errstate(divide="ignore"):  # Opacus's PRV takes log(1 - q) at q = 1.
+            eps = epsilons(releases, delta=self.delta)
+        entry = ServerLedgerEntry(
+            round=len(releases),
+            mode=self.mode,
+            noise_multiplier=self.noise_multiplier,
+            update_noise_multiplier=self.update_noise_multiplier,
+            clip_norm=clip_norm,
+            next_clip_norm=self.clip_norm,
+            clipped_count=clipped_count,
+            clipped_count_stddev=self.clipped_count_stddev if self.mode == "adaptive" else None,
+            updates=received,
+            sampled=self.sampled,
+            sample_rate=self.sample_rate,
+            delta=self.delta,
+            epsilon_prv=eps["prv"],
+            epsilon_rdp=eps["rdp"],
+            time=_now(),
+        )
+        if self.ledger is not None:
+            self.ledger.append(entry)
+        self._releases = releases
+        logger.info(
+            "central DP round %d: clip norm %.4g, noise std %.4g, epsilon %.4g (prv) %.4g (rdp) "
+            "at delta %.3g",
+            entry.round,
+            clip_norm,
+            std,
+            entry.epsilon_prv,
+            entry.epsilon_rdp,
+            self.delta,
+        )
+        self._last = {
+            "mode": self.mode,
+            "noise-multiplier": self.noise_multiplier,
+            "clip-norm": clip_norm,
+            "delta": self.delta,
+            "sample-rate": self.sample_rate,
+            "rounds": entry.round,
+            "epsilon-prv": _finite_or_none(entry.epsilon_prv),
+            "epsilon-rdp": _finite_or_none(entry.epsilon_rdp),
+        }
+        if clipped_count is not None:
+            self._last["clipped-fraction"] = clipped_count / self.sampled
+
+    def last_round_privacy(self) -> dict[str, Any]:
+        """The privacy of the last aggregated round, for ``metrics.jsonl``.
+
+        Returns
+        -------
+        dict
+            ``mode``, ``noise-multiplier`` (the accounted sigma), ``clip-norm`` (the norm the
+            round's updates were clipped to), ``delta``, ``sample-rate``, ``rounds`` (released
+            so far), ``epsilon-prv`` and ``epsilon-rdp`` (over all rounds; ``None`` when
+            unbounded, i.e. sigma = 0), and in adaptive mode ``clipped-fraction`` (the noisy
+            fraction of clipped updates that drove the clip-norm update).
+
+        Raises
+        ------
+        FedloraError
+            Before the first :meth:`aggregate`.
+        """
+        if self._last is None:
+            raise FedloraError("central DP: no round has been aggregated yet")
+        return dict(self._last)
+
+
+def _to_numpy(tensor: torch.Tensor) -> npt.NDArray[np.float64]:
+    """A float64 copy of ``tensor`` (numpy has no bfloat16; the copy is never shared)."""
+    array: npt.NDArray[np.float64] = (
+        tensor.detach().to(device="cpu", dtype=torch.float64).numpy().copy()
+    )
+    return array
+
+
+def _to_state(names: list[str], arrays: Arrays) -> AdapterState:
+    return {name: torch.from_numpy(array) for name, array in zip(names, arrays, strict=True)}
