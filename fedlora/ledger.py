@@ -12,15 +12,14 @@ File format (``privacy-ledger.jsonl``), one JSON object a line:
   accountant, ε after the round by PRV and RDP (over the whole ledger) and the time.
 
 Every line carries ``prev`` (the previous line's hash) and ``hash`` (SHA-256 of its own
-canonical JSON without ``hash``). A line that was edited, removed or reordered breaks the chain
-and the ledger is refused with that line's number; nothing is trained on an unprovable history.
+canonical JSON without ``hash``), as :mod:`fedlora.hashchain` writes and checks them. A line
+that was edited, removed or reordered breaks the chain and the ledger is refused with that
+line's number; nothing is trained on an unprovable history.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
-import json
 import logging
 import math
 from collections.abc import Mapping
@@ -29,14 +28,21 @@ from pathlib import Path
 from typing import Any
 
 from fedlora.errors import LedgerError
-from fedlora.io import append_line
+from fedlora.hashchain import GENESIS as GENESIS  # re-exported: part of the ledger's format
+from fedlora.hashchain import (
+    append_chained,
+    corrupted_line,
+    finite_or_none,
+    read_chain,
+    utc_now,
+)
 from fedlora.privacy import Release
 
 logger = logging.getLogger(__name__)
 
 LEDGER_FILE = "privacy-ledger.jsonl"
 LEDGER_VERSION = 1
-GENESIS = "0" * 64
+_LABEL = "privacy ledger"
 ROUND_FIELDS = (
     "run-id",
     "round",
@@ -58,23 +64,6 @@ def data_fingerprint(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _canonical(payload: Mapping[str, Any]) -> str:
-    return json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
-
-
-def _line_hash(payload: Mapping[str, Any]) -> str:
-    body = {key: value for key, value in payload.items() if key != "hash"}
-    return hashlib.sha256(_canonical(body).encode("utf-8")).hexdigest()
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
-
-
-def _finite_or_none(value: float) -> float | None:
-    return value if math.isfinite(value) else None
 
 
 @dataclass(frozen=True)
@@ -109,8 +98,8 @@ class LedgerEntry:
             "max-grad-norm": self.max_grad_norm,
             "delta": self.delta,
             "accountant": self.accountant,
-            "epsilon-prv": _finite_or_none(self.epsilon_prv),
-            "epsilon-rdp": _finite_or_none(self.epsilon_rdp),
+            "epsilon-prv": finite_or_none(self.epsilon_prv),
+            "epsilon-rdp": finite_or_none(self.epsilon_rdp),
             "time": self.time,
         }
 
@@ -215,64 +204,38 @@ class SiteLedger:
                 "site": site,
                 "data-fingerprint": data_fingerprint,
                 "records": records,
-                "time": _now(),
+                "time": utc_now(),
             }
         )
         return ledger
 
     @classmethod
     def _load(cls, path: Path) -> SiteLedger:
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise LedgerError(f"cannot read privacy ledger {path}: {exc}") from exc
-        ledger: SiteLedger | None = None
-        previous = GENESIS
-        for number, line in enumerate(lines, start=1):
-            where = f"privacy ledger {path} line {number}"
-            try:
-                payload = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise LedgerError(f"{where} is corrupted: not JSON ({exc.msg})") from exc
-            if not isinstance(payload, dict):
-                raise LedgerError(f"{where} is corrupted: not a JSON object")
-            if payload.get("prev") != previous or payload.get("hash") != _line_hash(payload):
-                raise LedgerError(
-                    f"{where} was altered, removed or reordered (hash chain broken); "
-                    "refusing to train on an unprovable privacy history"
-                )
-            previous = str(payload["hash"])
-            try:
-                if number == 1:
-                    if payload.get("kind") != "open" or payload.get("version") != LEDGER_VERSION:
-                        raise ValueError("first line is not a version-1 'open' line")
-                    ledger = cls(
-                        path,
-                        site=str(payload["site"]),
-                        data_fingerprint=str(payload["data-fingerprint"]),
-                        records=int(payload["records"]),
-                        last_hash=previous,
-                    )
-                    continue
+        lines = read_chain(
+            path, label=_LABEL, unprovable="refusing to train on an unprovable privacy history"
+        )
+        if not lines:
+            raise LedgerError(f"{_LABEL} {path} is empty; it has no 'open' line")
+        first, *rounds = lines
+        with corrupted_line(path, 1, label=_LABEL):
+            if first.get("kind") != "open" or first.get("version") != LEDGER_VERSION:
+                raise ValueError("first line is not a version-1 'open' line")
+            ledger = cls(
+                path,
+                site=str(first["site"]),
+                data_fingerprint=str(first["data-fingerprint"]),
+                records=int(first["records"]),
+                last_hash=str(lines[-1]["hash"]),
+            )
+        for number, payload in enumerate(rounds, start=2):
+            with corrupted_line(path, number, label=_LABEL):
                 if payload.get("kind") != "round":
                     raise ValueError(f"unknown kind {payload.get('kind')!r}")
-                assert ledger is not None
                 ledger.entries.append(LedgerEntry.from_json(payload))
-            except (KeyError, TypeError, ValueError) as exc:
-                raise LedgerError(f"{where} is corrupted: {exc}") from exc
-            ledger._last_hash = previous
-        if ledger is None:
-            raise LedgerError(f"privacy ledger {path} is empty; it has no 'open' line")
         return ledger
 
     def _write(self, payload: dict[str, Any]) -> None:
-        payload["prev"] = self._last_hash
-        payload["hash"] = _line_hash(payload)
-        try:
-            append_line(self.path, _canonical(payload))
-        except OSError as exc:
-            raise LedgerError(f"cannot append to privacy ledger {self.path}: {exc}") from exc
-        self._last_hash = payload["hash"]
+        self._last_hash = append_chained(self.path, payload, self._last_hash, label=_LABEL)
 
     @property
     def head(self) -> str:

@@ -152,16 +152,13 @@ def calibrate_noise(
     """
     if target_epsilon <= 0 or not math.isfinite(target_epsilon):
         raise ConfigError(f"target epsilon must be a positive number, got {target_epsilon}")
-    check_delta(delta)
-    loosest = epsilon(
-        [Release(MAX_CALIBRATED_NOISE, sample_rate, steps)], delta=delta, accountant=accountant
+    check_target_reachable(
+        target_epsilon=target_epsilon,
+        delta=delta,
+        sample_rate=sample_rate,
+        steps=steps,
+        accountant=accountant,
     )
-    if loosest > target_epsilon:
-        raise ConfigError(
-            f"target epsilon {target_epsilon} at delta {delta:.3g} is unreachable for {steps} "
-            f"steps at sample rate {sample_rate:.4g}: even noise multiplier "
-            f"{MAX_CALIBRATED_NOISE:g} gives epsilon {loosest:.4g}"
-        )
     try:
         sigma = get_noise_multiplier(
             target_epsilon=target_epsilon,
@@ -177,6 +174,34 @@ def calibrate_noise(
             f"{steps} steps at sample rate {sample_rate:.4g}: {exc}"
         ) from exc
     return float(sigma)
+
+
+def check_target_reachable(
+    *,
+    target_epsilon: float,
+    delta: float,
+    sample_rate: float,
+    steps: int,
+    accountant: AccountantName,
+) -> None:
+    """Refuse a target ε that needs more noise than :data:`MAX_CALIBRATED_NOISE`.
+
+    Raises
+    ------
+    ConfigError
+        When even that noise multiplier gives more than ``target_epsilon``.
+    """
+    if target_epsilon <= 0 or not math.isfinite(target_epsilon):
+        raise ConfigError(f"target epsilon must be a positive number, got {target_epsilon}")
+    loosest = epsilon(
+        [Release(MAX_CALIBRATED_NOISE, sample_rate, steps)], delta=delta, accountant=accountant
+    )
+    if loosest > target_epsilon:
+        raise ConfigError(
+            f"target epsilon {target_epsilon} at delta {delta:.3g} is unreachable for {steps} "
+            f"steps at sample rate {sample_rate:.4g}: even noise multiplier "
+            f"{MAX_CALIBRATED_NOISE:g} gives epsilon {loosest:.4g}"
+        )
 
 
 def check_delta(delta: float) -> None:

@@ -13,11 +13,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from fedlora.config import RunConfig
+from fedlora.config import DEFAULT_TARGET_EPSILON, RunConfig
 from fedlora.data import collect_labels, load_examples, write_jsonl
 from fedlora.errors import ConfigError
 from fedlora.models import check_model_spec
-from fedlora.sites import SiteSpec, sites_from_files
+from fedlora.privacy import check_target_reachable, default_delta, plan_steps
+from fedlora.sites import SiteSpec, sites_from_files, split_held_out
 from simulations.scenarios import DATA_VERSION, Scenario, SiteSplit, build_sites, get_scenario
 
 logger = logging.getLogger(__name__)
@@ -119,6 +120,33 @@ def preflight(config: RunConfig, sites: list[SiteSpec]) -> None:
     """
     check_model_spec(config.model)
     for site in sites:
-        load_examples(site.train_file, config.task, config.labels)
+        train = load_examples(site.train_file, config.task, config.labels)
         if site.test_file is not None:
             load_examples(site.test_file, config.task, config.labels)
+        else:
+            train, _ = split_held_out(
+                train, test_fraction=config.test_fraction, seed=config.seed, where=site.name
+            )
+        _check_privacy_target(config, site, len(train))
+
+
+def _check_privacy_target(config: RunConfig, site: SiteSpec, records: int) -> None:
+    """Refuse, before anything runs, a target ε no noise level reaches at a site."""
+    if not config.dp or config.noise_multiplier >= 0:
+        return
+    plan = plan_steps(
+        records=records,
+        batch_size=config.batch_size,
+        local_epochs=config.local_epochs,
+        max_steps=config.max_steps,
+    )
+    try:
+        check_target_reachable(
+            target_epsilon=config.target_epsilon or DEFAULT_TARGET_EPSILON,
+            delta=config.delta or default_delta(records),
+            sample_rate=plan.sample_rate,
+            steps=plan.steps * config.rounds,
+            accountant=config.accountant,
+        )
+    except ConfigError as exc:
+        raise ConfigError(f"site {site.name}: {exc}") from None

@@ -63,18 +63,16 @@ Limitations
 
 Server ledger
     With a ledger path (the federation passes ``runs/<id>/privacy/server-ledger.jsonl``), every
-    round is appended to a :class:`ServerPrivacyLedger`, hash-chained exactly like the site
-    ledger of :mod:`fedlora.ledger`, before the aggregate is returned.
+    round is appended to a :class:`~strategies.server_ledger.ServerPrivacyLedger`, hash-chained
+    exactly like the site ledger of :mod:`fedlora.ledger`, before the aggregate is returned. The
+    ledger's names are re-exported here.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import secrets
-from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -90,19 +88,34 @@ from flwr.supercore.differential_privacy import (
 
 from fedlora.adapters import AdapterState, check_compatible
 from fedlora.errors import ConfigError, FedloraError, LedgerError
-from fedlora.io import append_line
-from fedlora.ledger import GENESIS, _canonical, _finite_or_none, _line_hash, _now
+from fedlora.hashchain import finite_or_none, utc_now
 from fedlora.privacy import Release, check_delta, default_delta, epsilons
 from strategies.base import SiteUpdate, Strategy, check_finite
 from strategies.fedavg import FedAvg
+from strategies.server_ledger import (
+    SERVER_LEDGER_FILE,
+    SERVER_LEDGER_VERSION,
+    ServerLedgerEntry,
+    ServerPrivacyLedger,
+    read_server_ledger,
+)
+
+__all__ = [
+    "CENTRAL_MODES",
+    "SERVER_LEDGER_FILE",
+    "SERVER_LEDGER_VERSION",
+    "CentralDP",
+    "CentralMode",
+    "ServerLedgerEntry",
+    "ServerPrivacyLedger",
+    "central_delta",
+    "read_server_ledger",
+]
 
 logger = logging.getLogger(__name__)
 
 CentralMode = Literal["fixed", "adaptive"]
 CENTRAL_MODES: tuple[CentralMode, ...] = ("fixed", "adaptive")
-SERVER_LEDGER_FILE = "server-ledger.jsonl"
-SERVER_LEDGER_VERSION = 1
-_HEADER_FIELDS = ("mode", "sites", "sampled", "delta")
 
 Arrays = list[npt.NDArray[np.float64]]
 
@@ -125,236 +138,6 @@ def central_delta(delta: float, sites: int) -> float:
         return default_delta(sites)
     check_delta(delta)
     return float(delta)
-
-
-@dataclass(frozen=True)
-class ServerLedgerEntry:
-    """One aggregated round as the server ledger records it.
-
-    ``noise_multiplier`` is the accounted sigma; ``update_noise_multiplier`` the sigma_u actually
-    applied to the aggregate (equal to sigma in fixed mode). ``clipped_count`` is the *noisy*
-    count of clipped updates (the released value; ``None`` in fixed mode, where no count is
-    released).
-    """
-
-    round: int
-    mode: str
-    noise_multiplier: float
-    update_noise_multiplier: float
-    clip_norm: float
-    next_clip_norm: float
-    clipped_count: float | None
-    clipped_count_stddev: float | None
-    updates: int
-    sampled: int
-    sample_rate: float
-    delta: float
-    epsilon_prv: float
-    epsilon_rdp: float
-    time: str
-
-    @property
-    def release(self) -> Release:
-        """The Gaussian release this round made (one step at client level)."""
-        return Release(self.noise_multiplier, self.sample_rate, 1)
-
-    def to_json(self) -> dict[str, Any]:
-        """The entry's fields under the ledger's kebab-case keys (infinite ε as null)."""
-        return {
-            "round": self.round,
-            "mode": self.mode,
-            "noise-multiplier": self.noise_multiplier,
-            "update-noise-multiplier": self.update_noise_multiplier,
-            "clip-norm": self.clip_norm,
-            "next-clip-norm": self.next_clip_norm,
-            "clipped-count": self.clipped_count,
-            "clipped-count-stddev": self.clipped_count_stddev,
-            "updates": self.updates,
-            "sampled": self.sampled,
-            "sample-rate": self.sample_rate,
-            "delta": self.delta,
-            "epsilon-prv": _finite_or_none(self.epsilon_prv),
-            "epsilon-rdp": _finite_or_none(self.epsilon_rdp),
-            "time": self.time,
-        }
-
-    @classmethod
-    def from_json(cls, payload: Mapping[str, Any]) -> ServerLedgerEntry:
-        """Parse a ``round`` line (``KeyError`` / ``TypeError`` / ``ValueError`` if malformed)."""
-
-        def eps(key: str) -> float:
-            value = payload[key]
-            return math.inf if value is None else float(value)
-
-        def optional(key: str) -> float | None:
-            value = payload[key]
-            return None if value is None else float(value)
-
-        return cls(
-            round=int(payload["round"]),
-            mode=str(payload["mode"]),
-            noise_multiplier=float(payload["noise-multiplier"]),
-            update_noise_multiplier=float(payload["update-noise-multiplier"]),
-            clip_norm=float(payload["clip-norm"]),
-            next_clip_norm=float(payload["next-clip-norm"]),
-            clipped_count=optional("clipped-count"),
-            clipped_count_stddev=optional("clipped-count-stddev"),
-            updates=int(payload["updates"]),
-            sampled=int(payload["sampled"]),
-            sample_rate=float(payload["sample-rate"]),
-            delta=float(payload["delta"]),
-            epsilon_prv=eps("epsilon-prv"),
-            epsilon_rdp=eps("epsilon-rdp"),
-            time=str(payload["time"]),
-        )
-
-
-class ServerPrivacyLedger:
-    """The server's append-only, hash-chained record of its client-level releases.
-
-    Line 1 is ``"kind": "open"`` (version, mode, sites, sampled sites per round, δ, time); then
-    one ``"kind": "round"`` line per aggregated round (:class:`ServerLedgerEntry`). Every line
-    carries ``prev`` and ``hash`` as in :mod:`fedlora.ledger`; an edited, removed or reordered
-    line is refused naming its line number. Use :meth:`open` or :func:`read_server_ledger`.
-    """
-
-    def __init__(self, path: Path, header: Mapping[str, Any], last_hash: str) -> None:
-        self.path = path
-        self.header = dict(header)
-        self.entries: list[ServerLedgerEntry] = []
-        self._last_hash = last_hash
-
-    @classmethod
-    def open(
-        cls, path: Path, *, mode: str, sites: int, sampled: int, delta: float
-    ) -> ServerPrivacyLedger:
-        """Load the ledger at ``path`` (validating every line), or start one there.
-
-        An existing ledger is continued, never reset: its rounds count toward ε.
-
-        Parameters
-        ----------
-        path
-            The ledger file; its directory is created when missing.
-        mode, sites, sampled, delta
-            The central-DP set-up the rounds are accounted under.
-
-        Raises
-        ------
-        LedgerError
-            For a corrupted or altered line (naming it), an unwritable path, or an existing
-            ledger of another set-up.
-        """
-        header = {"mode": mode, "sites": sites, "sampled": sampled, "delta": delta}
-        if path.exists():
-            ledger = cls._load(path)
-            recorded = {key: ledger.header.get(key) for key in _HEADER_FIELDS}
-            if recorded != header:
-                raise LedgerError(
-                    f"server privacy ledger {path} was written for {recorded}, not {header}; "
-                    "use a new run directory"
-                )
-            return ledger
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise LedgerError(f"cannot create ledger directory {path.parent}: {exc}") from exc
-        ledger = cls(path, header, GENESIS)
-        ledger._write(
-            {
-                "kind": "open",
-                "version": SERVER_LEDGER_VERSION,
-                "scope": "server",
-                **header,
-                "time": _now(),
-            }
-        )
-        return ledger
-
-    @classmethod
-    def _load(cls, path: Path) -> ServerPrivacyLedger:
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise LedgerError(f"cannot read server privacy ledger {path}: {exc}") from exc
-        ledger: ServerPrivacyLedger | None = None
-        previous = GENESIS
-        for number, line in enumerate(lines, start=1):
-            where = f"server privacy ledger {path} line {number}"
-            try:
-                payload = _json_object(line)
-            except ValueError as exc:
-                raise LedgerError(f"{where} is corrupted: {exc}") from exc
-            if payload.get("prev") != previous or payload.get("hash") != _line_hash(payload):
-                raise LedgerError(
-                    f"{where} was altered, removed or reordered (hash chain broken); "
-                    "its privacy history is unprovable"
-                )
-            previous = str(payload["hash"])
-            try:
-                if number == 1:
-                    if (
-                        payload.get("kind") != "open"
-                        or payload.get("version") != SERVER_LEDGER_VERSION
-                        or payload.get("scope") != "server"
-                    ):
-                        raise ValueError("first line is not a version-1 server 'open' line")
-                    header = {key: payload[key] for key in _HEADER_FIELDS}
-                    ledger = cls(path, header, previous)
-                    continue
-                if payload.get("kind") != "round":
-                    raise ValueError(f"unknown kind {payload.get('kind')!r}")
-                assert ledger is not None
-                ledger.entries.append(ServerLedgerEntry.from_json(payload))
-            except (KeyError, TypeError, ValueError) as exc:
-                raise LedgerError(f"{where} is corrupted: {exc}") from exc
-            ledger._last_hash = previous
-        if ledger is None:
-            raise LedgerError(f"server privacy ledger {path} is empty; it has no 'open' line")
-        return ledger
-
-    def _write(self, payload: dict[str, Any]) -> None:
-        payload["prev"] = self._last_hash
-        payload["hash"] = _line_hash(payload)
-        try:
-            append_line(self.path, _canonical(payload))
-        except OSError as exc:
-            raise LedgerError(f"cannot append to server privacy ledger {self.path}: {exc}") from exc
-        self._last_hash = payload["hash"]
-
-    def releases(self) -> list[Release]:
-        """Every recorded release, in order."""
-        return [entry.release for entry in self.entries]
-
-    def append(self, entry: ServerLedgerEntry) -> None:
-        """Record an aggregated round durably (fsynced) before the aggregate is released."""
-        self._write({"kind": "round", **entry.to_json()})
-        self.entries.append(entry)
-
-
-def _json_object(line: str) -> dict[str, Any]:
-    try:
-        payload = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"not JSON ({exc.msg})") from exc
-    if not isinstance(payload, dict):
-        raise ValueError("not a JSON object")
-    return payload
-
-
-def read_server_ledger(path: Path) -> ServerPrivacyLedger:
-    """Load and validate a server ledger (a file, or a directory holding one) unchanged.
-
-    Raises
-    ------
-    LedgerError
-        When it is missing, corrupted or altered (naming the line).
-    """
-    if path.is_dir():
-        path = path / SERVER_LEDGER_FILE
-    if not path.exists():
-        raise LedgerError(f"no server privacy ledger at {path}")
-    return ServerPrivacyLedger._load(path)
 
 
 class CentralDP(Strategy):
@@ -619,7 +402,7 @@ class CentralDP(Strategy):
             delta=self.delta,
             epsilon_prv=eps["prv"],
             epsilon_rdp=eps["rdp"],
-            time=_now(),
+            time=utc_now(),
         )
         if self.ledger is not None:
             self.ledger.append(entry)
@@ -641,8 +424,8 @@ class CentralDP(Strategy):
             "delta": self.delta,
             "sample-rate": self.sample_rate,
             "rounds": entry.round,
-            "epsilon-prv": _finite_or_none(entry.epsilon_prv),
-            "epsilon-rdp": _finite_or_none(entry.epsilon_rdp),
+            "epsilon-prv": finite_or_none(entry.epsilon_prv),
+            "epsilon-rdp": finite_or_none(entry.epsilon_rdp),
         }
         if clipped_count is not None:
             self._last["clipped-fraction"] = clipped_count / self.sampled

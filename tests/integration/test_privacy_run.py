@@ -10,14 +10,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import dp_accounting
 import pytest
+from dp_accounting.rdp import RdpAccountant
 from opacus.accountants import PRVAccountant, RDPAccountant
 
 from fedlora.errors import BudgetExhaustedError
 from fedlora.ledger import read_ledger
 from fedlora.report import write_report
 from fedlora.testing import run_tiny_federation
+from strategies.server_ledger import read_server_ledger
 from tests.accounting_reference import (
+    ORDERS,
     exact_rdp_epsilon,
     pld_epsilon,
     relative_difference,
@@ -43,7 +47,13 @@ def _sft_files(tmp_path: Path, sizes: tuple[int, ...]) -> tuple[list[Path], list
 
 def test_dp_run_report_matches_ledgers_and_independent_accountants(tmp_path: Path):
     run_dir = run_tiny_federation(
-        tmp_path / "runs", task="sft", sites=3, rounds=2, examples_per_site=40, target_epsilon=8.0
+        tmp_path / "runs",
+        task="sft",
+        sites=3,
+        rounds=2,
+        examples_per_site=40,
+        target_epsilon=8.0,
+        central_dp="fixed",
     )
     report_dir = write_report(run_dir)
     report = json.loads((report_dir / "privacy_report.json").read_text())
@@ -94,6 +104,19 @@ def test_dp_run_report_matches_ledgers_and_independent_accountants(tmp_path: Pat
         assert series[-1]["epsilon-rdp"] == rdp.get_epsilon(delta=delta)
         # the calibrated σ reaches the run's target ε (8) by PRV, the default accountant
         assert 8.0 - 0.01 <= series[-1]["run-epsilon-prv"] <= 8.0
+
+    # client-level DP on the aggregate: one Gaussian release per round over all 3 sites
+    central = report["central-privacy"]
+    assert central["mode"] == "fixed" and len(central["rounds"]) == 2
+    server_ledger = read_server_ledger(run_dir / "privacy" / "server-ledger.jsonl")
+    assert len(server_ledger.entries) == 2
+    last = central["final"]
+    assert last["sample-rate"] == 1.0 and last["noise-multiplier"] == 1.0
+    # q = 1: the plain Gaussian mechanism, whose RDP dp_accounting computes exactly
+    gaussian = RdpAccountant(orders=ORDERS)
+    gaussian.compose(dp_accounting.GaussianDpEvent(1.0), 2)
+    assert relative_difference(last["epsilon-rdp"], gaussian.get_epsilon(last["delta"])) <= 1e-6
+    assert report["guarantee"]["client-level"] is not None
 
 
 def test_budget_guard_stops_the_run_and_no_site_overspends(tmp_path: Path):

@@ -121,3 +121,42 @@ def test_unwritable_output_folder(tmp_path, capsys):
     code, err = _run([], capsys, blocker / "runs")
     assert code == 2
     assert "cannot create output folder" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--noise-multiplier", "-0.5"], "--noise-multiplier must be >= 0, got -0.5"),
+        (["--max-grad-norm", "0"], "max-grad-norm must be > 0"),
+        (["--delta", "1.5"], "--delta must be in (0, 1)"),
+        (["--delta", "-0.1"], "--delta must be in (0, 1)"),
+        (["--target-epsilon", "0"], "--target-epsilon must be > 0"),
+        (["--target-epsilon", "-2"], "--target-epsilon must be > 0"),
+        (["--budget-epsilon", "0"], "budget-epsilon must be > 0"),
+        (["--site-budget", "mercy-general"], "site-budgets items must be name=epsilon"),
+        (["--central-dp", "fixed", "--central-clip-norm", "0"], "central-clip-norm must be > 0"),
+        (
+            ["--sites", "2", "--target-epsilon", "0.001", "--rounds", "50"],
+            "is unreachable for",
+        ),
+    ],
+)
+def test_bad_privacy_settings(tmp_path, capsys, argv, message):
+    code, err = _run(argv, capsys, tmp_path / "runs")
+    _assert_refused(code, err, tmp_path / "runs", message)
+
+
+def test_no_dp_run_is_warned_about_before_it_starts(tmp_path, capsys, monkeypatch):
+    import simulations.runner
+    from fedlora.errors import FedloraError
+
+    def stop(*_args, **_kwargs):
+        raise FedloraError("stopped by the test")
+
+    monkeypatch.setattr(simulations.runner, "simulate", stop)
+    code, err = _run(["--no-dp"], capsys, tmp_path / "runs")
+
+    assert code == 2
+    warning, error = err.strip().splitlines()
+    assert warning.startswith("fedlora: warning: differential privacy is OFF (--no-dp)")
+    assert error == "fedlora: error: stopped by the test"
