@@ -230,6 +230,7 @@ def _runner(
         sample_rate=1.0,
         steps=config.local_epochs,
         mode="hooks" if variant == "dp-hooks" else "ghost",
+        seed=seed,
     )
     return lambda: dp_train_locally(
         model,
@@ -239,7 +240,6 @@ def _runner(
         pad_id=PAD_ID,
         device=CPU,
         bf16=False,
-        seed=seed,
     )
 
 

@@ -19,6 +19,7 @@ from flwr.clientapp import ClientApp
 from clients.evaluation import evaluate_model
 from clients.private_round import Declined, train_with_privacy
 from clients.runtime import LoadedModel, get_datasets, get_model
+from clients.site_privacy import check_dp_allowed
 from clients.training import train_locally
 from fedlora.adapters import adapter_state, from_array_record, load_adapter_state, to_array_record
 from fedlora.config import RunConfig
@@ -124,6 +125,7 @@ def handle_train(message: Message, context: Context, resolve_site: SiteResolver)
     config, site = job.config, job.site
     seed = config.seed * 100_003 + job.instruction.server_round * 1_009 + _stable_hash(site.name)
     privacy = None
+    check_dp_allowed(config, context.node_config)
     if config.dp:
         outcome = train_with_privacy(
             job.loaded.peft,
@@ -136,7 +138,6 @@ def handle_train(message: Message, context: Context, resolve_site: SiteResolver)
             pad_id=job.pad_id,
             device=job.device,
             bf16=job.bf16,
-            seed=seed,
         )
         if isinstance(outcome, Declined):
             job.loaded.peft.to("cpu")
@@ -155,11 +156,10 @@ def handle_train(message: Message, context: Context, resolve_site: SiteResolver)
             seed=seed,
         )
     job.loaded.peft.to("cpu")
-    metrics = {
-        "num-examples": float(result.num_examples),
-        "train-loss": result.loss,
-        "steps": float(result.steps),
-    }
+    metrics = {"num-examples": float(result.num_examples), "steps": float(result.steps)}
+    if privacy is None:
+        # A DP round's training loss is an un-noised statistic of the private records.
+        metrics["train-loss"] = result.loss
     adapter = to_array_record(adapter_state(job.loaded.peft))
     return Message(make_reply(site.name, metrics, adapter, privacy), reply_to=message)
 

@@ -51,6 +51,12 @@ class DpSettings:
     steps: int
     mode: DpMode = "hooks"
     secure_rng: bool = False
+    seed: int | None = None
+    """Fixes sampling and noise for tests and benchmarks only; never set from a run config.
+
+    Left ``None`` (always, in the product), both come from OS entropy: were they derivable
+    from the run config, the coordinator could replay the noise and subtract it, or learn
+    which records each step sampled, and the guarantee would be void against it."""
 
     def __post_init__(self) -> None:
         if self.noise_multiplier < 0:
@@ -125,7 +131,6 @@ def dp_train_locally(
     pad_id: int,
     device: torch.device,
     bf16: bool,
-    seed: int,
 ) -> TrainResult:
     """Run ``settings.steps`` DP-SGD steps on ``model``'s trainable (adapter) parameters.
 
@@ -141,8 +146,6 @@ def dp_train_locally(
         σ, C, the Poisson rate, the step count, hooks or ghost, secure RNG.
     pad_id, device, bf16
         Padding id, where to train, whether to autocast to bfloat16.
-    seed
-        Seeds sampling and noise; ignored with ``secure_rng`` (fresh OS entropy instead).
 
     Returns
     -------
@@ -154,7 +157,7 @@ def dp_train_locally(
         raise ConfigError("cannot train with DP on an empty dataset")
     model.to(device)
     model.train()
-    engine, noise_seed, sample_seed = _engine(settings, seed)
+    engine, noise_seed, sample_seed = _engine(settings)
     noise_generator = None
     if noise_seed is not None:
         noise_generator = torch.Generator(device=device).manual_seed(noise_seed)
@@ -209,15 +212,17 @@ def dp_train_locally(
     return TrainResult(loss=mean_loss, steps=settings.steps, num_examples=len(dataset))
 
 
-def _engine(settings: DpSettings, seed: int) -> tuple[PrivacyEngine, int | None, int]:
+def _engine(settings: DpSettings) -> tuple[PrivacyEngine, int | None, int]:
     """The privacy engine and the noise / sampling seeds for one round."""
+    if settings.seed is not None:
+        return PrivacyEngine(secure_mode=False), settings.seed, settings.seed + 1
     if not settings.secure_rng:
-        return PrivacyEngine(secure_mode=False), seed, seed + 1
+        return PrivacyEngine(secure_mode=False), _entropy_seed(), _entropy_seed()
     if _csprng_available():
         return PrivacyEngine(secure_mode=True), None, _entropy_seed()
     logger.warning(
-        "secure-rng: torchcsprng is not installed; seeding noise and sampling from OS entropy "
-        "with Opacus's floating-point-attack-resistant noise"
+        "secure-rng: torchcsprng is not installed; noise and sampling are seeded from OS "
+        "entropy, with Opacus's floating-point-attack-resistant noise"
     )
     return PrivacyEngine(secure_mode=False), _entropy_seed(), _entropy_seed()
 

@@ -81,7 +81,6 @@ def train_with_privacy(
     pad_id: int,
     device: torch.device,
     bf16: bool,
-    seed: int,
 ) -> PrivateRound | Declined:
     """Run one DP round if the site's budget allows it, and record it in the site's ledger.
 
@@ -124,7 +123,6 @@ def train_with_privacy(
         pad_id=pad_id,
         device=device,
         bf16=bf16,
-        seed=seed,
     )
     release = Release(settings.noise_multiplier, settings.sample_rate, settings.steps)
     lifetime = _epsilons_after(ledger.releases(), release, policy.delta, decision, config)

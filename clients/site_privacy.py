@@ -6,7 +6,14 @@ configuration; the run config supplies defaults only where the node config is si
 how a simulated federation (no per-node config) sets them.
 
 Node config keys: ``budget-epsilon``, ``delta``, ``noise-multiplier``, ``target-epsilon``,
-``ledger-dir``, ``new-ledger``, ``secure-rng``.
+``ledger-dir``, ``new-ledger``, ``secure-rng``, ``allow-no-dp``.
+
+A *deployed* site (its node config names its ``train-file``) takes nothing that bounds its spend
+from the coordinator: it must name its own ``budget-epsilon`` and ``ledger-dir``, its δ is its
+own (node ``delta`` or 0.1 / records, never the run config's: a large δ would shrink ε), only
+its node config can retire its ledger (``new-ledger``), and it refuses a run without DP unless
+its node config says ``allow-no-dp``. Simulated sites, which
+have no node config of their own, take these from the run config.
 """
 
 from __future__ import annotations
@@ -44,7 +51,9 @@ NODE_KEYS = (
     "ledger-dir",
     "new-ledger",
     "secure-rng",
+    "allow-no-dp",
 )
+DEPLOYED_REQUIRED = ("budget-epsilon", "ledger-dir")
 
 
 @dataclass(frozen=True)
@@ -98,6 +107,27 @@ def _node_bool(node: Mapping[str, Any], key: str, default: bool) -> bool:
     raise ConfigError(f"node config {key} must be true or false, got {value!r}")
 
 
+def is_deployed(node: Mapping[str, Any]) -> bool:
+    """True for a real site (it names its own ``train-file``), false for a simulated one."""
+    return "train-file" in node
+
+
+def check_dp_allowed(config: RunConfig, node: Mapping[str, Any]) -> None:
+    """Refuse a run without DP at a deployed site that has not opted out in its node config.
+
+    Raises
+    ------
+    ConfigError
+        When the coordinator asks a deployed site to train without DP.
+    """
+    if config.dp or not is_deployed(node) or _node_bool(node, "allow-no-dp", False):
+        return
+    raise ConfigError(
+        "this site trains only with differential privacy; the coordinator asked for dp=false "
+        "(set allow-no-dp in the site's node config to permit it)"
+    )
+
+
 def site_policy(
     config: RunConfig,
     node: Mapping[str, Any],
@@ -111,9 +141,16 @@ def site_policy(
     Raises
     ------
     ConfigError
-        For an impossible value (σ < 0, budget or target <= 0, δ outside (0, 1)) or both σ
-        and a target given.
+        For an impossible value (σ < 0, budget or target <= 0, δ outside (0, 1)), both σ
+        and a target given, or a deployed site without its own budget and ledger directory.
     """
+    deployed = is_deployed(node)
+    missing = [key for key in DEPLOYED_REQUIRED if deployed and key not in node]
+    if missing:
+        raise ConfigError(
+            f"site {site.name}: node config must set {', '.join(missing)}; a deployed site "
+            "keeps its own privacy budget and ledger"
+        )
     budget = _node_float(node, "budget-epsilon")
     if budget is None:
         budget = config.site_budget_map.get(site.name, config.budget_epsilon)
@@ -121,7 +158,7 @@ def site_policy(
         raise ConfigError(f"budget-epsilon of site {site.name} must be > 0, got {budget}")
     delta = _node_float(node, "delta")
     if delta is None:
-        delta = config.delta or default_delta(records)
+        delta = default_delta(records) if deployed else config.delta or default_delta(records)
     check_delta(delta)
     sigma = _node_float(node, "noise-multiplier")
     target = _node_float(node, "target-epsilon")
@@ -146,7 +183,7 @@ def site_policy(
         noise_multiplier=sigma,
         target_epsilon=target or 0.0,
         ledger_dir=ledger_dir,
-        start_new_ledger=_node_bool(node, "new-ledger", config.new_ledger),
+        start_new_ledger=_node_bool(node, "new-ledger", not deployed and config.new_ledger),
         secure_rng=_node_bool(node, "secure-rng", config.secure_rng),
     )
 

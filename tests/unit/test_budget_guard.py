@@ -219,3 +219,63 @@ def test_sigma_zero_is_never_trained_it_has_no_privacy(tmp_path: Path):
     )
 
     assert status is not None and status["status"] == BUDGET_EXHAUSTED
+
+
+def _deployed_node(tmp_path: Path, **extra: object) -> dict[str, object]:
+    site = _site(tmp_path)
+    return {
+        "train-file": str(site.train_file),
+        "test-file": str(site.test_file),
+        "site-name": "clinic",
+        **extra,
+    }
+
+
+def test_deployed_site_must_keep_its_own_budget_and_ledger(tmp_path: Path):
+    app = make_client_app()  # the deployed resolver: files from the node config
+    config = _config(tmp_path, 100.0)
+
+    reply = app(_train_message(config, 1), _context(_deployed_node(tmp_path)))
+
+    assert reply.has_error()
+    assert "must set budget-epsilon, ledger-dir" in reply.error.reason
+
+
+def test_deployed_site_ignores_the_coordinators_delta(tmp_path: Path):
+    app = make_client_app()
+    node = _deployed_node(tmp_path, **{"ledger-dir": str(tmp_path / "l"), "budget-epsilon": 50.0})
+    config = _config(tmp_path, 100.0).replace(delta=0.9)  # a huge δ would shrink ε
+
+    privacy = read_privacy(app(_train_message(config, 1), _context(node)))
+
+    assert privacy is not None
+    assert privacy["delta"] == 0.1 / (RECORDS)
+    assert privacy["budget-epsilon"] == 50.0
+
+
+def test_deployed_site_refuses_a_run_without_dp_unless_it_allows_one(tmp_path: Path):
+    app = make_client_app()
+    node = _deployed_node(tmp_path, **{"ledger-dir": str(tmp_path / "l"), "budget-epsilon": 5.0})
+    config = _config(tmp_path, 100.0).replace(dp=False)
+
+    refused = app(_train_message(config, 1), _context(node))
+    allowed = app(_train_message(config, 1), _context({**node, "allow-no-dp": True}))
+
+    assert refused.has_error() and "trains only with differential privacy" in refused.error.reason
+    assert not allowed.has_error() and "adapter" in allowed.content.array_records
+
+
+def test_dp_reply_carries_no_training_loss_and_unreplayable_noise(tmp_path: Path):
+    config = _config(tmp_path, 100.0)
+    site = _site(tmp_path)
+    app = make_client_app(lambda _context, _config: site)
+    replies = [
+        app(_train_message(config, 1), _context({"ledger-dir": str(tmp_path / f"l{i}")}))
+        for i in range(2)
+    ]
+
+    for reply in replies:
+        assert "train-loss" not in reply.content.metric_records["metrics"]
+    first, second = (r.content.array_records["adapter"].to_numpy_ndarrays() for r in replies)
+    # the same instruction, data and run config: only fresh OS entropy makes them differ
+    assert any((a != b).any() for a, b in zip(first, second, strict=True))
