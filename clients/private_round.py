@@ -47,25 +47,49 @@ class Declined:
     detail: dict[str, Any]
 
 
+def _history(releases: list[Release]) -> dict[str, list[float] | list[int]]:
+    return {
+        "noise-multipliers": [r.noise_multiplier for r in releases],
+        "sample-rates": [r.sample_rate for r in releases],
+        "steps": [r.steps for r in releases],
+    }
+
+
 def _sync_state(context: Context, ledger: SiteLedger) -> None:
-    """Compare the node's in-memory history with the ledger; the ledger wins."""
+    """Compare the accountant history the node keeps in memory with the ledger.
+
+    The node's ``Context.state`` carries the history (σ, q, steps per round) between rounds;
+    the ledger on disk is the source of truth. A node restarted since (empty state) simply
+    continues from the ledger; a state that disagrees with the ledger is reported, and the
+    ledger wins.
+    """
     record = context.state.config_records.get(STATE_KEY)
-    if record is not None:
-        same = record.get("head") == ledger.head and record.get("path") == str(ledger.path)
-        if not same:
-            logger.warning(
-                "site %s: node state (%s entries) disagrees with ledger %s (%d entries); "
-                "continuing from the ledger, the source of truth",
-                ledger.site,
-                record.get("entries"),
-                ledger.path,
-                len(ledger.entries),
-            )
+    if record is None:
+        return
+    remembered = {key: record.get(key, []) for key in _history([])}
+    same = (
+        record.get("head") == ledger.head
+        and record.get("path") == str(ledger.path)
+        and remembered == _history(ledger.releases())
+    )
+    if not same:
+        logger.warning(
+            "site %s: node state (%d rounds) disagrees with ledger %s (%d rounds); "
+            "continuing from the ledger, the source of truth",
+            ledger.site,
+            len(record.get("steps", [])),  # type: ignore[arg-type]
+            ledger.path,
+            len(ledger.entries),
+        )
 
 
 def _remember(context: Context, ledger: SiteLedger) -> None:
     context.state.config_records[STATE_KEY] = ConfigRecord(
-        {"path": str(ledger.path), "head": ledger.head, "entries": len(ledger.entries)}
+        {
+            "path": str(ledger.path),
+            "head": ledger.head,
+            **_history(ledger.releases()),
+        }
     )
 
 

@@ -124,6 +124,10 @@ def test_restarted_node_reloads_its_ledger_and_keeps_composing(tmp_path: Path, c
     first = _context(node)
     for server_round in (1, 2):
         app(_train_message(config, server_round), first)
+    kept = first.state.config_records["privacy-ledger"]  # the history between rounds
+    assert list(kept["noise-multipliers"]) == [SIGMA, SIGMA]
+    assert list(kept["sample-rates"]) == [BATCH / RECORDS] * 2
+    assert list(kept["steps"]) == [2, 2]
 
     restarted = _context(node)  # a new node process: empty in-memory state
     reply = app(_train_message(config, 3), restarted)
