@@ -20,9 +20,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from fedlora.io import atomic_write_bytes
-from fedlora.report import (
-    EPSILON_PNG,
-    UTILITY_PNG,
+from fedlora.report import EPSILON_PNG, UTILITY_PNG
+from fedlora.report_document import (
     Banner,
     Block,
     Bullets,
