@@ -70,3 +70,9 @@ class BudgetExhaustedError(FedloraError):
     def __init__(self, message: str, run_dir: Path | None = None) -> None:
         super().__init__(message)
         self.run_dir = run_dir
+
+
+class PkiError(FedloraError):
+    """A federation PKI file is missing, unreadable, would be overwritten, or a request is bad."""
+
+    error_code = 109

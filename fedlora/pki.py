@@ -1,0 +1,372 @@
+"""The federation PKI: a CA, the SuperLink's TLS certificate and the sites' SuperNode keys.
+
+``fedlora pki`` (and this module's API) creates every key and certificate a real Flower 1.41
+deployment needs, in one directory (``--dir``, default ``./pki``)::
+
+    pki/
+      ca.key              CA private key (PKCS8 PEM, 0600)          -> stays with the operator
+      ca.pem              self-signed CA certificate (PEM)          -> SuperLink and every site
+      server.key          SuperLink TLS private key (PKCS8 PEM, 0600)
+      server.pem          SuperLink TLS certificate, signed by ca.key (DNS/IP SANs, serverAuth)
+      sites/<NAME>.key    SuperNode authentication private key (OpenSSH PEM, 0600) -> site only
+      sites/<NAME>.pub    its public key, one OpenSSH line ``ecdsa-sha2-nistp384 AAAA... NAME``
+
+Algorithms: every key is NIST EC P-384 and every signature ECDSA with SHA-384. Flower's
+SuperNode authentication only accepts NIST EC curves, so using the same curve for the CA and
+the TLS keys keeps one algorithm to audit; P-384 is also faster and smaller than RSA-3072 at
+the same strength. The CA has ``basicConstraints CA:true, pathlen:0`` and ``keyUsage
+keyCertSign, cRLSign`` (both critical) and a SubjectKeyIdentifier; the server certificate has
+``CA:false``, ``digitalSignature``, the ``serverAuth`` EKU, its SANs, and both key
+identifiers. Certificates are valid from one hour before issue (clock skew) until exactly
+``days`` days after it.
+
+How Flower uses the files (checked against the ``flwr`` 1.41 command line):
+
+* SuperLink: ``flower-superlink --ssl-ca-certfile ca.pem --ssl-certfile server.pem
+  --ssl-keyfile server.key --enable-supernode-auth``
+* register a site (operator, against the SuperLink's Control API):
+  ``flwr supernode register sites/<NAME>.pub [CONNECTION] --name <NAME>``
+* SuperNode: ``flower-supernode --superlink HOST:PORT --root-certificates ca.pem
+  --auth-supernode-private-key sites/<NAME>.key``
+
+The site private key is in the OpenSSH format (``-----BEGIN OPENSSH PRIVATE KEY-----``)
+because ``flower-supernode`` reads it with ``load_ssh_private_key``, which refuses PKCS8.
+
+Private keys are created 0600 and never printed or logged. Nothing existing is overwritten
+unless ``force`` is given. A site key needs only ``ca.pem`` in the directory, so a site can
+make its own key pair and send only the ``.pub`` file to the operator.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+
+from fedlora.errors import PkiError
+from fedlora.pki_inventory import Inventory, inventory, require_ca, require_ca_cert
+from fedlora.pki_layout import (
+    DEFAULT_CA_DAYS,
+    DEFAULT_CA_NAME,
+    DEFAULT_DIR,
+    DEFAULT_SERVER_DAYS,
+    KEY_MODE,
+    PUBLIC_MODE,
+    PkiLayout,
+    check_days,
+    check_dns_name,
+    check_ip_address,
+    check_site_name,
+    make_directory,
+    refuse_existing,
+    ssh_fingerprint,
+    write_file,
+)
+from fedlora.pki_x509 import ca_certificate, new_key, pkcs8_pem, server_certificate
+
+__all__ = [
+    "DEFAULT_CA_DAYS",
+    "DEFAULT_CA_NAME",
+    "DEFAULT_DIR",
+    "DEFAULT_SERVER_DAYS",
+    "CaFiles",
+    "Inventory",
+    "PkiLayout",
+    "ServerFiles",
+    "SiteKey",
+    "create_site_key",
+    "init_ca",
+    "inventory",
+    "issue_server_cert",
+    "register_command",
+    "superlink_command",
+    "supernode_command",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CaFiles:
+    """The federation CA that :func:`init_ca` made."""
+
+    key: Path
+    cert: Path
+    subject: str
+    not_after: datetime
+    replaced: bool
+    """Whether an earlier CA was overwritten (``force``): every site and server cert broke."""
+
+
+@dataclass(frozen=True)
+class ServerFiles:
+    """The SuperLink TLS files that :func:`issue_server_cert` made."""
+
+    key: Path
+    cert: Path
+    ca_cert: Path
+    dns_names: tuple[str, ...]
+    ip_addresses: tuple[str, ...]
+    not_after: datetime
+
+
+@dataclass(frozen=True)
+class SiteKey:
+    """A SuperNode authentication key pair that :func:`create_site_key` made."""
+
+    name: str
+    key: Path
+    public_key: Path
+    ca_cert: Path
+    openssh: str
+    """The public key line, ``ecdsa-sha2-nistp384 AAAA... NAME``."""
+    fingerprint: str
+    """``SHA256:...`` as ``ssh-keygen -l`` prints it."""
+
+
+def init_ca(
+    directory: Path | str = DEFAULT_DIR,
+    *,
+    name: str = DEFAULT_CA_NAME,
+    days: int = DEFAULT_CA_DAYS,
+    force: bool = False,
+) -> CaFiles:
+    """Create the federation CA: ``ca.key`` (0600) and the self-signed ``ca.pem``.
+
+    Parameters
+    ----------
+    directory : Path or str
+        The PKI directory; created owner-only if missing.
+    name : str
+        The CA's common name (1 to 64 characters).
+    days : int
+        Validity of the CA certificate in days.
+    force : bool
+        Replace an existing CA. Every certificate and site configuration that trusts the old
+        CA stops working.
+
+    Returns
+    -------
+    CaFiles
+        Paths, subject and expiry of the new CA.
+
+    Raises
+    ------
+    PkiError
+        If a CA exists and ``force`` is false, or ``name`` or ``days`` is invalid.
+    """
+    layout = PkiLayout(Path(directory))
+    if not 1 <= len(name.strip()) <= 64:
+        raise PkiError(f"CA name must be 1 to 64 characters, got {len(name.strip())}")
+    check_days(days, "CA")
+    existed = layout.ca_key.exists() or layout.ca_cert.exists()
+    refuse_existing(
+        (layout.ca_key, layout.ca_cert),
+        force,
+        "re-creating the CA silently breaks every deployed site and the server certificate "
+        "(they trust the old CA)",
+    )
+    key = new_key()
+    cert = ca_certificate(key, name.strip(), days)
+    make_directory(layout.directory)
+    write_file(layout.ca_key, pkcs8_pem(key), KEY_MODE)
+    write_file(layout.ca_cert, cert.public_bytes(serialization.Encoding.PEM), PUBLIC_MODE)
+    if existed:
+        logger.warning("replaced the federation CA in %s", layout.directory)
+    logger.info("wrote %s and %s", layout.ca_key, layout.ca_cert)
+    return CaFiles(
+        key=layout.ca_key,
+        cert=layout.ca_cert,
+        subject=cert.subject.rfc4514_string(),
+        not_after=cert.not_valid_after_utc,
+        replaced=existed,
+    )
+
+
+def issue_server_cert(
+    directory: Path | str = DEFAULT_DIR,
+    *,
+    dns_names: Sequence[str] = (),
+    ip_addresses: Sequence[str] = (),
+    days: int = DEFAULT_SERVER_DAYS,
+    force: bool = False,
+) -> ServerFiles:
+    """Issue the SuperLink's TLS key and certificate, signed by the CA in ``directory``.
+
+    Parameters
+    ----------
+    directory : Path or str
+        The PKI directory holding ``ca.key`` and ``ca.pem``.
+    dns_names, ip_addresses : sequence of str
+        The names and addresses sites connect to (subject alternative names; at least one).
+    days : int
+        Validity in days; the certificate may not outlive the CA.
+    force : bool
+        Replace an existing ``server.key``/``server.pem``.
+
+    Returns
+    -------
+    ServerFiles
+        Paths, SANs and expiry of the new certificate.
+
+    Raises
+    ------
+    PkiError
+        If there is no CA, no SAN, an invalid SAN or validity, or existing server files and
+        ``force`` is false.
+    """
+    layout = PkiLayout(Path(directory))
+    dns = tuple(dict.fromkeys(check_dns_name(name) for name in dns_names))
+    ips = tuple(dict.fromkeys(check_ip_address(address) for address in ip_addresses))
+    if not dns and not ips:
+        raise PkiError(
+            "the server certificate needs at least one --dns NAME or --ip ADDR "
+            "(the address sites use to reach the SuperLink)"
+        )
+    check_days(days, "server certificate")
+    ca_key, ca_cert = require_ca(layout)
+    now = datetime.now(timezone.utc)
+    if now + timedelta(days=days) > ca_cert.not_valid_after_utc:
+        left = (ca_cert.not_valid_after_utc - now).days
+        raise PkiError(
+            f"a server certificate valid for {days} days would outlive the CA (expires "
+            f"{ca_cert.not_valid_after_utc:%Y-%m-%d}): use --days {left} or less, or renew the CA"
+            if left >= 1
+            else f"the CA in {layout.directory} expires within a day: renew it first"
+        )
+    refuse_existing(
+        (layout.server_key, layout.server_cert),
+        force,
+        "the SuperLink may be using it",
+    )
+    key = new_key()
+    cert = server_certificate(key, ca_key, ca_cert, dns, ips, days)
+    write_file(layout.server_key, pkcs8_pem(key), KEY_MODE)
+    write_file(layout.server_cert, cert.public_bytes(serialization.Encoding.PEM), PUBLIC_MODE)
+    logger.info("wrote %s and %s", layout.server_key, layout.server_cert)
+    return ServerFiles(
+        key=layout.server_key,
+        cert=layout.server_cert,
+        ca_cert=layout.ca_cert,
+        dns_names=dns,
+        ip_addresses=tuple(str(address) for address in ips),
+        not_after=cert.not_valid_after_utc,
+    )
+
+
+def create_site_key(directory: Path | str, name: str, *, force: bool = False) -> SiteKey:
+    """Create the SuperNode authentication key pair of site ``name`` (NIST P-384).
+
+    Parameters
+    ----------
+    directory : Path or str
+        The PKI directory; it needs ``ca.pem`` (from ``fedlora pki init`` or copied there).
+    name : str
+        The site's name: 1 to 63 letters, digits, ``-`` or ``_``.
+    force : bool
+        Replace an existing key pair of this site (it must then be registered again).
+
+    Returns
+    -------
+    SiteKey
+        The paths, the OpenSSH public key line and its fingerprint.
+
+    Raises
+    ------
+    PkiError
+        If the name is invalid, there is no CA certificate, or the site's key exists and
+        ``force`` is false.
+    """
+    layout = PkiLayout(Path(directory))
+    check_site_name(name)
+    require_ca_cert(layout)
+    key_path, public_path = layout.site_key(name), layout.site_public_key(name)
+    refuse_existing(
+        (key_path, public_path),
+        force,
+        f"a new key for site {name!r} must be registered again with Flower",
+    )
+    key = new_key()
+    private = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    openssh = f"{public.decode('ascii')} {name}"
+    make_directory(layout.sites)
+    write_file(key_path, private, KEY_MODE)
+    write_file(public_path, (openssh + "\n").encode("ascii"), PUBLIC_MODE)
+    logger.info("wrote %s and %s", key_path, public_path)
+    return SiteKey(
+        name=name,
+        key=key_path,
+        public_key=public_path,
+        ca_cert=layout.ca_cert,
+        openssh=openssh,
+        fingerprint=ssh_fingerprint(openssh),
+    )
+
+
+def superlink_command(directory: Path | str = DEFAULT_DIR) -> str:
+    """The ``flower-superlink`` command line that serves TLS with the files in ``directory``."""
+    layout = PkiLayout(Path(directory).absolute())
+    return shlex.join(
+        [
+            "flower-superlink",
+            "--ssl-ca-certfile",
+            str(layout.ca_cert),
+            "--ssl-certfile",
+            str(layout.server_cert),
+            "--ssl-keyfile",
+            str(layout.server_key),
+            "--enable-supernode-auth",
+        ]
+    )
+
+
+def register_command(site: SiteKey, connection: str | None = None) -> str:
+    """The ``flwr supernode register`` command that adds ``site``'s public key (Flower 1.41).
+
+    Parameters
+    ----------
+    site : SiteKey
+        The site's key pair.
+    connection : str, optional
+        The SuperLink connection name in the Flower configuration (``[superlink.<name>]`` in
+        ``$FLWR_HOME/config.toml``); without it ``flwr`` uses the default connection.
+    """
+    argv = ["flwr", "supernode", "register", str(site.public_key.absolute())]
+    if connection:
+        argv.append(connection)
+    return shlex.join([*argv, "--name", site.name])
+
+
+def supernode_command(site: SiteKey, superlink: str | None = None) -> str:
+    """The ``flower-supernode`` command line of ``site`` (TLS to the CA, key authentication).
+
+    Parameters
+    ----------
+    site : SiteKey
+        The site's key pair.
+    superlink : str, optional
+        The SuperLink Fleet API address ``HOST:PORT``; a placeholder without it.
+    """
+    return shlex.join(
+        [
+            "flower-supernode",
+            "--superlink",
+            superlink or "SUPERLINK_HOST:PORT",
+            "--root-certificates",
+            str(site.ca_cert.absolute()),
+            "--auth-supernode-private-key",
+            str(site.key.absolute()),
+        ]
+    )
