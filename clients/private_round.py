@@ -29,6 +29,7 @@ from fedlora.sites import SiteSpec
 logger = logging.getLogger(__name__)
 
 STATE_KEY = "privacy-ledger"
+CALIBRATION_KEY = "privacy-calibration"
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,8 @@ def train_with_privacy(
         start_new=policy.start_new_ledger,
     )
     _sync_state(context, ledger)
-    decision = decide_round(config, policy, ledger, records=records)
+    calibrations = context.state.config_records.setdefault(CALIBRATION_KEY, ConfigRecord())
+    decision = decide_round(config, policy, ledger, records=records, calibrations=calibrations)
     if not decision.allowed:
         return _decline(site, policy, decision)
     settings = DpSettings(

@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -211,7 +211,12 @@ def _calibrated(
 
 
 def decide_round(
-    config: RunConfig, policy: SitePolicy, ledger: SiteLedger, *, records: int
+    config: RunConfig,
+    policy: SitePolicy,
+    ledger: SiteLedger,
+    *,
+    records: int,
+    calibrations: MutableMapping[str, Any] | None = None,
 ) -> RoundDecision:
     """Plan this round's steps, fix σ, and compute ε before and after it.
 
@@ -223,6 +228,9 @@ def decide_round(
     ------
     ConfigError
         When the target ε cannot be reached for the planned steps.
+
+    ``calibrations`` (the node's ``Context.state`` record) keeps calibrated σ between rounds:
+    a calibration is deterministic but costs seconds of PRV evaluations.
     """
     plan = plan_steps(
         records=records,
@@ -233,13 +241,20 @@ def decide_round(
     if policy.noise_multiplier is not None:
         sigma = policy.noise_multiplier
     else:
-        sigma = _calibrated(
+        inputs = (
             policy.target_epsilon,
             policy.delta,
             plan.sample_rate,
             plan.steps * config.rounds,
             config.accountant,
         )
+        key = "|".join(repr(value) for value in inputs)
+        if calibrations is not None and key in calibrations:
+            sigma = float(calibrations[key])
+        else:
+            sigma = _calibrated(*inputs)
+            if calibrations is not None:
+                calibrations[key] = sigma
     history = ledger.releases()
     proposed = [*history, Release(sigma, plan.sample_rate, plan.steps)]
     return RoundDecision(

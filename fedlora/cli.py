@@ -334,6 +334,8 @@ def _quiet_third_parties(verbose: bool) -> None:
         return
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+    # Opacus's RDP remark on its order grid: its ε stays a valid (upper) bound either way.
+    warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
     for name in ("flwr", "ray", "transformers", "alembic"):
         logging.getLogger(name).setLevel(logging.ERROR)
 

@@ -283,3 +283,23 @@ def test_dp_reply_carries_no_training_loss_and_unreplayable_noise(tmp_path: Path
     first, second = (r.content.array_records["adapter"].to_numpy_ndarrays() for r in replies)
     # the same instruction, data and run config: only fresh OS entropy makes them differ
     assert any((a != b).any() for a, b in zip(first, second, strict=True))
+
+
+def test_calibrated_noise_is_kept_in_node_state_between_rounds(tmp_path: Path, monkeypatch):
+    import clients.site_privacy
+
+    config = _config(tmp_path, 100.0).replace(noise_multiplier=-1.0, target_epsilon=6.0)
+    site = _site(tmp_path)
+    app = make_client_app(lambda _context, _config: site)
+    context = _context({"ledger-dir": str(tmp_path / "ledger")})
+    first = read_privacy(app(_train_message(config, 1), context))
+
+    def no_recalibration(*_args: object) -> float:
+        raise AssertionError("calibrated again although the node state holds the result")
+
+    monkeypatch.setattr(clients.site_privacy, "_calibrated", no_recalibration)
+    second = read_privacy(app(_train_message(config, 2), context))
+
+    assert first is not None and second is not None
+    assert second["noise-multiplier"] == first["noise-multiplier"]
+    assert second["run-epsilon-rdp"] <= 6.0  # the target over all 10 planned rounds
