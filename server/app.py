@@ -9,6 +9,8 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedlora.config import RunConfig
+from fedlora.errors import BudgetExhaustedError, FedloraError
+from fedlora.report import write_report
 from server.federation import run_federation
 
 logger = logging.getLogger(__name__)
@@ -25,5 +27,22 @@ def main(grid: Grid, context: Context) -> None:
     from simulations.materialize import resolve_config
 
     resolved = resolve_config(config)
-    federation = run_federation(grid, resolved, out=Path(resolved.out))
+    out = Path(resolved.out)
+    try:
+        federation = run_federation(grid, resolved, out=out)
+    except BudgetExhaustedError as stopped:
+        # The stopped run's adapters and ledgers are valid: report them before stopping.
+        _report(stopped.run_dir)
+        raise
     logger.info("run complete: %s", federation.run_dir.path)
+    _report(federation.run_dir.path)
+
+
+def _report(run_dir: Path | None) -> None:
+    """Write the privacy report into the run directory, as ``fedlora simulate`` does."""
+    if run_dir is None:
+        return
+    try:
+        logger.info("privacy report: %s", write_report(run_dir))
+    except FedloraError as exc:
+        logger.error("could not write the privacy report of %s: %s", run_dir, exc)

@@ -136,6 +136,7 @@ class Federation:
         try:
             self._run()
         except BudgetExhaustedError as exc:
+            exc.run_dir = self.run_dir.path
             save_peft_dir(self.peft, self.global_state, self.run_dir.adapter_path(None))
             self.run_dir.mark("stopped", str(exc))
             logger.warning("run %s stopped: %s", self.run_dir.run_id, exc)

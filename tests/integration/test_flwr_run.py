@@ -76,3 +76,7 @@ def test_flwr_run_local_simulation(tmp_path):
     assert [m["round"] for m in metrics] == [0, 1]
     assert len(metrics[1]["sites"]) == 2
     assert (run_dir / "adapters" / "final" / "adapter_model.safetensors").exists()
+    # DP is on by default under flwr run too, and the ServerApp writes the privacy report
+    assert set(metrics[1]["privacy"]) == set(metrics[1]["sites"])
+    report = json.loads((run_dir / "report" / "privacy_report.json").read_text())
+    assert report["dp"] is True and report["state"] == "complete"
