@@ -22,7 +22,7 @@ from clients.runtime import LoadedModel, get_datasets, get_model
 from clients.site_privacy import check_dp_allowed
 from clients.training import train_locally
 from fedlora.adapters import adapter_state, from_array_record, load_adapter_state, to_array_record
-from fedlora.config import RunConfig
+from fedlora.config import DeviceChoice, RunConfig
 from fedlora.data import TokenizedDataset
 from fedlora.device import bf16_enabled, resolve_device
 from fedlora.errors import ConfigError, FedloraError
@@ -109,10 +109,18 @@ def _prepare(message: Message, context: Context, resolve_site: SiteResolver) -> 
     check_fingerprint(expected=instruction.base_fingerprint, local=loaded.base.fingerprint)
     load_adapter_state(loaded.peft, from_array_record(instruction.adapter))
     train_set, test_set = get_datasets(site, config, loaded)
-    device = resolve_device(config.device)
+    # A site's own node config picks its device (deployment); the run config otherwise.
+    device = resolve_device(_device_choice(context, config))
     return _Job(
         instruction, site, loaded, train_set, test_set, device, bf16_enabled(config.bf16, device)
     )
+
+
+def _device_choice(context: Context, config: RunConfig) -> DeviceChoice:
+    choice = str(context.node_config.get("device", config.device))
+    if choice not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"node config device must be auto, cpu or cuda, got {choice!r}")
+    return choice  # type: ignore[return-value]
 
 
 def handle_train(message: Message, context: Context, resolve_site: SiteResolver) -> Message:

@@ -88,3 +88,31 @@ def test_matching_base_trains_and_replies_with_an_update(tmp_path: Path):
     assert any((returned[k].numpy() != sent[k].numpy()).any() for k in sent), (
         "training changed nothing"
     )
+
+
+def test_node_config_device_is_checked_and_overrides_the_run_config(tmp_path: Path):
+    config = RunConfig(max_length=64, sites=1, dp=False)  # run config device: auto
+    data = write_jsonl(tmp_path / "a.jsonl", [{"prompt": "q", "response": "a"}] * 4)
+    app = make_client_app(lambda _context, _config: SiteSpec("a", data))
+    fingerprint = load_base_model("tiny-llama", task="sft", max_length=64).fingerprint
+    context = _context()
+    context.node_config["device"] = "tpu"
+
+    reply = app(_instruction(config, fingerprint, "evaluate"), context)
+
+    assert reply.has_error()
+    assert "node config device must be auto, cpu or cuda, got 'tpu'" in reply.error.reason
+
+
+def test_node_config_device_wins_over_the_run_config(tmp_path: Path):
+    config = RunConfig(max_length=64, sites=1, dp=False, device="cuda")
+    data = write_jsonl(tmp_path / "a.jsonl", [{"prompt": "q", "response": "a"}] * 4)
+    app = make_client_app(lambda _context, _config: SiteSpec("a", data))
+    fingerprint = load_base_model("tiny-llama", task="sft", max_length=64).fingerprint
+    context = _context()
+    context.node_config["device"] = "cpu"  # this site has no GPU, whatever the run asks
+
+    reply = app(_instruction(config, fingerprint, "evaluate"), context)
+
+    assert not reply.has_error(), reply.error.reason
+    assert reply.content.metric_records["metrics"]["num-examples"] > 0
