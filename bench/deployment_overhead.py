@@ -1,0 +1,353 @@
+"""Per-round wall time of the same federation in simulation and in a real deployment on loopback.
+
+The same 2-site, 3-round tiny workload runs on both sides, one after the other in this run:
+
+(a) simulation: ``simulations.runner.simulate`` -- Flower's simulation engine in this process,
+    one Ray actor per site (1 CPU each) that keeps its model and data in memory between
+    messages;
+(b) deployment: ``fedlora.loopback.LocalDeployment`` -- a TLS SuperLink with SuperNode
+    authentication and one ``flower-supernode`` per site on 127.0.0.1, the run submitted with
+    ``flwr run . CONNECTION --stream``; each message starts a fresh ``flwr-clientapp`` process.
+
+The workload is identical: the same site files (written once; the deployment's sites get
+byte-identical copies in their own folders, with the same site names), the same run config
+(tiny-llama SFT, DP on with a fixed noise multiplier so no calibration differs, RDP
+accountant, the same batch size, sequence length and privacy budget), both on the CPU.
+
+What is measured, the same way on both sides: the ``duration-s`` of rounds 1..R in the run's
+``metrics.jsonl``, which fedlora's round loop (``server/federation.py``) writes in both: from
+building round r's train messages to holding every site's round-r evaluation reply. Start-up
+(Ray, the SuperLink and SuperNodes, ``flwr run``'s upload, the round-0 evaluation) is
+excluded on both. The table reports the median over all timed rounds of each side and the
+ratio deployment / simulation. Runs alternate in ABBA order when ``--repeats`` is 2 or more;
+the deployment is started once and serves all its runs.
+
+Afterwards the cost of a fresh ClientApp process is measured in fresh Python processes: the
+interpreter alone, ``import clients.app``, and the model + LoRA build and data tokenisation a
+fresh process repeats for every message.
+
+Run from the repository root::
+
+    .venv/bin/python bench/deployment_overhead.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedlora.config import RunConfig
+from fedlora.loopback import LocalDeployment, RunConfigValue, SiteData
+from simulations.runner import simulate
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TARGET_RATIO = 1.5
+SITES = ("site-a", "site-b")
+
+# In a fresh process: what a ClientApp does before it can train (clients/runtime.py).
+_COLD_MESSAGE = """
+import json, sys, time
+t0 = time.perf_counter()
+import clients.app
+t1 = time.perf_counter()
+from pathlib import Path
+from clients.runtime import get_datasets, get_model
+from fedlora.config import RunConfig
+from fedlora.sites import SiteSpec
+flat, train, test = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
+config = RunConfig.from_flat(flat)
+loaded = get_model(config)
+t2 = time.perf_counter()
+get_datasets(SiteSpec("site-a", Path(train), Path(test)), config, loaded)
+t3 = time.perf_counter()
+print(json.dumps({"import-s": t1 - t0, "model-s": t2 - t1, "data-s": t3 - t2}))
+"""
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=(
+            "Median per-round wall time of the same federation in simulation and in a "
+            "deployment on 127.0.0.1."
+        )
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds per run")
+    parser.add_argument("--examples-per-site", type=int, default=24, help="training records")
+    parser.add_argument("--test-examples", type=int, default=8, help="held-out records per site")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-length", type=int, default=48)
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=2,
+        help="runs per side, in ABBA order (simulation, deployment, deployment, simulation)",
+    )
+    parser.add_argument(
+        "--deployment-first", action="store_true", help="start the ABBA order with the deployment"
+    )
+    parser.add_argument(
+        "--cold-samples", type=int, default=3, help="fresh processes per cold-start measurement"
+    )
+    parser.add_argument("--json", type=Path, default=None, help="also write the result here")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="keep run data here (else a tmp dir)"
+    )
+    parser.add_argument("--verbose", action="store_true", help="let Flower, Ray and fedlora log")
+    return parser.parse_args(argv)
+
+
+def _quiet(verbose: bool) -> None:
+    if verbose:
+        logging.basicConfig(level=logging.INFO)
+        return
+    logging.getLogger("flwr").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+def _write_sft(path: Path, site: str, count: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [
+        {"prompt": f"Question {index} at {site}?", "response": f"Answer {index} from {site}."}
+        for index in range(count)
+    ]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+@dataclass(frozen=True)
+class SideRun:
+    """One run of one side: its timed rounds (1..R) and what they computed."""
+
+    seconds: list[float]
+    eval_loss: list[float]
+    epsilon: dict[str, float]  # each site's ε of this run (RDP), after round R
+    total_s: float
+
+
+def _read_run(run_dir: Path, rounds: int, total_s: float) -> SideRun:
+    status = json.loads((run_dir / "status.json").read_text())
+    if status.get("state") != "complete":
+        raise RuntimeError(f"{run_dir} did not complete: {status}")
+    records = [
+        json.loads(line)
+        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
+    errors = [e for r in records for e in r.get("errors", [])]
+    if errors:
+        raise RuntimeError(f"{run_dir} had site errors: {errors[:3]}")
+    timed = [r for r in records if int(r["round"]) >= 1]
+    if len(timed) != rounds:
+        raise RuntimeError(f"{run_dir} recorded {len(timed)} of {rounds} rounds")
+    privacy = timed[-1].get("privacy", {})
+    return SideRun(
+        seconds=[float(r["duration-s"]) for r in timed],
+        eval_loss=[float(r["eval"]["loss"]) for r in timed],
+        epsilon={
+            site: float(entry.get("run-epsilon-rdp", float("nan")))
+            for site, entry in sorted(privacy.items())
+            if isinstance(entry, dict)
+        },
+        total_s=total_s,
+    )
+
+
+def _schedule(repeats: int, deployment_first: bool) -> list[str]:
+    """ABBA order: alternating which side goes first cancels slow drift in machine load."""
+    first, second = (
+        ("deployment", "simulation") if deployment_first else ("simulation", "deployment")
+    )
+    order: list[str] = []
+    for index in range(repeats):
+        order += [first, second] if index % 2 == 0 else [second, first]
+    return order
+
+
+def _summary(runs: list[SideRun]) -> dict[str, Any]:
+    rounds = [seconds for run in runs for seconds in run.seconds]
+    return {
+        "median-s": round(statistics.median(rounds), 3),
+        "rounds-s": [[round(s, 3) for s in run.seconds] for run in runs],
+        "run-medians-s": [round(statistics.median(run.seconds), 3) for run in runs],
+        "total-s": [round(run.total_s, 1) for run in runs],
+        "eval-loss": [[round(x, 6) for x in run.eval_loss] for run in runs],
+        "epsilon": [{site: round(e, 4) for site, e in run.epsilon.items()} for run in runs],
+    }
+
+
+def _wall(argv: list[str]) -> tuple[float, str]:
+    started = time.perf_counter()
+    result = subprocess.run(
+        argv, cwd=ROOT, capture_output=True, text=True, check=True, stdin=subprocess.DEVNULL
+    )
+    return time.perf_counter() - started, result.stdout
+
+
+def _cold_message(
+    flat: dict[str, RunConfigValue], train: Path, test: Path, samples: int
+) -> dict[str, float]:
+    """Median costs of a fresh ClientApp-like process, each in a new interpreter."""
+    python = [sys.executable, "-c"]
+    interpreter = [_wall([*python, "pass"])[0] for _ in range(samples)]
+    imports = [_wall([*python, "import clients.app"])[0] for _ in range(samples)]
+    parts: list[dict[str, float]] = []
+    whole: list[float] = []
+    for _ in range(samples):
+        seconds, stdout = _wall([*python, _COLD_MESSAGE, json.dumps(flat), str(train), str(test)])
+        whole.append(seconds)
+        parts.append(json.loads(stdout.strip().splitlines()[-1]))
+    return {
+        "python-start-s": round(statistics.median(interpreter), 3),
+        "python-import-clients-app-s": round(statistics.median(imports), 3),
+        "in-process-import-s": round(statistics.median(p["import-s"] for p in parts), 3),
+        "model-lora-s": round(statistics.median(p["model-s"] for p in parts), 3),
+        "data-tokenize-s": round(statistics.median(p["data-s"] for p in parts), 3),
+        "cold-message-process-s": round(statistics.median(whole), 3),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    if args.rounds < 1 or args.repeats < 1 or args.cold_samples < 1:
+        raise SystemExit("--rounds, --repeats and --cold-samples must be >= 1")
+    _quiet(args.verbose)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    load_before = os.getloadavg()[0]
+    order = _schedule(args.repeats, args.deployment_first)
+    runs: dict[str, list[SideRun]] = {"simulation": [], "deployment": []}
+    flat: dict[str, RunConfigValue] = {
+        "rounds": args.rounds,
+        "sites": len(SITES),
+        "model": "tiny-llama",
+        "task": "sft",
+        "max-length": args.max_length,
+        "batch-size": args.batch_size,
+        "noise-multiplier": 1.0,
+        "accountant": "rdp",
+        "budget-epsilon": 50.0,
+        "device": "cpu",
+        "bf16": "off",
+    }
+    startup_s = 0.0
+    cold: dict[str, float] = {}
+    with contextlib.ExitStack() as stack:
+        out = args.out or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fedlora-")))
+        out = out.absolute()
+        data = out / "data"
+        trains = [_write_sft(data / f"{s}.jsonl", s, args.examples_per_site) for s in SITES]
+        tests = [_write_sft(data / f"{s}.test.jsonl", s, args.test_examples) for s in SITES]
+        sites = {
+            name: SiteData(train, test, budget_epsilon=50.0, device="cpu")
+            for name, train, test in zip(SITES, trains, tests, strict=True)
+        }
+        deployment: LocalDeployment | None = None
+        remaining = order.count("deployment")
+        for index, side in enumerate(order):
+            started = time.monotonic()
+            if side == "simulation":
+                config = RunConfig.from_flat(
+                    {
+                        **flat,
+                        "data-files": ",".join(map(str, trains)),
+                        "test-files": ",".join(map(str, tests)),
+                        "client-gpus": 0.0,
+                        "out": str(out / "simulation" / f"run-{index}"),
+                    }
+                )
+                run_dir = simulate(config, run_id=f"bench-{index}", verbose=args.verbose)
+            else:
+                if deployment is None:
+                    deployment = LocalDeployment(out / "deployment", sites, connection="bench")
+                    deployment.start()
+                    startup_s = time.monotonic() - started
+                    started = time.monotonic()
+                try:
+                    run_dir = deployment.submit(flat)
+                finally:
+                    remaining -= 1
+                    if remaining == 0:
+                        deployment.stop()
+            runs[side].append(_read_run(run_dir, args.rounds, time.monotonic() - started))
+            print(f"{side} run {len(runs[side])}: rounds {runs[side][-1].seconds}", flush=True)
+        cold = _cold_message(flat, trains[0], tests[0], args.cold_samples)
+
+    simulation, deployed = _summary(runs["simulation"]), _summary(runs["deployment"])
+    ratio = deployed["median-s"] / simulation["median-s"]
+    machine = (
+        f"{os.cpu_count()} CPU cores ({platform.machine()}), CPU only, "
+        f"load average {load_before:.2f} at start"
+    )
+    messages_per_site_round = 2  # train, then evaluate: one fresh flwr-clientapp each
+    result: dict[str, Any] = {
+        "benchmark": "deployment_overhead",
+        "measured": (
+            "median over rounds 1..R of every run of metrics.jsonl duration-s: from building "
+            "round r's train messages to holding every site's round-r evaluation reply; "
+            "Ray / SuperLink / SuperNode start-up, flwr run and round 0 excluded on both sides"
+        ),
+        "workload": {**flat, "sites": len(SITES), "examples-per-site": args.examples_per_site},
+        "repeats": args.repeats,
+        "order": order,
+        "machine": machine,
+        "simulation": simulation,
+        "deployment": {**deployed, "startup-s": round(startup_s, 1)},
+        "ratio": round(ratio, 3),
+        "target-ratio": TARGET_RATIO,
+        "within-target": ratio <= TARGET_RATIO,
+        "cold-message": cold,
+        "extra-per-round-s": round(deployed["median-s"] - simulation["median-s"], 3),
+        "messages-per-site-per-round": messages_per_site_round,
+    }
+
+    print(
+        f"\ndeployment overhead: {len(SITES)} sites, {args.rounds} rounds, tiny-llama SFT, "
+        f"{args.examples_per_site} examples/site, batch {args.batch_size}, DP σ=1.0 (rdp), "
+        f"run order {' '.join(order)}; {machine}"
+    )
+    print(f"measured: {result['measured']}")
+    timed = args.rounds * args.repeats
+    print(f"{'side':>10}  {'rounds':>6}  {'median s':>9}  {'per-run medians s':>20}  total s")
+    for label, summary in (("simulation", simulation), ("deployment", deployed)):
+        medians = ", ".join(f"{m:.2f}" for m in summary["run-medians-s"])
+        totals = ", ".join(f"{t:.0f}" for t in summary["total-s"])
+        print(f"{label:>10}  {timed:>6}  {summary['median-s']:>9.3f}  {medians:>20}  {totals}")
+    print(f"deployment / simulation: {ratio:.2f}×  (deployment start-up {startup_s:.0f} s)")
+    verdict = "within" if ratio <= TARGET_RATIO else "ABOVE"
+    print(f"target deployment/simulation <= {TARGET_RATIO:.2f}: {verdict}")
+    print(
+        "fresh process, medians of "
+        f"{args.cold_samples}: python start {cold['python-start-s']:.2f} s, "
+        f"python -c 'import clients.app' {cold['python-import-clients-app-s']:.2f} s, "
+        f"model + LoRA {cold['model-lora-s']:.2f} s, data {cold['data-tokenize-s']:.2f} s, "
+        f"whole cold message set-up {cold['cold-message-process-s']:.2f} s"
+    )
+    print(
+        "workload check, eval loss per round: "
+        f"simulation {simulation['eval-loss'][0]}  deployment {deployed['eval-loss'][0]}"
+    )
+    line = json.dumps(result, sort_keys=True)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(line + "\n")
+    print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
