@@ -49,6 +49,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench_common import abba_schedule, emit_result  # this script's folder
+
 from fedlora.config import RunConfig
 from fedlora.loopback import LocalDeployment, RunConfigValue, SiteData
 from simulations.runner import simulate
@@ -167,17 +169,6 @@ def _read_run(run_dir: Path, rounds: int, total_s: float) -> SideRun:
     )
 
 
-def _schedule(repeats: int, deployment_first: bool) -> list[str]:
-    """ABBA order: alternating which side goes first cancels slow drift in machine load."""
-    first, second = (
-        ("deployment", "simulation") if deployment_first else ("simulation", "deployment")
-    )
-    order: list[str] = []
-    for index in range(repeats):
-        order += [first, second] if index % 2 == 0 else [second, first]
-    return order
-
-
 def _summary(runs: list[SideRun]) -> dict[str, Any]:
     rounds = [seconds for run in runs for seconds in run.seconds]
     return {
@@ -229,7 +220,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     load_before = os.getloadavg()[0]
-    order = _schedule(args.repeats, args.deployment_first)
+    first, second = (
+        ("deployment", "simulation") if args.deployment_first else ("simulation", "deployment")
+    )
+    order = abba_schedule(args.repeats, first, second)
     runs: dict[str, list[SideRun]] = {"simulation": [], "deployment": []}
     flat: dict[str, RunConfigValue] = {
         "rounds": args.rounds,
@@ -341,11 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         "workload check, eval loss per round: "
         f"simulation {simulation['eval-loss'][0]}  deployment {deployed['eval-loss'][0]}"
     )
-    line = json.dumps(result, sort_keys=True)
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(line + "\n")
-    print(line)
+    emit_result(result, args.json)
     return 0
 
 

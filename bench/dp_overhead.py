@@ -49,7 +49,6 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -66,6 +65,7 @@ from typing import Any
 
 import torch
 import transformers
+from bench_common import emit_result  # this script's folder
 from opacus.optimizers import DPOptimizer
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from peft import PeftModel
@@ -426,11 +426,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{variant} {model['variants'][variant]['run-ratios']}" for variant in VARIANTS[1:]
         )
         print(f"per-repeat ratios to non-DP, {model['model']}: {ratios}")
-    line = json.dumps(result, sort_keys=True)
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(line + "\n")
-    print(line)
+    emit_result(result, args.json)
     return 0
 
 

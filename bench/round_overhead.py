@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench_common import abba_schedule, emit_result  # this script's folder
 from plain_flower_app import run_plain  # this script's folder; Ray workers import it too
 
 from fedlora.config import RunConfig
@@ -142,15 +143,6 @@ def _run_plain(config: RunConfig, run_id: str, verbose: bool) -> SideRun:
     )
 
 
-def _schedule(repeats: int, plain_first: bool) -> list[str]:
-    """ABBA order: alternating which side goes first cancels slow drift in machine load."""
-    first, second = ("plain", "fedlora") if plain_first else ("fedlora", "plain")
-    order: list[str] = []
-    for index in range(repeats):
-        order += [first, second] if index % 2 == 0 else [second, first]
-    return order
-
-
 def _summary(runs: list[SideRun]) -> dict[str, Any]:
     rounds = [seconds for run in runs for seconds in run.seconds]
     return {
@@ -175,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         [bench_dir, *filter(None, [os.environ.get("PYTHONPATH")])]
     )
     load_before = os.getloadavg()[0]
-    order = _schedule(args.repeats, args.plain_first)
+    first, second = ("plain", "fedlora") if args.plain_first else ("fedlora", "plain")
+    order = abba_schedule(args.repeats, first, second)
     sides = {"fedlora": _run_fedlora, "plain": _run_plain}
     runs: dict[str, list[SideRun]] = {"fedlora": [], "plain": []}
     with tempfile.TemporaryDirectory(prefix="fedlora-bench-") as tmp:
@@ -247,11 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     verdict = "within" if ratio <= TARGET_RATIO else "ABOVE"
     print(f"target fedlora/plain <= {TARGET_RATIO:.2f}: {verdict}")
-    line = json.dumps(result, sort_keys=True)
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(line + "\n")
-    print(line)
+    emit_result(result, args.json)
     return 0
 
 

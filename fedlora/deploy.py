@@ -30,7 +30,7 @@ from typing import Any
 
 from fedlora.errors import ConfigError, RunDirError
 from fedlora.io import atomic_write_text
-from fedlora.pki_layout import PkiLayout, check_site_name
+from fedlora.pki_layout import PkiLayout, check_site_name, superlink_tls_flags
 from fedlora.site_config import SiteConfig
 
 if sys.version_info >= (3, 11):
@@ -181,16 +181,7 @@ def superlink_argv(
     ):
         if not path.is_file():
             raise ConfigError(f"{path} not found: make it with {made_by} --dir {pki_dir}")
-    return [
-        *argv,
-        "--ssl-ca-certfile",
-        str(layout.ca_cert),
-        "--ssl-certfile",
-        str(layout.server_cert),
-        "--ssl-keyfile",
-        str(layout.server_key),
-        "--enable-supernode-auth",
-    ]
+    return [*argv, *superlink_tls_flags(layout)]
 
 
 def register_argv(site: str, pki_dir: Path | str, connection: str) -> list[str]:

@@ -65,6 +65,7 @@ from fedlora.pki_layout import (
     make_directory,
     refuse_existing,
     ssh_fingerprint,
+    superlink_tls_flags,
     write_file,
 )
 from fedlora.pki_x509 import ca_certificate, new_key, pkcs8_pem, server_certificate
@@ -318,18 +319,7 @@ def create_site_key(directory: Path | str, name: str, *, force: bool = False) ->
 def superlink_command(directory: Path | str = DEFAULT_DIR) -> str:
     """The ``flower-superlink`` command line that serves TLS with the files in ``directory``."""
     layout = PkiLayout(Path(directory).absolute())
-    return shlex.join(
-        [
-            "flower-superlink",
-            "--ssl-ca-certfile",
-            str(layout.ca_cert),
-            "--ssl-certfile",
-            str(layout.server_cert),
-            "--ssl-keyfile",
-            str(layout.server_key),
-            "--enable-supernode-auth",
-        ]
-    )
+    return shlex.join(["flower-superlink", *superlink_tls_flags(layout)])
 
 
 def register_command(site: SiteKey, connection: str | None = None) -> str:

@@ -189,3 +189,16 @@ def ssh_fingerprint(openssh: str) -> str:
     """The ``SHA256:...`` fingerprint of an OpenSSH public key line, as ``ssh-keygen -l``."""
     blob = base64.b64decode(openssh.split()[1])
     return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+
+
+def superlink_tls_flags(layout: PkiLayout) -> list[str]:
+    """The ``flower-superlink`` flags for TLS (all three ``--ssl-*`` files) and site auth."""
+    return [
+        "--ssl-ca-certfile",
+        str(layout.ca_cert),
+        "--ssl-certfile",
+        str(layout.server_cert),
+        "--ssl-keyfile",
+        str(layout.server_key),
+        "--enable-supernode-auth",
+    ]
