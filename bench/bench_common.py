@@ -2,9 +2,31 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import logging
+import warnings
 from pathlib import Path
 from typing import Any
+
+
+def add_output_arguments(
+    parser: argparse.ArgumentParser, *, verbose_help: str, run_data: bool = True
+) -> None:
+    """Add ``--json`` (write the result line there too), ``--out`` and ``--verbose``."""
+    parser.add_argument("--json", type=Path, default=None, help="also write the result here")
+    if run_data:
+        parser.add_argument(
+            "--out", type=Path, default=None, help="keep run data here (else a tmp dir)"
+        )
+    parser.add_argument("--verbose", action="store_true", help=verbose_help)
+
+
+def quiet_flower() -> None:
+    """Keep Flower's and the libraries' notices out of a benchmark's table."""
+    logging.getLogger("flwr").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
 def abba_schedule(repeats: int, first: str, second: str) -> list[str]:

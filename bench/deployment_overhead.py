@@ -44,12 +44,16 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench_common import abba_schedule, emit_result  # this script's folder
+from bench_common import (  # this script's folder
+    abba_schedule,
+    add_output_arguments,
+    emit_result,
+    quiet_flower,
+)
 
 from fedlora.config import RunConfig
 from fedlora.loopback import LocalDeployment, RunConfigValue, SiteData
@@ -104,21 +108,15 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--cold-samples", type=int, default=3, help="fresh processes per cold-start measurement"
     )
-    parser.add_argument("--json", type=Path, default=None, help="also write the result here")
-    parser.add_argument(
-        "--out", type=Path, default=None, help="keep run data here (else a tmp dir)"
-    )
-    parser.add_argument("--verbose", action="store_true", help="let Flower, Ray and fedlora log")
+    add_output_arguments(parser, verbose_help="let Flower, Ray and fedlora log")
     return parser.parse_args(argv)
 
 
 def _quiet(verbose: bool) -> None:
     if verbose:
         logging.basicConfig(level=logging.INFO)
-        return
-    logging.getLogger("flwr").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    else:
+        quiet_flower()
 
 
 def _write_sft(path: Path, site: str, count: int) -> Path:

@@ -60,24 +60,30 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 import transformers
-from bench_common import emit_result  # this script's folder
+from bench_common import add_output_arguments, emit_result  # this script's folder
 from opacus.optimizers import DPOptimizer
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from peft import PeftModel
 from torch.optim.optimizer import register_optimizer_step_post_hook
-from transformers import AutoModelForCausalLM, LlamaConfig
+from transformers import AutoModelForCausalLM
 
 from clients.dp_training import DpSettings, dp_train_locally
 from clients.training import TrainResult, train_locally
 from fedlora.config import RunConfig
 from fedlora.data import SftExample, TokenizedDataset, tokenize
-from fedlora.models import BASE_SEED, BaseModel, apply_lora, fingerprint, load_base_model
-from fedlora.tokenizer import BOS_ID, EOS_ID, PAD_ID, TINY_VOCAB_SIZE, tiny_tokenizer
+from fedlora.models import (
+    BASE_SEED,
+    PRESETS,
+    BaseModel,
+    apply_lora,
+    fingerprint,
+    load_base_model,
+)
+from fedlora.tokenizer import PAD_ID, tiny_tokenizer
 
 TARGET_HOOKS_RATIO = 1.15
 VARIANTS = ("non-dp", "dp-hooks", "dp-ghost")
@@ -116,8 +122,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
-    parser.add_argument("--json", type=Path, default=None, help="also write the result here")
-    parser.add_argument("--verbose", action="store_true", help="let Opacus and peft warn")
+    add_output_arguments(parser, verbose_help="let Opacus and peft warn", run_data=False)
     return parser.parse_args(argv)
 
 
@@ -133,18 +138,17 @@ def _quiet(verbose: bool) -> None:
 
 def _large_llama(max_length: int) -> BaseModel:
     """A Llama like the ``tiny-llama`` preset, with hidden 512, 4 layers, 8 heads, 4 KV heads."""
-    config = LlamaConfig(
-        vocab_size=TINY_VOCAB_SIZE,
-        hidden_size=512,
-        intermediate_size=1024,
-        num_hidden_layers=4,
-        num_attention_heads=8,
-        num_key_value_heads=4,
-        max_position_embeddings=512,
-        pad_token_id=PAD_ID,
-        bos_token_id=BOS_ID,
-        eos_token_id=EOS_ID,
-        tie_word_embeddings=False,
+    config = PRESETS["tiny-llama"].make_config()  # the preset's vocabulary and special ids
+    config.update(
+        {
+            "hidden_size": 512,
+            "intermediate_size": 1024,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 8,
+            "num_key_value_heads": 4,
+            "max_position_embeddings": 512,
+            "head_dim": 512 // 8,
+        }
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(BASE_SEED)

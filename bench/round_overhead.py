@@ -32,19 +32,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import platform
 import statistics
 import sys
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench_common import abba_schedule, emit_result  # this script's folder
+from bench_common import (  # this script's folder
+    abba_schedule,
+    add_output_arguments,
+    emit_result,
+    quiet_flower,
+)
 from plain_flower_app import run_plain  # this script's folder; Ray workers import it too
 
 from fedlora.config import RunConfig
@@ -76,20 +79,13 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--plain-first", action="store_true", help="start the ABBA order with the plain app"
     )
-    parser.add_argument("--json", type=Path, default=None, help="also write the result here")
-    parser.add_argument(
-        "--out", type=Path, default=None, help="keep run data here (else a tmp dir)"
-    )
-    parser.add_argument("--verbose", action="store_true", help="let Flower and Ray log")
+    add_output_arguments(parser, verbose_help="let Flower and Ray log")
     return parser.parse_args(argv)
 
 
 def _quiet(verbose: bool) -> None:
-    if verbose:
-        return
-    logging.getLogger("flwr").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    if not verbose:
+        quiet_flower()
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from fedlora.errors import RunDirError
+
 
 def _umask() -> int:
     current = os.umask(0)
@@ -73,3 +75,32 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def read_json_lines(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a JSON-lines file, in order (blank lines skipped).
+
+    Raises
+    ------
+    RunDirError
+        When the file cannot be read, or naming the first line that is not a JSON object
+        (a run killed mid-write can leave a truncated last line).
+    """
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RunDirError(f"cannot read {path}: {exc}") from exc
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as exc:
+            raise RunDirError(
+                f"{path} line {number} is not valid JSON ({exc}); the file is corrupted"
+            ) from exc
+        if not isinstance(record, dict):
+            raise RunDirError(f"{path} line {number} is not a JSON object")
+        records.append(record)
+    return records

@@ -19,6 +19,7 @@ line's number; nothing is trained on an unprovable history.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -58,7 +59,17 @@ ROUND_FIELDS = (
 
 
 def data_fingerprint(path: Path) -> str:
-    """SHA-256 of a data file's bytes: the identity of the dataset a ledger belongs to."""
+    """SHA-256 of a data file's bytes: the identity of the dataset a ledger belongs to.
+
+    Every DP round asks for it; the file is hashed again only when its size or modification
+    time changed (as the site's dataset cache does), not once per round.
+    """
+    stat = path.stat()
+    return _file_digest(path.resolve(), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _file_digest(path: Path, _size: int, _mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

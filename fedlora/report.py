@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from fedlora.errors import LedgerError, RunDirError
-from fedlora.io import atomic_write_json, atomic_write_text
+from fedlora.hashchain import finite_or_none
+from fedlora.io import atomic_write_json, atomic_write_text, read_json_lines
 from fedlora.ledger import LEDGER_FILE, LedgerEntry, SiteLedger, read_ledger
 
 logger = logging.getLogger(__name__)
@@ -107,31 +108,19 @@ def _load_metrics(run_dir: Path) -> list[dict[str, Any]]:
     path = run_dir / "metrics.jsonl"
     if not path.exists():
         return []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RunDirError(f"cannot read {path}: {exc}") from exc
-    records = []
-    for number, line in enumerate(lines, start=1):
-        if line.strip():
-            records.append(_parse_metrics_line(path, number, line))
+    records = read_json_lines(path)
+    for number, record in enumerate(records, start=1):
+        _check_metrics_record(path, number, record)
     return records
 
 
-def _parse_metrics_line(path: Path, number: int, line: str) -> dict[str, Any]:
-    where = f"{path} line {number}"
-    try:
-        record = json.loads(line)
-    except ValueError as exc:
-        raise RunDirError(f"{where} is not valid JSON ({exc}); the file is corrupted") from exc
-    if not isinstance(record, dict):
-        raise RunDirError(f"{where} is not a JSON object")
+def _check_metrics_record(path: Path, number: int, record: Mapping[str, Any]) -> None:
+    where = f"{path} record {number}"
     if not isinstance(record.get("round"), int) or isinstance(record.get("round"), bool):
         raise RunDirError(f"{where} has no integer 'round'")
     for key in ("privacy", "refused", "sites"):
         if not isinstance(record.get(key, {}), dict):
             raise RunDirError(f"{where}: '{key}' is not a JSON object")
-    return record
 
 
 # ---- per-site data -----------------------------------------------------------------------
@@ -196,10 +185,6 @@ def _varying(series: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 # ---- ledgers -------------------------------------------------------------------------------
-
-
-def _finite_or_none(value: float) -> float | None:
-    return value if math.isfinite(value) else None
 
 
 def _as_epsilon(value: Any) -> float:
@@ -323,8 +308,8 @@ def _verified_ledger(
         "records": ledger.records,
         "entries": [entry.to_json() for entry in ledger.entries],
         "other-run-entries": sum(1 for entry in ledger.entries if entry.run_id != run_id),
-        "lifetime-epsilon-prv": _finite_or_none(last.epsilon_prv) if last else 0.0,
-        "lifetime-epsilon-rdp": _finite_or_none(last.epsilon_rdp) if last else 0.0,
+        "lifetime-epsilon-prv": finite_or_none(last.epsilon_prv) if last else 0.0,
+        "lifetime-epsilon-rdp": finite_or_none(last.epsilon_rdp) if last else 0.0,
         "agrees": not problems,
         "disagreements": problems,
     }

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fedlora.errors import RunDirError
-from fedlora.io import append_line, atomic_write_json
+from fedlora.io import append_line, atomic_write_json, read_json_lines
 
 logger = logging.getLogger(__name__)
 
@@ -97,12 +97,10 @@ class RunDirectory:
         append_line(self.metrics_path, json.dumps(record, sort_keys=True))
 
     def read_metrics(self) -> list[dict[str, Any]]:
-        """All metrics lines, in order."""
+        """All metrics lines, in order (``RunDirError`` naming a corrupted line)."""
         if not self.metrics_path.exists():
             return []
-        return [
-            json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()
-        ]
+        return read_json_lines(self.metrics_path)
 
     def mark(self, state: RunState, reason: str | None = None) -> None:
         """Record the run's state (and why, when it is incomplete)."""

@@ -120,16 +120,11 @@ def simulate(
             backend_config=backend_config,  # type: ignore[arg-type]
             verbose_logging=False,
         )
-    except BudgetExhaustedError as exc:
-        raise BudgetExhaustedError(str(exc), out / run_id) from None
     except FedloraError:
-        raise
+        raise  # a stopped run's BudgetExhaustedError already names its run directory
     except RuntimeError as exc:
-        cause = exc.__cause__
-        if isinstance(cause, BudgetExhaustedError):
-            raise BudgetExhaustedError(str(cause), out / run_id) from None
-        if isinstance(cause, FedloraError):
-            raise cause from None
+        if isinstance(exc.__cause__, FedloraError):
+            raise exc.__cause__ from None
         raise
     run_dir = RunDirectory(out / run_id)
     if run_dir.state() == "stopped":
