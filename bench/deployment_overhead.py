@@ -6,13 +6,19 @@ The same 2-site, 3-round tiny workload runs on both sides, one after the other i
     one Ray actor per site (1 CPU each) that keeps its model and data in memory between
     messages;
 (b) deployment: ``fedlora.loopback.LocalDeployment`` -- a TLS SuperLink with SuperNode
-    authentication and one ``flower-supernode`` per site on 127.0.0.1, the run submitted with
-    ``flwr run . CONNECTION --stream``; each message starts a fresh ``flwr-clientapp`` process.
+    authentication and one SuperNode per site on 127.0.0.1 as ``fedlora deploy supernode``
+    starts it (short polls, one warm worker process per site, ``fedlora.node_worker``), the
+    run submitted with ``flwr run . CONNECTION --stream``;
+(c) cold deployment, once, for reference (``--cold-runs 0`` skips it): the same with plain
+    ``flower-supernode`` nodes (``fedlora deploy supernode --cold``): Flower's 3 s idle polls
+    and a fresh ``flwr-clientapp`` process per message.
 
 The workload is identical: the same site files (written once; the deployment's sites get
 byte-identical copies in their own folders, with the same site names), the same run config
 (tiny-llama SFT, DP on with a fixed noise multiplier so no calibration differs, RDP
-accountant, the same batch size, sequence length and privacy budget), both on the CPU.
+accountant, the same batch size, sequence length and privacy budget), both on the CPU, and
+one CPU thread per site on both sides (a simulated site is a Ray actor with one CPU, Ray sets
+its ``OMP_NUM_THREADS=1``; a deployed site gets ``[site] cpu-threads = 1``).
 
 What is measured, the same way on both sides: the ``duration-s`` of rounds 1..R in the run's
 ``metrics.jsonl``, which fedlora's round loop (``server/federation.py``) writes in both: from
@@ -107,6 +113,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--cold-samples", type=int, default=3, help="fresh processes per cold-start measurement"
+    )
+    parser.add_argument(
+        "--cold-runs", type=int, default=1, help="runs on plain flower-supernode nodes (0: none)"
     )
     add_output_arguments(parser, verbose_help="let Flower, Ray and fedlora log")
     return parser.parse_args(argv)
@@ -212,8 +221,8 @@ def _cold_message(
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    if args.rounds < 1 or args.repeats < 1 or args.cold_samples < 1:
-        raise SystemExit("--rounds, --repeats and --cold-samples must be >= 1")
+    if args.rounds < 1 or args.repeats < 1 or args.cold_samples < 1 or args.cold_runs < 0:
+        raise SystemExit("--rounds, --repeats and --cold-samples must be >= 1, --cold-runs >= 0")
     _quiet(args.verbose)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -222,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         ("deployment", "simulation") if args.deployment_first else ("simulation", "deployment")
     )
     order = abba_schedule(args.repeats, first, second)
-    runs: dict[str, list[SideRun]] = {"simulation": [], "deployment": []}
+    runs: dict[str, list[SideRun]] = {"simulation": [], "deployment": [], "cold": []}
     flat: dict[str, RunConfigValue] = {
         "rounds": args.rounds,
         "sites": len(SITES),
@@ -244,10 +253,16 @@ def main(argv: list[str] | None = None) -> int:
         data = out / "data"
         trains = [_write_sft(data / f"{s}.jsonl", s, args.examples_per_site) for s in SITES]
         tests = [_write_sft(data / f"{s}.test.jsonl", s, args.test_examples) for s in SITES]
-        sites = {
-            name: SiteData(train, test, budget_epsilon=50.0, device="cpu")
-            for name, train, test in zip(SITES, trains, tests, strict=True)
-        }
+
+        def site_data(warm: bool) -> dict[str, SiteData]:
+            return {
+                name: SiteData(
+                    train, test, budget_epsilon=50.0, device="cpu", cpu_threads=1, warm=warm
+                )
+                for name, train, test in zip(SITES, trains, tests, strict=True)
+            }
+
+        sites = site_data(warm=True)
         deployment: LocalDeployment | None = None
         remaining = order.count("deployment")
         for index, side in enumerate(order):
@@ -277,15 +292,25 @@ def main(argv: list[str] | None = None) -> int:
                         deployment.stop()
             runs[side].append(_read_run(run_dir, args.rounds, time.monotonic() - started))
             print(f"{side} run {len(runs[side])}: rounds {runs[side][-1].seconds}", flush=True)
+        if args.cold_runs:
+            cold_sites = site_data(warm=False)
+            with LocalDeployment(out / "cold", cold_sites, connection="cold") as cold_dep:
+                for _ in range(args.cold_runs):
+                    started = time.monotonic()
+                    run_dir = cold_dep.submit(flat)
+                    runs["cold"].append(_read_run(run_dir, args.rounds, time.monotonic() - started))
+                    print(f"cold run {len(runs['cold'])}: rounds {runs['cold'][-1].seconds}")
         cold = _cold_message(flat, trains[0], tests[0], args.cold_samples)
 
     simulation, deployed = _summary(runs["simulation"]), _summary(runs["deployment"])
     ratio = deployed["median-s"] / simulation["median-s"]
+    cold_side = _summary(runs["cold"]) if runs["cold"] else None
+    cold_ratio = cold_side["median-s"] / simulation["median-s"] if cold_side else None
     machine = (
         f"{os.cpu_count()} CPU cores ({platform.machine()}), CPU only, "
         f"load average {load_before:.2f} at start"
     )
-    messages_per_site_round = 2  # train, then evaluate: one fresh flwr-clientapp each
+    messages_per_site_round = 2  # train, then evaluate
     result: dict[str, Any] = {
         "benchmark": "deployment_overhead",
         "measured": (
@@ -300,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
         "simulation": simulation,
         "deployment": {**deployed, "startup-s": round(startup_s, 1)},
         "ratio": round(ratio, 3),
+        "cold-deployment": cold_side,
+        "cold-ratio": None if cold_ratio is None else round(cold_ratio, 3),
         "target-ratio": TARGET_RATIO,
         "within-target": ratio <= TARGET_RATIO,
         "cold-message": cold,
@@ -315,11 +342,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"measured: {result['measured']}")
     timed = args.rounds * args.repeats
     print(f"{'side':>10}  {'rounds':>6}  {'median s':>9}  {'per-run medians s':>20}  total s")
-    for label, summary in (("simulation", simulation), ("deployment", deployed)):
+    sides = [("simulation", simulation), ("deployment", deployed)]
+    if cold_side is not None:
+        sides.append(("cold", cold_side))
+    for label, summary in sides:
         medians = ", ".join(f"{m:.2f}" for m in summary["run-medians-s"])
         totals = ", ".join(f"{t:.0f}" for t in summary["total-s"])
-        print(f"{label:>10}  {timed:>6}  {summary['median-s']:>9.3f}  {medians:>20}  {totals}")
+        count = len(summary["rounds-s"]) * args.rounds if label == "cold" else timed
+        print(f"{label:>10}  {count:>6}  {summary['median-s']:>9.3f}  {medians:>20}  {totals}")
     print(f"deployment / simulation: {ratio:.2f}×  (deployment start-up {startup_s:.0f} s)")
+    if cold_ratio is not None:
+        print(f"cold deployment (plain flower-supernode) / simulation: {cold_ratio:.2f}×")
     verdict = "within" if ratio <= TARGET_RATIO else "ABOVE"
     print(f"target deployment/simulation <= {TARGET_RATIO:.2f}: {verdict}")
     print(

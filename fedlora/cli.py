@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from fedlora.config import DEFAULT_TARGET_EPSILON, RunConfig
 from fedlora.errors import BudgetExhaustedError, ConfigError, FedloraError
+from fedlora.flower_tuning import DEFAULT_POLL_INTERVAL_S
 
 if TYPE_CHECKING:
     from fedlora.pki_inventory import Inventory
@@ -266,6 +267,19 @@ def _add_deploy_arguments(commands: argparse._SubParsersAction[argparse.Argument
     )
     supernode.add_argument(
         "--insecure", action="store_true", help="accept insecure = true in site.toml"
+    )
+    supernode.add_argument(
+        "--cold",
+        action="store_true",
+        help="plain flower-supernode: a fresh ClientApp process per message, Flower's 3 s "
+        "idle polls (runs any submitted app); default: short polls and a warm fedlora worker",
+    )
+    supernode.add_argument(
+        "--poll-interval",
+        type=float,
+        default=DEFAULT_POLL_INTERVAL_S,
+        metavar="S",
+        help=f"longest wait between the warm node's pulls (default {DEFAULT_POLL_INTERVAL_S})",
     )
     supernode.add_argument(
         "--check", action="store_true", help="validate and print the command; do not start it"
@@ -576,7 +590,12 @@ def run_deploy(args: argparse.Namespace) -> int:
                 "WITHOUT TLS; its adapters and privacy spend travel unencrypted",
                 file=sys.stderr,
             )
-        argv = deploy.supernode_argv(site, runtime_port=args.runtime_port)
+        argv = deploy.supernode_argv(
+            site,
+            runtime_port=args.runtime_port,
+            warm=not args.cold,
+            poll_interval=args.poll_interval,
+        )
         if args.check:
             print(f"site config {site.source} is valid; the SuperNode command is:")
             print(deploy.command_line(argv))

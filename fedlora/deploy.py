@@ -12,7 +12,8 @@ What runs where (docs/deployment.md):
   re-resolves the project's dependencies (a CUDA torch of several GB);
 * operator (any machine that reaches the SuperLink): ``flwr supernode register`` for each site
   key and ``flwr run . CONNECTION --stream``, with a connection in ``$FLWR_HOME/config.toml``;
-* each site: ``flower-supernode`` with the site's ``site.toml`` (:mod:`fedlora.site_config`).
+* each site: Flower's SuperNode with the site's ``site.toml`` (:mod:`fedlora.site_config`),
+  by default with short polls and fedlora's warm worker (:mod:`fedlora.node_supernode`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from fedlora.errors import ConfigError, RunDirError
+from fedlora.flower_tuning import DEFAULT_POLL_INTERVAL_S, check_poll_interval
 from fedlora.io import atomic_write_text
 from fedlora.pki_layout import PkiLayout, check_site_name, superlink_tls_flags
 from fedlora.site_config import SiteConfig
@@ -213,9 +215,14 @@ def register_argv(site: str, pki_dir: Path | str, connection: str) -> list[str]:
 
 
 def supernode_argv(
-    config: SiteConfig, *, runtime_port: int | None = None, runtime_host: str = "127.0.0.1"
+    config: SiteConfig,
+    *,
+    runtime_port: int | None = None,
+    runtime_host: str = "127.0.0.1",
+    warm: bool = True,
+    poll_interval: float = DEFAULT_POLL_INTERVAL_S,
 ) -> list[str]:
-    """The ``flower-supernode`` command line of a validated site.
+    """The command line of a validated site's SuperNode.
 
     Parameters
     ----------
@@ -226,6 +233,12 @@ def supernode_argv(
         or a free port when 9094 is taken (a second node on the same host).
     runtime_host : str
         Where the Runtime API listens; keep it on loopback.
+    warm : bool
+        ``True`` (default): Flower's SuperNode with short polls and fedlora's warm worker
+        (:mod:`fedlora.node_supernode`); ``False``: plain ``flower-supernode``, a fresh
+        ``flwr-clientapp`` process per message (it runs whatever app a run submits).
+    poll_interval : float
+        The warm node's longest wait between pulls, in seconds.
     """
     if runtime_port is None:
         runtime_port = (
@@ -234,7 +247,20 @@ def supernode_argv(
             else free_port(runtime_host)
         )
     _check_port(runtime_port, "runtime port")
-    argv = [flower_executable("flower-supernode"), "--superlink", config.superlink]
+    if warm:
+        check_poll_interval(poll_interval)
+        argv = [
+            sys.executable,
+            "-m",
+            "fedlora.node_supernode",
+            "--poll-interval",
+            repr(poll_interval),
+            "--worker",
+            "--",
+        ]
+    else:
+        argv = [flower_executable("flower-supernode")]
+    argv += ["--superlink", config.superlink]
     if config.insecure:
         argv.append("--insecure")
     else:

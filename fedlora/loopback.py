@@ -102,6 +102,11 @@ class SiteData:
         ``python`` starts the SuperNode from :func:`fedlora.deploy.supernode_argv`; ``cli``
         through ``python -m fedlora.cli deploy supernode --site-config ...``, the command a
         site operator runs.
+    warm : bool
+        ``True``: short polls and fedlora's warm worker (the default of ``fedlora deploy
+        supernode``); ``False``: plain ``flower-supernode`` (``--cold``).
+    cpu_threads : int, optional
+        ``[site] cpu-threads``: torch's CPU threads on that node (default: all cores).
     """
 
     train_file: Path
@@ -109,6 +114,8 @@ class SiteData:
     budget_epsilon: float = 50.0
     device: DeviceChoice = "cpu"
     start_with: Literal["python", "cli"] = "python"
+    warm: bool = True
+    cpu_threads: int | None = None
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -348,11 +355,13 @@ class LocalDeployment:
             ]
             if not self.tls:
                 argv.append("--insecure")
+            if not data.warm:
+                argv.append("--cold")
             return self.start_process(name, argv)
         deploy.check_device(config)
         return self.start_process(
             name,
-            deploy.supernode_argv(config, runtime_port=runtime_port),
+            deploy.supernode_argv(config, runtime_port=runtime_port, warm=data.warm),
             extra_env=config.supernode_environment(),
         )
 
@@ -362,7 +371,9 @@ class LocalDeployment:
 
         folder = self.root / name
         (folder / "data").mkdir(parents=True)
-        site: dict[str, str] = {"name": name, "device": data.device}
+        site: dict[str, str | int] = {"name": name, "device": data.device}
+        if data.cpu_threads is not None:
+            site["cpu-threads"] = data.cpu_threads
         for key, source, stem in (
             ("train-file", data.train_file, "train"),
             ("test-file", data.test_file, "test"),

@@ -7,6 +7,7 @@ A site operator writes one TOML file per SuperNode::
     train-file = "data/train.jsonl"
     test-file = "data/test.jsonl"      # optional
     device = "auto"                    # auto | cpu | cuda
+    cpu-threads = 4                    # optional: torch CPU threads (default: all cores)
 
     [privacy]
     budget-epsilon = 8.0               # lifetime ε budget of this site's data (required)
@@ -59,7 +60,13 @@ _SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
 _Kind = Literal["str", "path", "number", "bool"]
 
 SITE_KEYS: dict[str, dict[str, _Kind]] = {
-    "site": {"name": "str", "train-file": "path", "test-file": "path", "device": "str"},
+    "site": {
+        "name": "str",
+        "train-file": "path",
+        "test-file": "path",
+        "device": "str",
+        "cpu-threads": "number",
+    },
     "privacy": {
         "budget-epsilon": "number",
         "delta": "number",
@@ -98,6 +105,7 @@ class SiteConfig:
     train_file: Path
     test_file: Path | None
     device: DeviceChoice
+    cpu_threads: int | None
     budget_epsilon: float
     ledger_dir: Path
     delta: float | None
@@ -148,12 +156,18 @@ class SiteConfig:
         )
 
     def supernode_environment(self) -> dict[str, str]:
-        """Environment variables that apply ``device`` to the node's ClientApp processes.
+        """Environment variables that apply ``device`` and ``cpu-threads`` to the ClientApp.
 
         ``device = "cpu"`` hides every GPU from the ClientApp (``CUDA_VISIBLE_DEVICES=""``);
         ``auto`` and ``cuda`` change nothing (``cuda`` is checked by the caller).
+        ``cpu-threads = N`` caps torch's intra-op threads (``OMP_NUM_THREADS``, read by torch
+        at start-up): several nodes sharing one host each take their share instead of all
+        competing for every core.
         """
-        return {"CUDA_VISIBLE_DEVICES": ""} if self.device == "cpu" else {}
+        environment = {"CUDA_VISIBLE_DEVICES": ""} if self.device == "cpu" else {}
+        if self.cpu_threads is not None:
+            environment["OMP_NUM_THREADS"] = str(self.cpu_threads)
+        return environment
 
 
 def node_config_value(value: str | float | bool) -> str:
@@ -222,6 +236,9 @@ def load_site_config(path: Path | str, *, allow_insecure: bool = False) -> SiteC
     device = cast(str, site.get("device", "auto"))
     if device not in _DEVICES:
         raise ConfigError(f"{where}: [site] device must be one of auto, cpu, cuda, got {device!r}")
+    threads = _optional_float(site, "cpu-threads")
+    if threads is not None and (threads != int(threads) or threads < 1):
+        raise ConfigError(f"{where}: [site] cpu-threads must be an integer >= 1, got {threads:g}")
     train_file = _readable_file(base, site["train-file"], where, "[site] train-file")
     test_file = (
         _readable_file(base, site["test-file"], where, "[site] test-file")
@@ -280,6 +297,7 @@ def load_site_config(path: Path | str, *, allow_insecure: bool = False) -> SiteC
         train_file=train_file,
         test_file=test_file,
         device=cast(DeviceChoice, device),
+        cpu_threads=None if threads is None else int(threads),
         budget_epsilon=budget,
         ledger_dir=ledger_dir,
         delta=delta,

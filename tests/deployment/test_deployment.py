@@ -74,8 +74,10 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalDeploy
             test_file=_write_sft(data / name / "test.jsonl", name, count=8),
             budget_epsilon=50.0,
             device="cpu",
-            # site-a through the Python API, site-b through the CLI an operator would use.
+            # site-a through the Python API with fedlora's warm worker; site-b through the CLI
+            # an operator would use, as a plain flower-supernode (--cold): both in one run.
             start_with="cli" if name == "site-b" else "python",
+            warm=name != "site-b",
         )
         for name in SITES
     }
@@ -191,6 +193,12 @@ def test_flwr_run_trains_both_sites_with_dp(federation: LocalDeployment) -> None
         assert ledger.site == name
         assert [entry.round for entry in ledger.entries] == [1, 2]
         assert ledger.entries[-1].noise_multiplier == 1.0
+
+    # site-a ran every message in its one warm worker; site-b in fresh flwr-clientapp processes.
+    warm_log, cold_log = federation.log("site-a"), federation.log("site-b")
+    assert "warm worker ready" in warm_log
+    assert warm_log.count(": completed in ") == 5  # round-0 evaluation + 2 × (train, evaluate)
+    assert "warm worker" not in cold_log
 
     fetched = federation.root / "operator-runs"
     assert fedlora_main(["deploy", "fetch", "--run-dir", str(run_dir), "--to", str(fetched)]) == 0

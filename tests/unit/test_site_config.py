@@ -92,6 +92,14 @@ def test_a_value_with_both_quote_kinds_is_refused():
             {"site": 'name = "site-a"\ntrain-file = "data/train.jsonl"\ndevice = "tpu"\n'},
             "device must be one of",
         ),
+        (
+            {"site": 'name = "site-a"\ntrain-file = "data/train.jsonl"\ncpu-threads = 0\n'},
+            "cpu-threads must be an integer >= 1",
+        ),
+        (
+            {"site": 'name = "site-a"\ntrain-file = "data/train.jsonl"\ncpu-threads = 1.5\n'},
+            "cpu-threads must be an integer >= 1",
+        ),
         ({"privacy": 'budget-epsilon = "8"\nledger-dir = "l"\n'}, "must be a number"),
         ({"privacy": 'budget-epsilon = 0\nledger-dir = "l"\n'}, "budget-epsilon must be > 0"),
         ({"privacy": 'budget-epsilon = -1.5\nledger-dir = "l"\n'}, "budget-epsilon must be > 0"),
@@ -173,6 +181,28 @@ def test_supernode_command_uses_tls_key_and_node_config(tmp_path, pki_dir):
     node = parse_config_args([argv[argv.index("--node-config") + 1]])
     assert node["ledger-dir"] == str(tmp_path / "ledger")
     assert config.supernode_environment() == {"CUDA_VISIBLE_DEVICES": ""}
+
+
+def test_supernode_is_warm_by_default_and_plain_flower_when_cold(tmp_path, pki_dir):
+    config = load_site_config(_site(tmp_path, pki_dir))
+
+    warm = deploy.supernode_argv(config, runtime_port=9999, poll_interval=0.1)
+    cold = deploy.supernode_argv(config, runtime_port=9999, warm=False)
+
+    flower_args = warm[warm.index("--") + 1 :]
+    assert warm[1:7] == ["-m", "fedlora.node_supernode", "--poll-interval", "0.1", "--worker", "--"]
+    assert Path(cold[0]).name == "flower-supernode" and "--worker" not in cold
+    assert flower_args == cold[1:]  # the same Flower arguments either way
+    with pytest.raises(ConfigError, match="poll interval"):
+        deploy.supernode_argv(config, runtime_port=9999, poll_interval=10.0)
+
+
+def test_cpu_threads_caps_torch_threads_on_the_node(tmp_path, pki_dir):
+    site = 'name = "site-a"\ntrain-file = "data/train.jsonl"\ncpu-threads = 2\n'
+    config = load_site_config(_site(tmp_path, pki_dir, site=site))
+
+    assert config.cpu_threads == 2
+    assert config.supernode_environment() == {"OMP_NUM_THREADS": "2"}  # device auto: GPUs kept
 
 
 def test_superlink_command_always_tls_auth_and_no_dependency_installs(pki_dir):

@@ -1,0 +1,128 @@
+"""Shorter fixed waits in Flower 1.41's deployment runtime, for fast rounds.
+
+Flower's deployment runtime polls with fixed waits tuned for long rounds over a WAN: a
+SuperNode sleeps 3 s after every pull that finds no message and 0.5 s between checks for its
+ClientApp's reply, and every pull of a message's objects (the adapter tensors) that comes
+before the objects have arrived backs off 1 s first. A fedlora round has two phases, each
+crossing SuperLink -> SuperNode -> ClientApp and back, so on a small model those waits, not
+training, set the pace of a round (docs/benchmarks.md, ``bench/deployment_overhead.py``).
+
+Each function here changes one of those waits in the calling process only, after checking
+that the installed Flower waits the way 1.41 does; if it does not, it changes nothing, logs
+a warning and returns ``False``, so a Flower upgrade costs speed, never correctness. The
+waits keep their shape (poll, exponential back-off up to Flower's cap); only their length
+changes.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import time
+from types import ModuleType
+from typing import Any
+
+from fedlora.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_POLL_INTERVAL_S = 0.2
+MIN_POLL_INTERVAL_S = 0.01
+MAX_POLL_INTERVAL_S = 3.0
+DEFAULT_PULL_BACKOFF_S = 0.05
+_SUPERNODE_WAITS = ("time.sleep(3)", "time.sleep(0.5)")
+"""The waits of Flower 1.41's SuperNode loop (idle pull, reply check) that are shortened."""
+_BACKOFF_KEYS = ("initial_backoff", "backoff_cap")
+
+
+def check_poll_interval(seconds: float) -> float:
+    """Validate a poll interval in seconds.
+
+    Raises
+    ------
+    ConfigError
+        Unless ``MIN_POLL_INTERVAL_S <= seconds <= MAX_POLL_INTERVAL_S``.
+    """
+    if not math.isfinite(seconds) or not MIN_POLL_INTERVAL_S <= seconds <= MAX_POLL_INTERVAL_S:
+        raise ConfigError(
+            f"poll interval must be between {MIN_POLL_INTERVAL_S} and {MAX_POLL_INTERVAL_S} s "
+            f"(Flower's own idle wait is 3 s), got {seconds}"
+        )
+    return seconds
+
+
+class ShortSleeps:
+    """Stands in for the ``time`` module inside one Flower module: sleeps at most ``cap`` s.
+
+    Everything else (``time.time``, ``time.monotonic``, ...) is the real ``time`` module.
+    """
+
+    def __init__(self, cap: float) -> None:
+        self.cap = check_poll_interval(cap)
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep ``min(seconds, cap)``."""
+        time.sleep(min(seconds, self.cap))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+def shorten_supernode_polls(cap: float, module: ModuleType | None = None) -> bool:
+    """Cut the fixed sleeps of Flower's SuperNode loop to at most ``cap`` seconds.
+
+    Parameters
+    ----------
+    cap : float
+        Longest sleep, in seconds.
+    module : ModuleType, optional
+        The module to change; Flower's ``flwr.supernode.start_client_internal`` by default.
+
+    Returns
+    -------
+    bool
+        Whether the sleeps were shortened.
+    """
+    check_poll_interval(cap)
+    if module is None:
+        import flwr.supernode.start_client_internal
+
+        module = flwr.supernode.start_client_internal
+    source = inspect.getsource(module)
+    if getattr(module, "time", None) is not time or not all(
+        wait in source for wait in _SUPERNODE_WAITS
+    ):
+        logger.warning(
+            "this Flower's SuperNode does not poll as Flower 1.41's does; "
+            "keeping its own poll intervals"
+        )
+        return False
+    setattr(module, "time", ShortSleeps(cap))  # noqa: B010 -- mypy: no such attribute
+    return True
+
+
+def shorten_pull_backoff(initial: float = DEFAULT_PULL_BACKOFF_S) -> bool:
+    """Make the first retry of an object pull come after ``initial`` seconds, not 1 s.
+
+    Changes the keyword defaults of Flower's ``pull_objects`` and
+    ``pull_and_inflate_object_from_tree`` (every pull of a message's objects: SuperNode,
+    ClientApp, ServerApp), in this process. Later retries still double up to Flower's cap.
+
+    Returns
+    -------
+    bool
+        Whether the back-off was shortened.
+    """
+    check_poll_interval(initial)
+    from flwr.supercore.inflatable import inflatable_utils
+
+    functions = (inflatable_utils.pull_objects, inflatable_utils.pull_and_inflate_object_from_tree)
+    defaults = [function.__kwdefaults__ for function in functions]
+    if not all(d is not None and all(k in d for k in _BACKOFF_KEYS) for d in defaults):
+        logger.warning("this Flower pulls objects differently from 1.41; keeping its back-off")
+        return False
+    for default in defaults:
+        assert default is not None  # checked above; for mypy
+        default["initial_backoff"] = min(float(default["initial_backoff"]), initial)
+    return True

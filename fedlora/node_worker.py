@@ -1,0 +1,229 @@
+"""A site's warm ClientApp worker: one long-lived process runs every task of its SuperNode.
+
+Flower's own executor (``flower-superexec``) starts a fresh ``flwr-clientapp`` process for
+each message; fedlora's ClientApp then re-imports torch, transformers, peft and opacus and
+rebuilds the model, seconds of work per message. This worker takes the executor's place
+beside a SuperNode started with ``--isolation process`` (:mod:`fedlora.node_supernode` starts
+it): it asks the node's Runtime API for ClientApp tasks, and runs each in this process
+with Flower's own task protocol (``pull_task_input``, ``push_message``, ``push_task_output``
+from ``flwr.supernode.runtime.run_clientapp``) and a heartbeat, so the node sees exactly what
+a ``flwr-clientapp`` process would send (object pulls retry after 0.05 s rather than 1 s,
+:func:`fedlora.flower_tuning.shorten_pull_backoff`). Imports, the base model and tokenised
+data stay warm between messages (``clients.runtime`` caches them, as a simulation's Ray actor does).
+
+The worker runs the fedlora installed at the site, not code from the submitted FAB: a run
+whose FAB is not this fedlora (another app, another fedlora version, another ClientApp) is
+answered with an error reply naming the difference. A hospital's node then executes only
+the code its operator installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import os
+import sys
+import threading
+import time
+import zipfile
+from collections.abc import Callable, Sequence
+from importlib import metadata
+
+from flwr.app import Context, Error, Message
+from flwr.common.constant import ErrorCode, SubStatus
+from flwr.proto.runtime_pb2 import AcquireTaskRequest
+from flwr.supercore.constant import TaskType
+from flwr.supercore.fab import Fab
+from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
+from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
+from flwr.supercore.protobuf.client import ProtobufClientInterceptor
+from flwr.supercore.retry import make_simple_http_retry_invoker
+from flwr.supercore.runtime import RuntimeHttpClient
+from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
+
+from fedlora.errors import FedloraError
+from fedlora.flower_tuning import shorten_pull_backoff
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+logger = logging.getLogger(__name__)
+
+APP_NAME = "fedlora"
+CLIENTAPP_REF = "clients.app:app"
+_PARENT_CHECK_S = 0.5
+_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+ClientAppCallable = Callable[[Message, Context], Message]
+
+
+class ForeignAppError(FedloraError):
+    """A task's FAB is not the fedlora installed on this node."""
+
+
+def check_fab(fab: Fab, installed_version: str | None = None) -> None:
+    """Refuse a FAB that is not this node's fedlora (name, version, ClientApp reference).
+
+    Raises
+    ------
+    ForeignAppError
+        Naming what differs.
+    """
+    installed_version = installed_version or metadata.version(APP_NAME)
+    try:
+        with zipfile.ZipFile(io.BytesIO(fab.content)) as archive:
+            project = tomllib.loads(archive.read("pyproject.toml").decode("utf-8"))
+    except (zipfile.BadZipFile, KeyError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise ForeignAppError(f"the run's FAB has no readable pyproject.toml ({error})") from None
+    name = project.get("project", {}).get("name")
+    version = project.get("project", {}).get("version")
+    clientapp = project.get("tool", {}).get("flwr", {}).get("app", {}).get("components", {})
+    clientapp = clientapp.get("clientapp")
+    if name != APP_NAME:
+        raise ForeignAppError(
+            f"this node's warm worker runs fedlora only; the run's app is {name!r} "
+            "(start the node with fedlora deploy supernode --cold to run other apps)"
+        )
+    if version != installed_version:
+        raise ForeignAppError(
+            f"the run was submitted with fedlora {version} but this node has fedlora "
+            f"{installed_version}; install the same version on both sides"
+        )
+    if clientapp != CLIENTAPP_REF:
+        raise ForeignAppError(f"the run's ClientApp is {clientapp!r}, not {CLIENTAPP_REF!r}")
+
+
+def _runtime_client(address: str, *interceptors: ProtobufClientInterceptor) -> RuntimeHttpClient:
+    return RuntimeHttpClient.from_server_address(
+        server_address=address,
+        insecure=True,  # the Runtime API listens on the node's loopback only
+        root_certificates=None,
+        interceptors=list(interceptors),
+        retry_invoker=make_simple_http_retry_invoker(),
+    )
+
+
+def run_task(address: str, token: str, client_app: ClientAppCallable) -> str:
+    """Execute one ClientApp task as ``flwr-clientapp`` would, in this process.
+
+    Returns
+    -------
+    str
+        Flower's sub-status of the task (``completed`` or ``failed``).
+    """
+    client = _runtime_client(
+        address,
+        RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
+        RuntimeTokenHttpInterceptor(token),
+    )
+    heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
+    heartbeat.start()
+    message: Message | None = None
+    context: Context | None = None
+    reply: Message | None = None
+    status, details = SubStatus.FAILED, "ClientApp task failed"
+    try:
+        message, context, _run, fab = pull_task_input(client)
+        check_fab(fab)
+        reply = client_app(message, context)
+        status, details = SubStatus.COMPLETED, ""
+    except ForeignAppError as error:
+        logger.error("refusing the task: %s", error)
+        details = str(error)
+        if message is not None:
+            code = ErrorCode.LOAD_CLIENT_APP_EXCEPTION
+            reply = Message(Error(code=code, reason=details), reply_to=message)
+    except Exception as error:  # as flwr-clientapp: report it, never crash the node
+        logger.exception("the ClientApp raised an exception")
+        details = f"{type(error)}:<'{error}'>"
+        if message is not None:
+            code = ErrorCode.CLIENT_APP_RAISED_EXCEPTION
+            reply = Message(Error(code=code, reason=details), reply_to=message)
+    finally:
+        try:
+            if reply is not None and context is not None:
+                push_message(client, reply, context)
+        finally:
+            push_task_output(client=client, context=context, sub_status=status, details=details)
+            heartbeat.stop()
+            client.close()
+    return str(status)
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    def watch() -> None:
+        while True:
+            try:
+                os.kill(parent_pid, 0)
+            except ProcessLookupError:
+                logger.info("the SuperNode (PID %d) is gone; the worker stops", parent_pid)
+                os._exit(0)
+            if os.getppid() != parent_pid:
+                os._exit(0)
+            time.sleep(_PARENT_CHECK_S)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def serve(
+    address: str,
+    *,
+    poll_interval: float,
+    client_app: ClientAppCallable | None = None,
+    stop: threading.Event | None = None,
+) -> None:
+    """Acquire and run ClientApp tasks from the SuperNode at ``address`` until ``stop``.
+
+    Parameters
+    ----------
+    address : str
+        ``HOST:PORT`` of the SuperNode's Runtime API.
+    poll_interval : float
+        Seconds between asks when no task is pending.
+    client_app : callable, optional
+        What runs a message; fedlora's ``clients.app.app`` by default (imported once, here).
+    stop : threading.Event, optional
+        Set it to end the loop (tests); the worker otherwise runs until its node exits.
+    """
+    if client_app is None:
+        from clients.app import app
+
+        client_app = app
+    # The node offers a task once it holds the message, maybe before its objects.
+    shorten_pull_backoff()
+    stop = stop or threading.Event()
+    client = _runtime_client(address, RuntimeVersionHttpInterceptor(component_name="SuperExec"))
+    request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP.value])
+    logger.info("warm worker ready for the SuperNode at %s", address)
+    try:
+        while not stop.is_set():
+            response = client.AcquireTask(request)
+            if response.HasField("task") and response.token:
+                started = time.perf_counter()
+                status = run_task(address, response.token, client_app)
+                took = time.perf_counter() - started
+                logger.info("task %d: %s in %.2f s", response.task.task_id, status, took)
+                continue
+            stop.wait(poll_interval)
+    finally:
+        client.close()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m fedlora.node_worker --runtime-api-address HOST:PORT [...]``."""
+    parser = argparse.ArgumentParser(prog="python -m fedlora.node_worker")
+    parser.add_argument("--runtime-api-address", required=True)
+    parser.add_argument("--poll-interval", type=float, default=0.2)
+    parser.add_argument("--parent-pid", type=int)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format=_LOG_FORMAT)
+    if args.parent_pid is not None:
+        _exit_with_parent(args.parent_pid)
+    serve(args.runtime_api_address, poll_interval=args.poll_interval)
+
+
+if __name__ == "__main__":
+    main()

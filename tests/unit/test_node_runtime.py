@@ -1,0 +1,125 @@
+"""The warm deployment node: shorter Flower waits, the worker's FAB check, the node's argv."""
+
+from __future__ import annotations
+
+import io
+import time
+import types
+import zipfile
+from pathlib import Path
+
+import pytest
+from flwr.supercore.fab import Fab
+
+from fedlora import flower_tuning, node_supernode
+from fedlora.errors import ConfigError
+from fedlora.flower_tuning import ShortSleeps, shorten_pull_backoff, shorten_supernode_polls
+from fedlora.node_worker import ForeignAppError, check_fab
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def slept(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Record every ``time.sleep`` instead of sleeping."""
+    calls: list[float] = []
+    monkeypatch.setattr(time, "sleep", calls.append)
+    return calls
+
+
+def test_short_sleeps_cap_long_waits_and_keep_short_ones(slept: list[float]) -> None:
+    clock = ShortSleeps(0.2)
+
+    clock.sleep(3)
+    clock.sleep(0.5)
+    clock.sleep(0.05)
+
+    assert slept == [0.2, 0.2, 0.05]
+    assert clock.monotonic is time.monotonic  # everything else is the real time module
+
+
+def test_flowers_supernode_loop_is_shortened(
+    monkeypatch: pytest.MonkeyPatch, slept: list[float]
+) -> None:
+    import flwr.supernode.start_client_internal as loop
+
+    monkeypatch.setattr(loop, "time", time)  # restored after the test
+
+    # True only if the installed Flower still has 1.41's waits: an upgrade fails here.
+    assert shorten_supernode_polls(0.25) is True
+    loop.time.sleep(3)
+
+    assert isinstance(loop.time, ShortSleeps) and slept == [0.25]
+
+
+def test_a_flower_that_waits_differently_is_left_alone() -> None:
+    other = types.ModuleType("other_flower_loop")
+    other.time = time  # type: ignore[attr-defined]
+    other.__file__ = __file__  # inspect reads this test file: it lacks Flower's sleep calls
+
+    assert shorten_supernode_polls(0.2, module=other) is False
+    assert other.time is time  # type: ignore[attr-defined]
+
+
+def test_object_pulls_retry_after_the_short_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flwr.supercore.inflatable import inflatable_utils
+
+    functions = (inflatable_utils.pull_objects, inflatable_utils.pull_and_inflate_object_from_tree)
+    for function in functions:
+        assert function.__kwdefaults__ is not None
+        monkeypatch.setattr(function, "__kwdefaults__", dict(function.__kwdefaults__))
+        assert function.__kwdefaults__["initial_backoff"] == 1  # Flower 1.41's own
+
+    assert shorten_pull_backoff(0.05) is True
+
+    for function in functions:
+        assert function.__kwdefaults__ is not None
+        assert function.__kwdefaults__["initial_backoff"] == 0.05
+        assert function.__kwdefaults__["backoff_cap"] == 10  # the cap is Flower's
+
+
+@pytest.mark.parametrize("seconds", [0.0, 0.001, 3.5, float("nan"), float("inf")])
+def test_poll_intervals_out_of_range_are_refused(seconds: float) -> None:
+    with pytest.raises(ConfigError, match="poll interval must be between"):
+        flower_tuning.check_poll_interval(seconds)
+
+
+def _fab(pyproject: str) -> Fab:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("pyproject.toml", pyproject)
+    return Fab(hash_str="0" * 64, content=buffer.getvalue(), verifications={})
+
+
+def test_the_worker_accepts_this_fedlora_and_refuses_other_apps() -> None:
+    ours = (ROOT / "pyproject.toml").read_text()
+
+    check_fab(_fab(ours), installed_version="0.1.0")
+
+    with pytest.raises(ForeignAppError, match="runs fedlora only.*--cold"):
+        check_fab(_fab(ours.replace('name = "fedlora"', 'name = "other"', 1)), "0.1.0")
+    with pytest.raises(ForeignAppError, match="fedlora 0.1.0 but this node has fedlora 0.2.0"):
+        check_fab(_fab(ours), installed_version="0.2.0")
+    changed = ours.replace('clientapp = "clients.app:app"', 'clientapp = "evil:app"')
+    with pytest.raises(ForeignAppError, match="'evil:app', not 'clients.app:app'"):
+        check_fab(_fab(changed), "0.1.0")
+    with pytest.raises(ForeignAppError, match="no readable pyproject.toml"):
+        check_fab(Fab(hash_str="0" * 64, content=b"not a zip", verifications={}), "0.1.0")
+
+
+def test_worker_argv_and_runtime_address() -> None:
+    flower = ["--superlink", "h:9", "--host", "127.0.0.1", "--port", "9200"]
+
+    assert node_supernode.runtime_address(flower) == "127.0.0.1:9200"
+    assert node_supernode.runtime_address(["--superlink", "h:9"]) == "127.0.0.1:9094"
+    argv = node_supernode.worker_argv("127.0.0.1:9200", poll_interval=0.1, parent_pid=42)
+    assert argv[1:3] == ["-m", "fedlora.node_worker"]
+    assert argv[argv.index("--parent-pid") + 1] == "42"
+
+
+def test_the_node_refuses_a_bad_poll_interval(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        node_supernode.main(["--poll-interval", "9", "--", "--superlink", "h:9"])
+
+    assert stopped.value.code == 2
+    assert "poll interval must be between" in capsys.readouterr().err
