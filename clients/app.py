@@ -11,6 +11,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from flwr.app import Context, Error, Message
@@ -18,9 +19,10 @@ from flwr.clientapp import ClientApp
 
 from clients.evaluation import evaluate_model
 from clients.private_round import Declined, train_with_privacy
+from clients.proximal import freeze_for_strategy, unfreeze
 from clients.runtime import LoadedModel, get_datasets, get_model
 from clients.site_privacy import check_dp_allowed
-from clients.training import train_locally
+from clients.training import TrainResult, train_locally
 from fedlora.adapters import adapter_state, from_array_record, load_adapter_state, to_array_record
 from fedlora.config import DeviceChoice, RunConfig
 from fedlora.data import TokenizedDataset
@@ -29,6 +31,7 @@ from fedlora.errors import ConfigError, FedloraError
 from fedlora.models import check_fingerprint
 from fedlora.protocol import Instruction, make_reply, make_status_reply, read_instruction
 from fedlora.sites import SiteSpec, sites_from_files
+from strategies.ffa_lora import trained_state
 
 logger = logging.getLogger(__name__)
 
@@ -132,8 +135,34 @@ def handle_train(message: Message, context: Context, resolve_site: SiteResolver)
     job = _prepare(message, context, resolve_site)
     config, site = job.config, job.site
     seed = config.seed * 100_003 + job.instruction.server_round * 1_009 + _stable_hash(site.name)
-    privacy = None
     check_dp_allowed(config, context.node_config)
+    frozen = freeze_for_strategy(job.loaded.peft, config)
+    try:
+        outcome = _train(job, context, seed)
+    finally:
+        unfreeze(job.loaded.peft, frozen)
+        job.loaded.peft.to("cpu")
+    if isinstance(outcome, Declined):
+        return Message(
+            make_status_reply(site.name, outcome.status, outcome.detail), reply_to=message
+        )
+    result, privacy = outcome
+    metrics = {"num-examples": float(result.num_examples), "steps": float(result.steps)}
+    if privacy is None:
+        # A DP round's training loss is an un-noised statistic of the private records.
+        metrics["train-loss"] = result.loss
+    state = adapter_state(job.loaded.peft)
+    if config.strategy == "ffa-lora":
+        state = trained_state(state)  # A is frozen and shared: only B (and heads) travel
+    reply = make_reply(site.name, metrics, to_array_record(state), privacy)
+    return Message(reply, reply_to=message)
+
+
+def _train(
+    job: _Job, context: Context, seed: int
+) -> Declined | tuple[TrainResult, dict[str, Any] | None]:
+    """Train with DP (the site's policy decides first) or without; the result and privacy."""
+    config, site = job.config, job.site
     if config.dp:
         outcome = train_with_privacy(
             job.loaded.peft,
@@ -148,28 +177,18 @@ def handle_train(message: Message, context: Context, resolve_site: SiteResolver)
             bf16=job.bf16,
         )
         if isinstance(outcome, Declined):
-            job.loaded.peft.to("cpu")
-            return Message(
-                make_status_reply(site.name, outcome.status, outcome.detail), reply_to=message
-            )
-        result, privacy = outcome.result, outcome.privacy
-    else:
-        result = train_locally(
-            job.loaded.peft,
-            job.train_set,
-            config=config,
-            pad_id=job.pad_id,
-            device=job.device,
-            bf16=job.bf16,
-            seed=seed,
-        )
-    job.loaded.peft.to("cpu")
-    metrics = {"num-examples": float(result.num_examples), "steps": float(result.steps)}
-    if privacy is None:
-        # A DP round's training loss is an un-noised statistic of the private records.
-        metrics["train-loss"] = result.loss
-    adapter = to_array_record(adapter_state(job.loaded.peft))
-    return Message(make_reply(site.name, metrics, adapter, privacy), reply_to=message)
+            return outcome
+        return outcome.result, outcome.privacy
+    result = train_locally(
+        job.loaded.peft,
+        job.train_set,
+        config=config,
+        pad_id=job.pad_id,
+        device=job.device,
+        bf16=job.bf16,
+        seed=seed,
+    )
+    return result, None
 
 
 def handle_evaluate(message: Message, context: Context, resolve_site: SiteResolver) -> Message:

@@ -28,10 +28,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F  # noqa: N812
 from opacus import PrivacyEngine
+from opacus.optimizers import DPOptimizer
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from peft import PeftModel
 from torch.utils.data import DataLoader
 
+from clients.proximal import ProximalTerm, proximal_term
 from clients.training import TrainResult, make_optimizer
 from fedlora.config import DpMode, RunConfig, Task
 from fedlora.data import IGNORE_INDEX, TokenizedDataset, collate
@@ -162,6 +164,7 @@ def dp_train_locally(
     if noise_seed is not None:
         noise_generator = torch.Generator(device=device).manual_seed(noise_seed)
     optimizer = make_optimizer(model, config)
+    proximal = proximal_term(model, config)
     # make_private only reads the loader's length and dataset; batches come from our sampler.
     placeholder = DataLoader(dataset, batch_size=config.batch_size)
     private = engine.make_private(
@@ -190,7 +193,7 @@ def dp_train_locally(
             dp_optimizer.zero_grad(set_to_none=True)
             if not indices:
                 _empty_step(trainable, settings.mode)
-                dp_optimizer.step()
+                _private_step(dp_optimizer, proximal)
                 continue
             batch = collate([dataset[i] for i in indices], pad_id=pad_id, task=config.task)
             labels = batch.pop("labels").to(device)
@@ -202,7 +205,7 @@ def dp_train_locally(
             else:
                 loss = per_sample_loss(logits, labels, config.task).mean()
             loss.backward()
-            dp_optimizer.step()
+            _private_step(dp_optimizer, proximal)
             losses.append(float(loss.detach()))
     finally:
         dp_optimizer.zero_grad(set_to_none=True)
@@ -210,6 +213,16 @@ def dp_train_locally(
     model.eval()
     mean_loss = sum(losses) / len(losses) if losses else math.nan
     return TrainResult(loss=mean_loss, steps=settings.steps, num_examples=len(dataset))
+
+
+def _private_step(optimizer: DPOptimizer, proximal: ProximalTerm | None) -> None:
+    """Opacus's step, with FedProx's gradient added after clipping and noise (no privacy cost)."""
+    if proximal is None:
+        optimizer.step()
+        return
+    if optimizer.pre_step():
+        proximal.add_gradient()
+        optimizer.original_optimizer.step()
 
 
 def _engine(settings: DpSettings) -> tuple[PrivacyEngine, int | None, int]:

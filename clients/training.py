@@ -11,6 +11,7 @@ import torch
 from peft import PeftModel
 from torch.utils.data import DataLoader
 
+from clients.proximal import proximal_term, step_with
 from fedlora.config import RunConfig
 from fedlora.data import TokenizedDataset, collate
 from fedlora.device import autocast
@@ -81,6 +82,7 @@ def train_locally(
         collate_fn=functools.partial(collate, pad_id=pad_id, task=config.task),
     )
     optimizer = make_optimizer(model, config)
+    step = step_with(optimizer.step, proximal_term(model, config))
     total_loss, steps = 0.0, 0
     for _epoch in range(config.local_epochs):
         for batch in loader:
@@ -91,7 +93,7 @@ def train_locally(
                 loss = model(**batch).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            step()
             total_loss += float(loss.detach())
             steps += 1
     model.eval()

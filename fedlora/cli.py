@@ -85,7 +85,40 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sim.add_argument_group("training")
     train.add_argument("--rounds", type=int, default=defaults.rounds)
-    train.add_argument("--strategy", default=defaults.strategy)
+    train.add_argument(
+        "--strategy",
+        default=defaults.strategy,
+        help="aggregation: fedavg, fedprox, fedadam, fedyogi, fedavgm, median, trimmed-mean, "
+        "krum, multi-krum, ffa-lora (docs/strategies.md)",
+    )
+    aggregation = sim.add_argument_group("aggregation (docs/strategies.md)")
+    aggregation.add_argument(
+        "--proximal-mu", type=float, default=defaults.proximal_mu, help="fedprox μ (default 0.01)"
+    )
+    aggregation.add_argument(
+        "--server-lr",
+        type=float,
+        default=defaults.server_lr,
+        help="fedadam/fedyogi (default 0.01) and fedavgm (default 1.0) server learning rate",
+    )
+    aggregation.add_argument("--server-momentum", type=float, default=defaults.server_momentum)
+    aggregation.add_argument("--server-beta1", type=float, default=defaults.server_beta1)
+    aggregation.add_argument("--server-beta2", type=float, default=defaults.server_beta2)
+    aggregation.add_argument("--server-tau", type=float, default=defaults.server_tau)
+    aggregation.add_argument("--trim-fraction", type=float, default=defaults.trim_fraction)
+    aggregation.add_argument("--krum-byzantine", type=int, default=defaults.krum_byzantine)
+    aggregation.add_argument(
+        "--krum-selected", type=int, default=defaults.krum_selected, help="multi-krum m"
+    )
+    aggregation.add_argument(
+        "--update-norm-bound",
+        type=float,
+        default=defaults.update_norm_bound,
+        help="reject updates farther than this (L2) from the global adapter; 0: no bound",
+    )
+    aggregation.add_argument(
+        "--min-fit", type=int, default=defaults.min_fit, help="accepted updates a round needs"
+    )
     train.add_argument("--lr", type=float, default=defaults.lr)
     train.add_argument("--local-epochs", type=int, default=defaults.local_epochs)
     train.add_argument("--batch-size", type=int, default=defaults.batch_size)
@@ -416,6 +449,17 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         max_steps=args.max_steps,
         optimizer=args.optimizer,
         strategy=args.strategy,
+        proximal_mu=args.proximal_mu,
+        server_lr=args.server_lr,
+        server_momentum=args.server_momentum,
+        server_beta1=args.server_beta1,
+        server_beta2=args.server_beta2,
+        server_tau=args.server_tau,
+        trim_fraction=args.trim_fraction,
+        krum_byzantine=args.krum_byzantine,
+        krum_selected=args.krum_selected,
+        update_norm_bound=args.update_norm_bound,
+        min_fit=args.min_fit,
         lora_r=args.lora_r,
         lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout,

@@ -28,6 +28,7 @@ DpMode = Literal["hooks", "ghost"]
 CentralDpMode = Literal["off", "fixed", "adaptive"]
 
 DEFAULT_TARGET_EPSILON = 4.0
+DEFAULT_PROXIMAL_MU = 0.01
 """Per-run ε a site aims for when it gives neither a noise multiplier nor a target."""
 
 FlatValue = bool | int | float | str
@@ -63,6 +64,17 @@ class RunConfig:
     max_steps: int = 0
     optimizer: OptimizerName = "adamw"
     strategy: str = "fedavg"
+    proximal_mu: float = -1.0
+    server_lr: float = -1.0
+    server_momentum: float = 0.9
+    server_beta1: float = 0.9
+    server_beta2: float = 0.99
+    server_tau: float = 1e-9
+    trim_fraction: float = 0.1
+    krum_byzantine: int = 0
+    krum_selected: int = 0
+    update_norm_bound: float = 0.0
+    min_fit: int = 1
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.0
@@ -142,9 +154,35 @@ class RunConfig:
             )
         if len(set(self.labels)) != len(self.labels):
             raise ConfigError(f"labels contain duplicates: {', '.join(self.labels)}")
+        self._check_aggregation()
         self._check_privacy()
         if self.extra:
             raise ConfigError(f"unknown config key(s): {', '.join(sorted(self.extra))}")
+
+    def _check_aggregation(self) -> None:
+        # Ranges the strategies need are checked when the strategy is built (before any
+        # training: strategies.registry.build_strategy); these are the round loop's own.
+        if self.proximal_mu != -1.0:
+            if not (self.proximal_mu >= 0 and math.isfinite(self.proximal_mu)):
+                raise ConfigError(f"proximal-mu must be >= 0, got {self.proximal_mu}")
+            if self.strategy != "fedprox":
+                raise ConfigError(f"proximal-mu applies to strategy fedprox, not {self.strategy!r}")
+        if not (self.update_norm_bound >= 0 and math.isfinite(self.update_norm_bound)):
+            raise ConfigError(
+                f"update-norm-bound must be >= 0 (0: no bound), got {self.update_norm_bound}"
+            )
+        _check_at_least("min-fit", self.min_fit, 1)
+        if self.sites and self.min_fit > self.sites:
+            raise ConfigError(
+                f"min-fit is {self.min_fit} but the federation has {self.sites} sites"
+            )
+
+    @property
+    def effective_proximal_mu(self) -> float:
+        """FedProx's μ for the sites: ``proximal-mu``, 0.01 when unset, 0 for other strategies."""
+        if self.strategy != "fedprox":
+            return 0.0
+        return DEFAULT_PROXIMAL_MU if self.proximal_mu == -1.0 else self.proximal_mu
 
     def _check_privacy(self) -> None:
         _check_choice("accountant", self.accountant, AccountantChoice)

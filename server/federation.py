@@ -24,7 +24,6 @@ from flwr.serverapp import Grid
 from fedlora.adapters import (
     AdapterState,
     adapter_state,
-    check_compatible,
     from_array_record,
     payload_bytes,
     save_peft_dir,
@@ -43,9 +42,11 @@ from fedlora.protocol import (
     reply_metrics,
 )
 from server.rundir import RunDirectory
-from strategies import SiteUpdate, get_strategy
+from strategies import SiteUpdate, build_strategy
 from strategies.central_dp import CentralDP
+from strategies.ffa_lora import trained_state
 from strategies.registry import wrap_with_central_dp
+from strategies.validation import UpdateRejectedError, validate_update
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class _PhaseResult:
     bytes_received: dict[str, int] = field(default_factory=dict)
     privacy: dict[str, dict[str, Any]] = field(default_factory=dict)
     refused: dict[str, dict[str, Any]] = field(default_factory=dict)
+    rejected: dict[str, str] = field(default_factory=dict)
 
 
 def package_versions() -> dict[str, str]:
@@ -107,7 +109,7 @@ class Federation:
         self.config = config
         self.run_dir = RunDirectory(Path())
         self.observer = observer or RoundObserver()
-        self.strategy = wrap_with_central_dp(get_strategy(config.strategy), config, config.sites)
+        self.strategy = wrap_with_central_dp(build_strategy(config), config, config.sites)
         self.base = load_base_model(
             config.model, task=config.task, labels=config.labels, max_length=config.max_length
         )
@@ -168,6 +170,12 @@ class Federation:
                         "declined to train because the round would exceed its privacy budget"
                     )
                 raise FedloraError(f"round {server_round}: no site returned a usable update")
+            if len(updates) < config.min_fit:
+                self._record(server_round, started, trained, _PhaseResult())
+                raise FedloraError(
+                    f"round {server_round}: {len(updates)} accepted update(s), fewer than "
+                    f"min-fit = {config.min_fit}; rejected: {trained.rejected or 'none'}"
+                )
             self.global_state = self.strategy.aggregate(self.global_state, updates)
             save_peft_dir(self.peft, self.global_state, self.run_dir.adapter_path(server_round))
             evaluated = self._exchange(node_ids, server_round, "evaluate")
@@ -265,17 +273,25 @@ class Federation:
     def _site(self, node_id: int) -> str:
         return self.site_names.get(node_id, f"node-{node_id}")
 
+    def _update_reference(self) -> AdapterState:
+        """What every site's update must match: FFA-LoRA sites send only what they train."""
+        if self.config.strategy == "ffa-lora":
+            return trained_state(self.global_state)
+        return self.global_state
+
     def _updates(self, trained: _PhaseResult) -> list[SiteUpdate]:
+        """The validated updates; each rejected one is logged and kept in ``trained.rejected``."""
         updates = []
+        reference = self._update_reference()
         for site, reply in trained.replies.items():
             try:
+                if ADAPTER not in reply.content.array_records:
+                    raise UpdateRejectedError("the reply carries no adapter")
                 state = from_array_record(reply.content.array_records[ADAPTER])
-                check_compatible(self.global_state, state)
-            except (AdapterError, KeyError) as exc:
+                validate_update(reference, state, norm_bound=self.config.update_norm_bound)
+            except AdapterError as exc:
                 logger.warning("site %s: update rejected: %s", site, exc)
-                trained.errors.append(
-                    {"site": site, "phase": "train", "reason": f"update rejected: {exc}"}
-                )
+                trained.rejected[site] = str(exc)
                 continue
             num_examples = int(reply_metrics(reply)["num-examples"])
             updates.append(SiteUpdate(site=site, state=state, num_examples=num_examples))
@@ -311,6 +327,7 @@ class Federation:
             "errors": (trained.errors if trained else []) + evaluated.errors,
             "privacy": trained.privacy if trained else {},
             "refused": trained.refused if trained else {},
+            "rejected": trained.rejected if trained else {},
             "duration-s": round(time.monotonic() - started, 3),
         }
         if trained is not None and trained.replies and isinstance(self.strategy, CentralDP):

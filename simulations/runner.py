@@ -11,6 +11,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Literal
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
@@ -22,8 +23,9 @@ from fedlora.progress import RoundObserver
 from fedlora.sites import SiteSpec
 from server.federation import run_federation
 from server.rundir import RunDirectory, new_run_id
+from simulations.inprocess_grid import InProcessGrid
 from simulations.materialize import preflight, resolve_config, simulated_sites
-from strategies import get_strategy
+from strategies import build_strategy
 from strategies.registry import wrap_with_central_dp
 
 logger = logging.getLogger(__name__)
@@ -58,6 +60,7 @@ def simulate(
     observer: RoundObserver | None = None,
     run_id: str | None = None,
     verbose: bool = False,
+    engine: Literal["ray", "inprocess"] = "ray",
 ) -> Path:
     """Run a simulated federation and return its run directory.
 
@@ -75,6 +78,10 @@ def simulate(
         Name of the run directory under ``config.out``; timestamped when ``None``.
     verbose
         Let Flower and Ray log at INFO level.
+    engine
+        ``ray``: Flower's simulation engine, one Ray actor per site (in parallel);
+        ``inprocess``: :class:`~simulations.inprocess_grid.InProcessGrid`, the sites one after
+        another in this process, no Ray (tests of tiny models).
 
     Returns
     -------
@@ -89,9 +96,10 @@ def simulate(
     config = resolve_config(config)
     out = Path(config.out)
     _check_writable(out)
+    # Strategy settings first: a bad one must not cost a scenario's data generation.
+    wrap_with_central_dp(build_strategy(config), config, config.sites)
     sites = simulated_sites(config)
     preflight(config, sites)
-    wrap_with_central_dp(get_strategy(config.strategy), config, len(sites))
     run_id = run_id or new_run_id()
 
     server_app = ServerApp()
@@ -102,6 +110,11 @@ def simulate(
 
     def resolve(context: Context, _config: RunConfig) -> SiteSpec:
         return sites[int(context.node_config["partition-id"])]
+
+    if engine == "inprocess":
+        grid = InProcessGrid(make_client_app(resolve), len(sites))
+        run_federation(grid, config, out=out, run_id=run_id, observer=observer)
+        return _finished(out, run_id)
 
     backend_config = {
         "client_resources": {"num_cpus": config.client_cpus, "num_gpus": _client_gpus(config)},
@@ -126,6 +139,11 @@ def simulate(
         if isinstance(exc.__cause__, FedloraError):
             raise exc.__cause__ from None
         raise
+    return _finished(out, run_id)
+
+
+def _finished(out: Path, run_id: str) -> Path:
+    """The run directory of a finished run; an error unless it completed."""
     run_dir = RunDirectory(out / run_id)
     if run_dir.state() == "stopped":
         reason = json.loads((run_dir.path / "status.json").read_text()).get("reason")

@@ -10,29 +10,96 @@ from fedlora.errors import ConfigError
 from strategies.base import Strategy
 from strategies.central_dp import CentralDP
 from strategies.fedavg import FedAvg
+from strategies.fedprox import FedProx
+from strategies.ffa_lora import FfaLora
+from strategies.krum import Krum
+from strategies.median import CoordinateMedian
+from strategies.server_optimizers import FedAdam, FedAvgM, FedYogi
+from strategies.trimmed_mean import TrimmedMean
 
-_STRATEGIES: dict[str, Callable[[], Strategy]] = {"fedavg": FedAvg}
+
+def _server_lr(config: RunConfig, default: float) -> float:
+    return default if config.server_lr == -1.0 else config.server_lr
+
+
+def _multi_krum(config: RunConfig, sites: int) -> Strategy:
+    selected = config.krum_selected or max(2, sites - config.krum_byzantine)
+    return Krum(byzantine=config.krum_byzantine, multi=selected)
+
+
+_BUILDERS: dict[str, Callable[[RunConfig, int], Strategy]] = {
+    "fedavg": lambda config, sites: FedAvg(),
+    "fedprox": lambda config, sites: FedProx(config.effective_proximal_mu),
+    "fedadam": lambda config, sites: FedAdam(
+        server_lr=_server_lr(config, 0.01),
+        beta1=config.server_beta1,
+        beta2=config.server_beta2,
+        tau=config.server_tau,
+    ),
+    "fedyogi": lambda config, sites: FedYogi(
+        server_lr=_server_lr(config, 0.01),
+        beta1=config.server_beta1,
+        beta2=config.server_beta2,
+        tau=config.server_tau,
+    ),
+    "fedavgm": lambda config, sites: FedAvgM(
+        server_lr=_server_lr(config, 1.0), momentum=config.server_momentum
+    ),
+    "median": lambda config, sites: CoordinateMedian(),
+    "trimmed-mean": lambda config, sites: TrimmedMean(config.trim_fraction),
+    "krum": lambda config, sites: Krum(byzantine=config.krum_byzantine, multi=1),
+    "multi-krum": _multi_krum,
+    "ffa-lora": lambda config, sites: FfaLora(),
+}
 
 
 def strategy_names() -> tuple[str, ...]:
-    """Names accepted by :func:`get_strategy`."""
-    return tuple(sorted(_STRATEGIES))
+    """Names accepted by :func:`get_strategy` and :func:`build_strategy`."""
+    return tuple(sorted(_BUILDERS))
+
+
+def build_strategy(config: RunConfig, sites: int | None = None) -> Strategy:
+    """Build the strategy ``config.strategy`` with the run config's settings.
+
+    Parameters
+    ----------
+    config
+        Supplies the name and the strategy's settings (``server-lr``, ``trim-fraction``, ...).
+    sites
+        Sites in the federation (default ``config.sites``); Multi-Krum's default selection.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown name (listing the valid ones) or a setting the strategy refuses
+        (e.g. a server learning rate <= 0, a trim fraction outside [0, 0.5)).
+    """
+    try:
+        builder = _BUILDERS[config.strategy]
+    except KeyError:
+        raise ConfigError(
+            f"unknown strategy {config.strategy!r}; valid: {', '.join(strategy_names())}"
+        ) from None
+    count = config.sites if sites is None else sites
+    if config.strategy == "krum" and config.krum_selected not in (0, 1):
+        raise ConfigError("krum selects one update; use multi-krum with krum-selected")
+    if config.strategy in ("krum", "multi-krum") and count < 2 * config.krum_byzantine + 3:
+        raise ConfigError(
+            f"{config.strategy} with krum-byzantine = {config.krum_byzantine} needs at least "
+            f"{2 * config.krum_byzantine + 3} sites, the federation has {count}"
+        )
+    return builder(config, count)
 
 
 def get_strategy(name: str) -> Strategy:
-    """Build the strategy called ``name``.
+    """Build the strategy called ``name`` with default settings.
 
     Raises
     ------
     ConfigError
         For an unknown name, listing the valid ones.
     """
-    try:
-        return _STRATEGIES[name]()
-    except KeyError:
-        raise ConfigError(
-            f"unknown strategy {name!r}; valid: {', '.join(strategy_names())}"
-        ) from None
+    return build_strategy(RunConfig(strategy=name, sites=5))
 
 
 def wrap_with_central_dp(

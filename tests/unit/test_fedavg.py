@@ -54,6 +54,7 @@ def test_fedavg_refuses_zero_examples():
 
 
 def test_unknown_strategy_lists_valid_names():
-    with pytest.raises(ConfigError, match="unknown strategy 'fedsgd'; valid: fedavg"):
+    valid = "fedadam, fedavg, fedavgm, fedprox, fedyogi, ffa-lora, krum, median, multi-krum, "
+    with pytest.raises(ConfigError, match=f"unknown strategy 'fedsgd'; valid: {valid}"):
         get_strategy("fedsgd")
     assert "fedavg" in strategy_names()

@@ -96,14 +96,14 @@ def test_the_worker_accepts_this_fedlora_and_refuses_other_apps() -> None:
 
     check_fab(_fab(ours), installed_version="0.1.0")
 
-    with pytest.raises(ForeignAppError, match="runs fedlora only.*--cold"):
+    with pytest.raises(ForeignAppError, match=r"runs fedlora only.*--cold"):
         check_fab(_fab(ours.replace('name = "fedlora"', 'name = "other"', 1)), "0.1.0")
-    with pytest.raises(ForeignAppError, match="fedlora 0.1.0 but this node has fedlora 0.2.0"):
+    with pytest.raises(ForeignAppError, match=r"fedlora 0.1.0 but this node has fedlora 0.2.0"):
         check_fab(_fab(ours), installed_version="0.2.0")
     changed = ours.replace('clientapp = "clients.app:app"', 'clientapp = "evil:app"')
-    with pytest.raises(ForeignAppError, match="'evil:app', not 'clients.app:app'"):
+    with pytest.raises(ForeignAppError, match=r"'evil:app', not 'clients.app:app'"):
         check_fab(_fab(changed), "0.1.0")
-    with pytest.raises(ForeignAppError, match="no readable pyproject.toml"):
+    with pytest.raises(ForeignAppError, match=r"no readable pyproject.toml"):
         check_fab(Fab(hash_str="0" * 64, content=b"not a zip", verifications={}), "0.1.0")
 
 
