@@ -22,6 +22,7 @@ from clients.private_round import Declined, train_with_privacy
 from clients.proximal import freeze_for_strategy, unfreeze
 from clients.runtime import LoadedModel, get_datasets, get_model
 from clients.site_privacy import check_dp_allowed
+from clients.site_rank import adapter_for_rank, config_for_rank, site_rank
 from clients.training import TrainResult, train_locally
 from fedlora.adapters import adapter_state, from_array_record, load_adapter_state, to_array_record
 from fedlora.config import DeviceChoice, RunConfig
@@ -108,9 +109,11 @@ def _prepare(message: Message, context: Context, resolve_site: SiteResolver) -> 
     instruction = read_instruction(message)
     config = instruction.config
     site = resolve_site(context, config)
-    loaded = get_model(config)
+    rank = site_rank(context, config, site.name)
+    loaded = get_model(config_for_rank(config, rank))
     check_fingerprint(expected=instruction.base_fingerprint, local=loaded.base.fingerprint)
-    load_adapter_state(loaded.peft, from_array_record(instruction.adapter))
+    received = from_array_record(instruction.adapter)
+    load_adapter_state(loaded.peft, adapter_for_rank(received, config, rank))
     train_set, test_set = get_datasets(site, config, loaded)
     # A site's own node config picks its device (deployment); the run config otherwise.
     device = resolve_device(_device_choice(context, config))

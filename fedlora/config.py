@@ -75,6 +75,7 @@ class RunConfig:
     krum_selected: int = 0
     update_norm_bound: float = 0.0
     min_fit: int = 1
+    site_ranks: tuple[str, ...] = ()
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.0
@@ -172,6 +173,17 @@ class RunConfig:
                 f"update-norm-bound must be >= 0 (0: no bound), got {self.update_norm_bound}"
             )
         _check_at_least("min-fit", self.min_fit, 1)
+        ranks = self.site_rank_map
+        if ranks and self.strategy != "hetero-rank":
+            raise ConfigError(
+                f"site-ranks gives sites their own LoRA ranks; strategy {self.strategy!r} cannot "
+                "aggregate mixed ranks (use hetero-rank)"
+            )
+        for site, rank in ranks.items():
+            if not 1 <= rank <= self.lora_r:
+                raise ConfigError(
+                    f"site-ranks: rank of {site} must be in [1, lora-r = {self.lora_r}], got {rank}"
+                )
         if self.sites and self.min_fit > self.sites:
             raise ConfigError(
                 f"min-fit is {self.min_fit} but the federation has {self.sites} sites"
@@ -230,6 +242,20 @@ class RunConfig:
                     f"site-budgets items must be name=epsilon, got {item!r}"
                 ) from None
         return budgets
+
+    @property
+    def site_rank_map(self) -> dict[str, int]:
+        """Per-site LoRA ranks from ``site-ranks`` (``name=rank`` items; hetero-rank)."""
+        ranks: dict[str, int] = {}
+        for item in self.site_ranks:
+            name, sep, value = item.partition("=")
+            try:
+                if not sep or not name.strip():
+                    raise ValueError(item)
+                ranks[name.strip()] = int(value)
+            except ValueError:
+                raise ConfigError(f"site-ranks items must be name=rank, got {item!r}") from None
+        return ranks
 
     @property
     def uses_own_data(self) -> bool:

@@ -8,6 +8,7 @@ A site operator writes one TOML file per SuperNode::
     test-file = "data/test.jsonl"      # optional
     device = "auto"                    # auto | cpu | cuda
     cpu-threads = 4                    # optional: torch CPU threads (default: all cores)
+    lora-rank = 4                      # optional: this site's LoRA rank (hetero-rank strategy)
 
     [privacy]
     budget-epsilon = 8.0               # lifetime ε budget of this site's data (required)
@@ -66,6 +67,7 @@ SITE_KEYS: dict[str, dict[str, _Kind]] = {
         "test-file": "path",
         "device": "str",
         "cpu-threads": "number",
+        "lora-rank": "number",
     },
     "privacy": {
         "budget-epsilon": "number",
@@ -106,6 +108,7 @@ class SiteConfig:
     test_file: Path | None
     device: DeviceChoice
     cpu_threads: int | None
+    lora_rank: int | None
     budget_epsilon: float
     ledger_dir: Path
     delta: float | None
@@ -134,6 +137,7 @@ class SiteConfig:
             "secure-rng": self.secure_rng,
             "allow-no-dp": self.allow_no_dp,
             "device": self.device,
+            "lora-rank": float(self.lora_rank) if self.lora_rank is not None else None,
         }
         return {key: value for key, value in values.items() if value is not None}
 
@@ -239,6 +243,9 @@ def load_site_config(path: Path | str, *, allow_insecure: bool = False) -> SiteC
     threads = _optional_float(site, "cpu-threads")
     if threads is not None and (threads != int(threads) or threads < 1):
         raise ConfigError(f"{where}: [site] cpu-threads must be an integer >= 1, got {threads:g}")
+    lora_rank = _optional_float(site, "lora-rank")
+    if lora_rank is not None and (lora_rank != int(lora_rank) or lora_rank < 1):
+        raise ConfigError(f"{where}: [site] lora-rank must be an integer >= 1, got {lora_rank:g}")
     train_file = _readable_file(base, site["train-file"], where, "[site] train-file")
     test_file = (
         _readable_file(base, site["test-file"], where, "[site] test-file")
@@ -298,6 +305,7 @@ def load_site_config(path: Path | str, *, allow_insecure: bool = False) -> SiteC
         test_file=test_file,
         device=cast(DeviceChoice, device),
         cpu_threads=None if threads is None else int(threads),
+        lora_rank=None if lora_rank is None else int(lora_rank),
         budget_epsilon=budget,
         ledger_dir=ledger_dir,
         delta=delta,

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fedlora.config import RunConfig, Task
 
@@ -48,6 +48,7 @@ def run_tiny_federation(
     test_files: Sequence[str | Path] = (),
     sites: int = 3,
     scenario: str = "hospitals",
+    engine: Literal["ray", "inprocess"] = "ray",
     **overrides: Any,
 ) -> Path:
     """Run a small federation and return its run directory.
@@ -70,6 +71,9 @@ def run_tiny_federation(
         Number of sites for a built-in scenario (ignored with ``data_files``).
     scenario
         Built-in scenario when no files are given.
+    engine
+        ``ray`` (Flower's simulation engine) or ``inprocess`` (the sites one after another in
+        this process, no Ray start-up: fastest for tiny models).
     **overrides
         Any other :class:`~fedlora.config.RunConfig` field (``rounds``, ``lr``, ...).
 
@@ -96,7 +100,7 @@ def run_tiny_federation(
         out=str(out),
         **settings,
     )
-    return simulate(config)
+    return simulate(config, engine=engine)
 
 
 if pytest is not None:

@@ -537,3 +537,19 @@ class HeteroRank(Strategy):
         for name, tensor in self._others.items():
             state[name] = tensor.clone()
         return dict(sorted(state.items()))
+
+
+def state_at_rank(
+    global_state: AdapterState, *, global_rank: int, lora_alpha: float, rank: int, seed: int
+) -> AdapterState:
+    """A site's rank-``rank`` starting adapter cut from the rank-``global_rank`` global one.
+
+    The site (to train from it) and the coordinator (to validate the site's update against
+    it) compute the same state: the best rank-``rank`` factors of the global ``ΔW``, with
+    empty directions filled from ``seed`` as :class:`HeteroRank` does.
+    """
+    if rank == global_rank:
+        return global_state
+    refactor = HeteroRank(global_rank, lora_alpha=lora_alpha, seed=seed)
+    refactor.set_global(global_state)
+    return refactor.site_state(rank)

@@ -12,6 +12,7 @@ from strategies.central_dp import CentralDP
 from strategies.fedavg import FedAvg
 from strategies.fedprox import FedProx
 from strategies.ffa_lora import FfaLora
+from strategies.hetero_rank import HeteroRank
 from strategies.krum import Krum
 from strategies.median import CoordinateMedian
 from strategies.server_optimizers import FedAdam, FedAvgM, FedYogi
@@ -50,6 +51,9 @@ _BUILDERS: dict[str, Callable[[RunConfig, int], Strategy]] = {
     "krum": lambda config, sites: Krum(byzantine=config.krum_byzantine, multi=1),
     "multi-krum": _multi_krum,
     "ffa-lora": lambda config, sites: FfaLora(),
+    "hetero-rank": lambda config, sites: HeteroRank(
+        config.lora_r, lora_alpha=config.lora_alpha, seed=config.seed
+    ),
 }
 
 

@@ -7,6 +7,7 @@ Ray, so twenty small federations fit in CI.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -136,3 +137,18 @@ def test_too_few_accepted_updates_stop_the_round_naming_the_rejections(tmp_path:
 
     with pytest.raises(FedloraError, match=r"2 accepted update.*min-fit = 3.*NaN"):
         run_federation(grid, config, out=Path(config.out), run_id="run")
+
+
+def test_heterogeneous_ranks_train_together_each_site_at_its_own_rank(tmp_path: Path) -> None:
+    config = _config(tmp_path, "tiny-llama", strategy="hetero-rank")
+    low, mid, high = (site.name for site in simulated_sites(config))
+    config = dataclasses.replace(config, site_ranks=(f"{low}=2", f"{mid}=4"))  # high: lora-r 8
+
+    run_dir = simulate(config, run_id="run", engine="inprocess")
+
+    [_, first, _] = _metrics(run_dir)
+    uplink = {site: first["sites"][site]["bytes-received"] for site in (low, mid, high)}
+    assert uplink[low] < uplink[mid] < uplink[high]  # each sends factors of its own rank
+    final = _saved(run_dir / "adapters" / "final")
+    ranks = {t.shape[0] for name, t in final.items() if ".lora_A." in name}
+    assert ranks == {8}  # the saved global adapter is at lora-r, a standard PEFT adapter

@@ -100,6 +100,10 @@ def test_a_value_with_both_quote_kinds_is_refused():
             {"site": 'name = "site-a"\ntrain-file = "data/train.jsonl"\ncpu-threads = 1.5\n'},
             "cpu-threads must be an integer >= 1",
         ),
+        (
+            {"site": 'name = "site-a"\ntrain-file = "data/train.jsonl"\nlora-rank = 0\n'},
+            "lora-rank must be an integer >= 1",
+        ),
         ({"privacy": 'budget-epsilon = "8"\nledger-dir = "l"\n'}, "must be a number"),
         ({"privacy": 'budget-epsilon = 0\nledger-dir = "l"\n'}, "budget-epsilon must be > 0"),
         ({"privacy": 'budget-epsilon = -1.5\nledger-dir = "l"\n'}, "budget-epsilon must be > 0"),
@@ -198,10 +202,11 @@ def test_supernode_is_warm_by_default_and_plain_flower_when_cold(tmp_path, pki_d
 
 
 def test_cpu_threads_caps_torch_threads_on_the_node(tmp_path, pki_dir):
-    site = 'name = "site-a"\ntrain-file = "data/train.jsonl"\ncpu-threads = 2\n'
+    site = 'name = "site-a"\ntrain-file = "data/train.jsonl"\ncpu-threads = 2\nlora-rank = 4\n'
     config = load_site_config(_site(tmp_path, pki_dir, site=site))
 
     assert config.cpu_threads == 2
+    assert parse_config_args([config.to_node_config()])["lora-rank"] == 4.0
     assert config.supernode_environment() == {"OMP_NUM_THREADS": "2"}  # device auto: GPUs kept
 
 

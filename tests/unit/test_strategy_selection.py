@@ -105,3 +105,43 @@ def test_a_valid_update_returns_its_norm_and_the_bound_is_optional() -> None:
 
     assert validate_update(_state(), update) == pytest.approx(6.0)  # no bound: accepted
     assert issubclass(UpdateRejectedError, AdapterError)
+
+
+def _node(**node_config: object):
+    from flwr.app import Context, RecordDict
+
+    return Context(run_id=1, node_id=1, node_config=node_config, state=RecordDict(), run_config={})
+
+
+def test_a_sites_rank_comes_from_its_node_config_then_site_ranks() -> None:
+    from clients.site_rank import site_rank
+
+    config = RunConfig(strategy="hetero-rank", lora_r=8, sites=2, site_ranks=("a=2",))
+
+    assert site_rank(_node(), config, "a") == 2
+    assert site_rank(_node(), config, "b") == 8
+    assert site_rank(_node(**{"lora-rank": 4.0}), config, "a") == 4  # the site's own word wins
+
+
+@pytest.mark.parametrize(
+    ("strategy", "node_rank", "message"),
+    [
+        ("hetero-rank", 16.0, r"lora-rank must be an integer in \[1, lora-r = 8\], got 16"),
+        ("hetero-rank", 2.5, "must be an integer"),
+        ("fedavg", 4.0, "strategy 'fedavg' cannot aggregate mixed ranks"),
+    ],
+)
+def test_bad_or_unsupported_site_ranks_are_refused(strategy, node_rank, message) -> None:
+    from clients.site_rank import site_rank
+
+    with pytest.raises(ConfigError, match=message):
+        site_rank(_node(**{"lora-rank": node_rank}), RunConfig(strategy=strategy, sites=2), "a")
+
+
+def test_site_ranks_need_hetero_rank_and_fit_under_lora_r() -> None:
+    with pytest.raises(ConfigError, match="cannot aggregate mixed ranks"):
+        RunConfig(strategy="fedavg", site_ranks=("a=2",))
+    with pytest.raises(ConfigError, match=r"rank of a must be in \[1, lora-r = 8\], got 9"):
+        RunConfig(strategy="hetero-rank", site_ranks=("a=9",))
+    with pytest.raises(ConfigError, match="site-ranks items must be name=rank"):
+        RunConfig(strategy="hetero-rank", site_ranks=("a:2",))
