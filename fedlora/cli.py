@@ -147,6 +147,19 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--run-id", default=None, help="run directory name (default: timestamp)")
     output.add_argument("--quiet", action="store_true", help="no progress display")
     output.add_argument("--verbose", action="store_true", help="show Flower and Ray logs")
+    output.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue this run from its last completed round (its checkpoint's config; "
+        "a flag that contradicts the checkpoint is refused)",
+    )
+    output.add_argument(
+        "--engine",
+        choices=("ray", "inprocess"),
+        default="ray",
+        help="ray: Flower's simulation engine (sites in parallel); inprocess: sites one "
+        "after another in this process, no Ray",
+    )
 
     report = commands.add_parser(
         "report",
@@ -486,6 +499,23 @@ def _quiet_third_parties(verbose: bool) -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def _resumed_config(given: RunConfig, run_dir: Path) -> RunConfig:
+    """The checkpoint's config, with every flag the user set on this command line on top.
+
+    A flag left at its default takes the checkpoint's value; a flag set to something else
+    stays, and the resume then refuses it, naming the key (``server.federation``).
+    """
+    from server.checkpoint import read_checkpoint
+
+    saved = read_checkpoint(run_dir).config
+    defaults = config_from_args(build_parser().parse_args(["simulate"])).to_flat()
+    merged = dict(saved)
+    for key, value in given.to_flat().items():
+        if key not in saved or value != defaults.get(key):
+            merged[key] = value
+    return RunConfig.from_flat(merged)
+
+
 def run_simulate(args: argparse.Namespace) -> int:
     """``fedlora simulate``: run, then print the summary tables."""
     from rich.console import Console
@@ -496,6 +526,9 @@ def run_simulate(args: argparse.Namespace) -> int:
     from simulations.runner import simulate
 
     config = config_from_args(args)
+    resume = Path(args.resume) if args.resume else None
+    if resume is not None:
+        config = _resumed_config(config, resume)
     console = Console(stderr=False)
     _quiet_third_parties(args.verbose)
     if not config.dp:
@@ -506,12 +539,16 @@ def run_simulate(args: argparse.Namespace) -> int:
         )
     stopped: BudgetExhaustedError | None = None
     try:
+        options = {"verbose": args.verbose, "engine": args.engine, "resume": resume}
         if args.quiet:
-            run_path = simulate(config, run_id=args.run_id, verbose=args.verbose)
+            run_path = simulate(config, run_id=args.run_id, **options)
         else:
             with ProgressDisplay(console) as display:
                 run_path = simulate(
-                    config, observer=display, run_id=args.run_id, verbose=args.verbose
+                    config,
+                    observer=display,
+                    run_id=args.run_id,
+                    **options,
                 )
     except BudgetExhaustedError as error:
         if error.run_dir is None:

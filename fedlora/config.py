@@ -75,6 +75,7 @@ class RunConfig:
     krum_selected: int = 0
     update_norm_bound: float = 0.0
     min_fit: int = 1
+    round_retries: int = 0
     site_ranks: tuple[str, ...] = ()
     lora_r: int = 8
     lora_alpha: int = 16
@@ -99,6 +100,7 @@ class RunConfig:
     central_clip_norm: float = 0.1
     central_delta: float = 0.0
     out: str = "runs"
+    resume: str = ""
     device: DeviceChoice = "auto"
     bf16: Bf16Choice = "auto"
     gradient_checkpointing: bool = False
@@ -173,6 +175,7 @@ class RunConfig:
                 f"update-norm-bound must be >= 0 (0: no bound), got {self.update_norm_bound}"
             )
         _check_at_least("min-fit", self.min_fit, 1)
+        _check_at_least("round-retries", self.round_retries, 0)
         ranks = self.site_rank_map
         if ranks and self.strategy != "hetero-rank":
             raise ConfigError(

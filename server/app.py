@@ -33,7 +33,13 @@ def main(grid: Grid, context: Context) -> None:
     resolved = resolve_config(config)
     out = Path(resolved.out)
     try:
-        federation = run_federation(grid, resolved, out=out)
+        if resolved.resume:
+            # flwr run --run-config 'resume="RUN_ID"': continue out/RUN_ID from its checkpoint.
+            federation = run_federation(
+                grid, resolved, out=out, run_id=resolved.resume, resume=True
+            )
+        else:
+            federation = run_federation(grid, resolved, out=out)
     except BudgetExhaustedError as stopped:
         # The stopped run's adapters and ledgers are valid: report them before stopping.
         _report(stopped.run_dir)

@@ -18,20 +18,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from flwr.app import Message
 from flwr.serverapp import Grid
 
 from fedlora.adapters import (
     AdapterState,
     adapter_state,
+    check_compatible,
     from_array_record,
     payload_bytes,
     save_peft_dir,
     to_array_record,
 )
 from fedlora.config import RunConfig
-from fedlora.errors import AdapterError, BudgetExhaustedError, FedloraError
-from fedlora.models import apply_lora, load_base_model
+from fedlora.errors import (
+    AdapterError,
+    BudgetExhaustedError,
+    ConfigError,
+    FedloraError,
+    RunDirError,
+)
+from fedlora.models import apply_lora, check_fingerprint, load_base_model
 from fedlora.progress import Phase, RoundObserver
 from fedlora.protocol import (
     ADAPTER,
@@ -40,6 +48,13 @@ from fedlora.protocol import (
     read_privacy,
     read_status,
     reply_metrics,
+)
+from server.checkpoint import (
+    Checkpoint,
+    StatefulStrategy,
+    config_differences,
+    read_checkpoint,
+    write_checkpoint,
 )
 from server.rundir import RunDirectory
 from strategies import SiteUpdate, build_strategy
@@ -118,6 +133,7 @@ class Federation:
         self.peft = apply_lora(self.base, config)
         self.global_state: AdapterState = adapter_state(self.peft)
         self.site_names: dict[int, str] = {}
+        self.first_round = 1
 
     def resolved_config(self, sites: Iterable[str] = ()) -> dict[str, Any]:
         """What ``config.json`` records: the flat config plus provenance."""
@@ -152,37 +168,129 @@ class Federation:
             raise
         self.run_dir.mark("complete")
 
+    def resume_from(self, checkpoint: Checkpoint, run_dir: RunDirectory) -> None:
+        """Continue ``run_dir`` after its checkpoint's round, refusing any mismatch first.
+
+        The checkpoint's config (``out`` aside) and base fingerprint must equal this run's;
+        the global adapter, a stateful strategy's state and the RNG state are restored, and
+        ``metrics.jsonl`` keeps only the rounds up to the checkpoint (a round cut short is
+        run again, and recorded once).
+
+        Raises
+        ------
+        ConfigError
+            With the differing keys (``key: checkpoint -> now``), or for central DP.
+        BaseMismatchError
+            When the base model's fingerprint differs from the checkpoint's.
+        RunDirError
+            When the run is already complete or its state does not fit this adapter.
+        """
+        if self.config.central_dp != "off":
+            raise ConfigError("resuming a run with central DP is not supported yet")
+        where = ("out", "resume")  # where the run lives and that it resumes: not the run
+        current = {k: v for k, v in self.config.to_flat().items() if k not in where}
+        saved = {k: v for k, v in checkpoint.config.items() if k not in where}
+        differences = config_differences(saved, current)
+        if differences:
+            raise ConfigError(
+                f"cannot resume {run_dir.path}: the config differs from its checkpoint "
+                f"({'; '.join(differences)})"
+            )
+        check_fingerprint(expected=checkpoint.base_fingerprint, local=self.base.fingerprint)
+        if run_dir.state() == "complete":
+            raise RunDirError(f"{run_dir.path} is complete: there is nothing to resume")
+        try:
+            check_compatible(self.global_state, checkpoint.global_state)
+        except AdapterError as error:
+            raise RunDirError(f"checkpoint of {run_dir.path} does not fit: {error}") from None
+        if isinstance(self.strategy, StatefulStrategy):
+            if checkpoint.strategy_file is None:
+                raise RunDirError(
+                    f"checkpoint of {run_dir.path} holds no {self.strategy.name} state"
+                )
+            self.strategy.load_state(checkpoint.strategy_file, reference=checkpoint.global_state)
+        self.global_state = checkpoint.global_state
+        torch.random.set_rng_state(checkpoint.rng_state)
+        self.first_round = checkpoint.server_round + 1
+        kept = [r for r in run_dir.read_metrics() if int(r["round"]) <= checkpoint.server_round]
+        run_dir.rewrite_metrics(kept)
+        run_dir.mark("running")
+        logger.info("resuming %s after round %d", run_dir.run_id, checkpoint.server_round)
+
     def _run(self) -> None:
         config = self.config
-        self.run_dir.write_config(self.resolved_config())
+        if self.first_round == 1:
+            self.run_dir.write_config(self.resolved_config())
         node_ids = wait_for_nodes(self.grid, config.sites, config.node_wait_timeout)
         self.observer.on_start(rounds=config.rounds, sites=len(node_ids))
-        initial = self._exchange(node_ids, 0, "evaluate")
-        self.run_dir.write_config(self.resolved_config(sorted(self.site_names.values())))
-        self._record(0, time.monotonic(), None, initial)
-        for server_round in range(1, config.rounds + 1):
+        if self.first_round == 1:
+            initial = self._exchange(node_ids, 0, "evaluate")
+            self.run_dir.write_config(self.resolved_config(sorted(self.site_names.values())))
+            self._record(0, time.monotonic(), None, initial)
+        for server_round in range(self.first_round, config.rounds + 1):
             started = time.monotonic()
-            trained = self._exchange(node_ids, server_round, "train")
-            updates = self._updates(trained)
-            if not updates:
-                self._record(server_round, started, trained, _PhaseResult())
-                if trained.refused and not trained.replies:
-                    raise BudgetExhaustedError(
-                        f"stopped before round {server_round} of {config.rounds}: every site "
-                        "declined to train because the round would exceed its privacy budget"
-                    )
-                raise FedloraError(f"round {server_round}: no site returned a usable update")
-            if len(updates) < config.min_fit:
-                self._record(server_round, started, trained, _PhaseResult())
-                raise FedloraError(
-                    f"round {server_round}: {len(updates)} accepted update(s), fewer than "
-                    f"min-fit = {config.min_fit}; rejected: {trained.rejected or 'none'}"
-                )
+            trained, updates = self._train_phase(node_ids, server_round, started)
             self.global_state = self.strategy.aggregate(self.global_state, updates)
             save_peft_dir(self.peft, self.global_state, self.run_dir.adapter_path(server_round))
             evaluated = self._exchange(node_ids, server_round, "evaluate")
             self._record(server_round, started, trained, evaluated)
+            write_checkpoint(
+                self.run_dir.path,
+                server_round=server_round,
+                config=self.config.to_flat(),
+                base_fingerprint=self.base.fingerprint,
+                global_state=self.global_state,
+                strategy=self.strategy,
+            )
         save_peft_dir(self.peft, self.global_state, self.run_dir.adapter_path(None))
+
+    def _train_phase(
+        self, node_ids: list[int], server_round: int, started: float
+    ) -> tuple[_PhaseResult, list[SiteUpdate]]:
+        """Train until ``min-fit`` updates are accepted, retrying up to ``round-retries`` times.
+
+        Raises
+        ------
+        BudgetExhaustedError
+            When every site declined for its privacy budget (a retry cannot help).
+        FedloraError
+            When the last attempt still has fewer than ``min-fit`` accepted updates.
+        """
+        config = self.config
+        failed: list[dict[str, str]] = []
+        for attempt in range(config.round_retries + 1):
+            trained = self._exchange(node_ids, server_round, "train")
+            trained.errors[:0] = failed
+            updates = self._updates(trained)
+            if len(updates) >= config.min_fit:
+                return trained, updates
+            if not updates and trained.refused and not trained.replies:
+                self._record(server_round, started, trained, _PhaseResult())
+                raise BudgetExhaustedError(
+                    f"stopped before round {server_round} of {config.rounds}: every site "
+                    "declined to train because the round would exceed its privacy budget"
+                )
+            shortfall = (
+                f"round {server_round}: {len(updates)} accepted update(s), fewer than min-fit "
+                f"= {config.min_fit}; rejected: {trained.rejected or 'none'}; errors: "
+                f"{[e['site'] + ': ' + e['reason'] for e in trained.errors] or 'none'}"
+            )
+            if attempt < config.round_retries:
+                logger.warning(
+                    "%s; retrying (%d of %d)", shortfall, attempt + 1, config.round_retries
+                )
+                failed = [
+                    *trained.errors,
+                    *(
+                        {"site": site, "phase": "train", "reason": f"update rejected: {why}"}
+                        for site, why in trained.rejected.items()
+                    ),
+                    {"site": "*", "phase": "train", "reason": f"attempt {attempt + 1} retried"},
+                ]
+                continue
+            self._record(server_round, started, trained, _PhaseResult())
+            raise FedloraError(shortfall)
+        raise AssertionError("unreachable")  # the loop returns or raises on its last attempt
 
     def _exchange(self, node_ids: list[int], server_round: int, phase: Phase) -> _PhaseResult:
         adapter = to_array_record(self.global_state)
@@ -376,6 +484,7 @@ def run_federation(
     out: Path,
     run_id: str | None = None,
     observer: RoundObserver | None = None,
+    resume: bool = False,
 ) -> Federation:
     """Run a whole federation on ``grid`` and return it (its final global adapter included).
 
@@ -394,13 +503,24 @@ def run_federation(
         Name of the run directory; a fresh timestamped id when ``None``.
     observer
         Optional progress hooks.
+    resume
+        Continue the existing run ``out/run_id`` from its checkpoint (the last completed
+        round) to ``config.rounds``: see :meth:`Federation.resume_from`.
 
     Raises
     ------
     FedloraError
         When the model cannot be loaded, sites do not connect, or a round has no usable
-        update; a run that had started is then marked incomplete.
+        update; a run that had started is then marked incomplete. For a resume: a missing,
+        damaged or foreign checkpoint, or a config or base model that differs from it.
     """
     federation = Federation(grid, config, observer)
+    if resume:
+        if run_id is None:
+            raise ConfigError("resuming needs the run id of the run to continue")
+        run_dir = RunDirectory(out / run_id)
+        federation.resume_from(read_checkpoint(run_dir.path), run_dir)
+        federation.start(run_dir)
+        return federation
     federation.start(RunDirectory.create(out, run_id))
     return federation

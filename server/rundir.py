@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fedlora.errors import RunDirError
-from fedlora.io import append_line, atomic_write_json, read_json_lines
+from fedlora.io import append_line, atomic_write_json, atomic_write_text, read_json_lines
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +95,11 @@ class RunDirectory:
     def append_metrics(self, record: dict[str, Any]) -> None:
         """Append one round's metrics line."""
         append_line(self.metrics_path, json.dumps(record, sort_keys=True))
+
+    def rewrite_metrics(self, records: list[dict[str, Any]]) -> None:
+        """Replace ``metrics.jsonl`` atomically with ``records`` (a resume drops cut rounds)."""
+        text = "".join(json.dumps(record, sort_keys=True) + "\n" for record in records)
+        atomic_write_text(self.metrics_path, text)
 
     def read_metrics(self) -> list[dict[str, Any]]:
         """All metrics lines, in order (``RunDirError`` naming a corrupted line)."""

@@ -7,6 +7,7 @@ the built-in scenario's generated files or the user's own.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -61,6 +62,7 @@ def simulate(
     run_id: str | None = None,
     verbose: bool = False,
     engine: Literal["ray", "inprocess"] = "ray",
+    resume: Path | None = None,
 ) -> Path:
     """Run a simulated federation and return its run directory.
 
@@ -82,6 +84,9 @@ def simulate(
         ``ray``: Flower's simulation engine, one Ray actor per site (in parallel);
         ``inprocess``: :class:`~simulations.inprocess_grid.InProcessGrid`, the sites one after
         another in this process, no Ray (tests of tiny models).
+    resume
+        An existing run directory to continue from its checkpoint (``config`` must match
+        the checkpoint's; ``config.out`` and ``run_id`` are taken from this path).
 
     Returns
     -------
@@ -95,7 +100,12 @@ def simulate(
     """
     config = resolve_config(config)
     out = Path(config.out)
+    if resume is not None:
+        out, run_id = resume.parent, resume.name
+        config = dataclasses.replace(config, out=str(out))
     _check_writable(out)
+    if resume is not None and not os.access(resume, os.W_OK):
+        raise RunDirError(f"run directory {resume} is not writable")
     # Strategy settings first: a bad one must not cost a scenario's data generation.
     wrap_with_central_dp(build_strategy(config), config, config.sites)
     sites = simulated_sites(config)
@@ -106,14 +116,18 @@ def simulate(
 
     @server_app.main()
     def _main(grid: Grid, context: Context) -> None:
-        run_federation(grid, config, out=out, run_id=run_id, observer=observer)
+        run_federation(
+            grid, config, out=out, run_id=run_id, observer=observer, resume=resume is not None
+        )
 
     def resolve(context: Context, _config: RunConfig) -> SiteSpec:
         return sites[int(context.node_config["partition-id"])]
 
     if engine == "inprocess":
         grid = InProcessGrid(make_client_app(resolve), len(sites))
-        run_federation(grid, config, out=out, run_id=run_id, observer=observer)
+        run_federation(
+            grid, config, out=out, run_id=run_id, observer=observer, resume=resume is not None
+        )
         return _finished(out, run_id)
 
     backend_config = {

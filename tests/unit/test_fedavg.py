@@ -54,7 +54,7 @@ def test_fedavg_refuses_zero_examples():
 
 
 def test_unknown_strategy_lists_valid_names():
-    valid = "fedadam, fedavg, fedavgm, fedprox, fedyogi, ffa-lora, krum, median, multi-krum, "
+    valid = "fedadam, fedavg, fedavgm, fedprox, fedyogi, ffa-lora, hetero-rank, krum, median, "
     with pytest.raises(ConfigError, match=f"unknown strategy 'fedsgd'; valid: {valid}"):
         get_strategy("fedsgd")
     assert "fedavg" in strategy_names()
