@@ -11,9 +11,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal, cast, get_args
+from typing import Any, Literal, TypeVar, cast, get_args
 
 from fedlora.errors import ConfigError
 
@@ -29,6 +29,7 @@ CentralDpMode = Literal["off", "fixed", "adaptive"]
 
 DEFAULT_TARGET_EPSILON = 4.0
 DEFAULT_PROXIMAL_MU = 0.01
+_Value = TypeVar("_Value", int, float)
 """Per-run ε a site aims for when it gives neither a noise multiplier nor a target."""
 
 FlatValue = bool | int | float | str
@@ -233,32 +234,12 @@ class RunConfig:
     @property
     def site_budget_map(self) -> dict[str, float]:
         """Per-site budget overrides from ``site-budgets`` (``name=epsilon`` items)."""
-        budgets: dict[str, float] = {}
-        for item in self.site_budgets:
-            name, sep, value = item.partition("=")
-            try:
-                if not sep or not name.strip():
-                    raise ValueError(item)
-                budgets[name.strip()] = float(value)
-            except ValueError:
-                raise ConfigError(
-                    f"site-budgets items must be name=epsilon, got {item!r}"
-                ) from None
-        return budgets
+        return _named_values(self.site_budgets, "site-budgets", "epsilon", float)
 
     @property
     def site_rank_map(self) -> dict[str, int]:
         """Per-site LoRA ranks from ``site-ranks`` (``name=rank`` items; hetero-rank)."""
-        ranks: dict[str, int] = {}
-        for item in self.site_ranks:
-            name, sep, value = item.partition("=")
-            try:
-                if not sep or not name.strip():
-                    raise ValueError(item)
-                ranks[name.strip()] = int(value)
-            except ValueError:
-                raise ConfigError(f"site-ranks items must be name=rank, got {item!r}") from None
-        return ranks
+        return _named_values(self.site_ranks, "site-ranks", "rank", int)
 
     @property
     def uses_own_data(self) -> bool:
@@ -350,3 +331,25 @@ def _check_at_least(key: str, value: int, minimum: int) -> None:
         raise ConfigError(f"{key} must be an integer, got {value!r}")
     if value < minimum:
         raise ConfigError(f"{key} must be >= {minimum}, got {value}")
+
+
+def _named_values(
+    items: tuple[str, ...], key: str, what: str, parse: Callable[[str], _Value]
+) -> dict[str, _Value]:
+    """``name=value`` items (``site-budgets``, ``site-ranks``) as a mapping.
+
+    Raises
+    ------
+    ConfigError
+        For an item without a name, an ``=`` or a parsable value.
+    """
+    values: dict[str, _Value] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            if not sep or not name.strip():
+                raise ValueError(item)
+            values[name.strip()] = parse(value)
+        except ValueError:
+            raise ConfigError(f"{key} items must be name={what}, got {item!r}") from None
+    return values

@@ -344,7 +344,35 @@ class ServerOptimizer(Strategy):
                     )
 
 
-class FedAdam(ServerOptimizer):
+class _AdaptiveOptimizer(ServerOptimizer):
+    """FedAdam's and FedYogi's shared settings: ``η``, ``β1``, ``β2``, ``τ``."""
+
+    _slots = ("m", "v")
+
+    def __init__(
+        self,
+        server_lr: float = 0.01,
+        beta1: float = 0.9,
+        beta2: float = 0.99,
+        tau: float = 1e-9,
+    ) -> None:
+        self.server_lr = _positive("server learning rate", server_lr)
+        self.beta1 = _unit_interval("beta1", beta1)
+        self.beta2 = _unit_interval("beta2", beta2)
+        self.tau = _positive("tau", tau)
+        super().__init__()
+
+    def hyperparameters(self) -> dict[str, float]:
+        """``server_lr``, ``beta1``, ``beta2`` and ``tau``."""
+        return {
+            "server_lr": self.server_lr,
+            "beta1": self.beta1,
+            "beta2": self.beta2,
+            "tau": self.tau,
+        }
+
+
+class FedAdam(_AdaptiveOptimizer):
     """FedAdam (Reddi et al. 2021, Alg. 2) as Flower's ``FedAdam`` computes it.
 
     Per tensor, in round ``t`` (1 for the first), with ``Δ`` the pseudo-gradient::
@@ -372,29 +400,6 @@ class FedAdam(ServerOptimizer):
     """
 
     name = "fedadam"
-    _slots = ("m", "v")
-
-    def __init__(
-        self,
-        server_lr: float = 0.01,
-        beta1: float = 0.9,
-        beta2: float = 0.99,
-        tau: float = 1e-9,
-    ) -> None:
-        self.server_lr = _positive("server learning rate", server_lr)
-        self.beta1 = _unit_interval("beta1", beta1)
-        self.beta2 = _unit_interval("beta2", beta2)
-        self.tau = _positive("tau", tau)
-        super().__init__()
-
-    def hyperparameters(self) -> dict[str, float]:
-        """``server_lr``, ``beta1``, ``beta2`` and ``tau``."""
-        return {
-            "server_lr": self.server_lr,
-            "beta1": self.beta1,
-            "beta2": self.beta2,
-            "tau": self.tau,
-        }
 
     def step_size(self, t: int) -> float:
         """Flower's bias-corrected ``η_t = η·sqrt(1 − β2^(t+1)) / (1 − β1^(t+1))``."""
@@ -413,7 +418,7 @@ class FedAdam(ServerOptimizer):
         return x + self.step_size(t) * m / (v.sqrt() + self.tau), {"m": m, "v": v}
 
 
-class FedYogi(ServerOptimizer):
+class FedYogi(_AdaptiveOptimizer):
     """FedYogi (Reddi et al. 2021, Alg. 2) as Flower's ``FedYogi`` computes it.
 
     Per tensor, with ``Δ`` the pseudo-gradient (no bias correction, as in Flower)::
@@ -438,29 +443,6 @@ class FedYogi(ServerOptimizer):
     """
 
     name = "fedyogi"
-    _slots = ("m", "v")
-
-    def __init__(
-        self,
-        server_lr: float = 0.01,
-        beta1: float = 0.9,
-        beta2: float = 0.99,
-        tau: float = 1e-9,
-    ) -> None:
-        self.server_lr = _positive("server learning rate", server_lr)
-        self.beta1 = _unit_interval("beta1", beta1)
-        self.beta2 = _unit_interval("beta2", beta2)
-        self.tau = _positive("tau", tau)
-        super().__init__()
-
-    def hyperparameters(self) -> dict[str, float]:
-        """``server_lr``, ``beta1``, ``beta2`` and ``tau``."""
-        return {
-            "server_lr": self.server_lr,
-            "beta1": self.beta1,
-            "beta2": self.beta2,
-            "tau": self.tau,
-        }
 
     def _step_tensor(
         self, x: torch.Tensor, mean: torch.Tensor, moments: dict[str, torch.Tensor], t: int

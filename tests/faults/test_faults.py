@@ -17,18 +17,15 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from flwr.app import Context, Message, RecordDict
 from opacus.accountants import RDPAccountant
 
-from clients.app import make_client_app
-from fedlora.adapters import from_array_record, to_array_record
 from fedlora.config import RunConfig
 from fedlora.ledger import LEDGER_FILE, read_ledger
-from fedlora.protocol import ADAPTER
 from server.federation import run_federation
 from simulations.inprocess_grid import InProcessGrid
 from simulations.materialize import resolve_config, simulated_sites
+from tests.integration.helpers import scenario_client_app, tampering_app
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
@@ -124,29 +121,18 @@ def test_coordinator_killed_in_round_3_resumes_and_loses_nothing(tmp_path, recor
 
 
 def _faulty_app(config: RunConfig, faults: dict[int, str]):
-    sites = simulated_sites(config)
-    app = make_client_app(lambda context, _c: sites[int(context.node_config["partition-id"])])
+    """Site ``i`` suffers ``faults[i]``: ``crash`` (killed in round 2 after training, its
+    memory lost) or a broken update (``nan``, ``shape``, ``huge``)."""
+    crashes = {i for i, fault in faults.items() if fault == "crash"}
+    app = tampering_app(config, {i: f for i, f in faults.items() if f != "crash"})
 
     def run(message: Message, context: Context) -> Message:
-        index = int(context.node_config["partition-id"])
-        fault = faults.get(index)
         reply = app(message, context)
-        if message.metadata.message_type != "train" or fault is None:
-            return reply
-        if fault == "crash" and message.metadata.group_id == "2":
+        index = int(context.node_config["partition-id"])
+        train = message.metadata.message_type == "train"
+        if train and index in crashes and message.metadata.group_id == "2":
             context.state.clear()  # the process died: its memory is gone, its ledger is not
             raise RuntimeError("site process killed")
-        if fault == "crash":
-            return reply
-        state = from_array_record(reply.content.array_records[ADAPTER])
-        name = sorted(state)[0]
-        if fault == "nan":
-            state[name] = torch.full_like(state[name], float("nan"))
-        elif fault == "shape":
-            state[name] = torch.zeros(3, 3)
-        else:
-            state[name] = state[name] + 1e3
-        reply.content.array_records[ADAPTER] = to_array_record(state)
         return reply
 
     return run
@@ -270,8 +256,7 @@ def test_the_server_app_resumes_the_run_named_in_the_run_config(tmp_path, record
     from server.app import main as server_main
 
     config = _config(tmp_path, sites=3, rounds=3)
-    sites = simulated_sites(config)
-    app = make_client_app(lambda context, _c: sites[int(context.node_config["partition-id"])])
+    app = scenario_client_app(config)
 
     def crashing(message: Message, context: Context) -> Message:
         if message.metadata.group_id == "3":
@@ -295,8 +280,7 @@ def test_the_server_app_resumes_the_run_named_in_the_run_config(tmp_path, record
 
 def test_a_short_round_is_retried_when_configured(tmp_path, record_fault) -> None:
     config = _config(tmp_path, sites=3, rounds=1, min_fit=3, round_retries=1)
-    sites = simulated_sites(config)
-    app = make_client_app(lambda context, _c: sites[int(context.node_config["partition-id"])])
+    app = scenario_client_app(config)
     crashes = {"left": 1}
 
     def flaky(message: Message, context: Context) -> Message:

@@ -45,3 +45,44 @@ def reevaluate(run_dir: Path, adapter: str = "final") -> dict[str, dict[str, flo
 
 def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def scenario_client_app(config: RunConfig):
+    """The real ClientApp for the sites of ``config``'s built-in scenario (by partition id)."""
+    from clients.app import make_client_app
+
+    sites = simulated_sites(config)
+    return make_client_app(lambda context, _config: sites[int(context.node_config["partition-id"])])
+
+
+def corrupt_update(reply, fault: str):
+    """Break a train reply's adapter: ``nan`` values, a mis-``shape``d or a ``huge`` tensor."""
+    from fedlora.adapters import from_array_record, to_array_record
+    from fedlora.protocol import ADAPTER
+
+    state = from_array_record(reply.content.array_records[ADAPTER])
+    name = sorted(state)[0]
+    if fault == "nan":
+        state[name] = torch.full_like(state[name], float("nan"))
+    elif fault == "shape":
+        state[name] = torch.zeros(3, 3)
+    elif fault == "huge":
+        state[name] = state[name] + 1e3
+    else:
+        raise ValueError(f"unknown fault {fault!r}")
+    reply.content.array_records[ADAPTER] = to_array_record(state)
+    return reply
+
+
+def tampering_app(config: RunConfig, faults: dict[int, str]):
+    """The scenario's ClientApp with site ``i``'s train replies broken by ``faults[i]``."""
+    app = scenario_client_app(config)
+
+    def run(message, context):
+        reply = app(message, context)
+        fault = faults.get(int(context.node_config["partition-id"]))
+        if message.metadata.message_type != "train" or fault is None:
+            return reply
+        return corrupt_update(reply, fault)
+
+    return run

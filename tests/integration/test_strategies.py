@@ -14,20 +14,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from flwr.app import Context, Message
 from safetensors.torch import load_file
 
-from clients.app import make_client_app
-from fedlora.adapters import adapter_state, from_array_record, to_array_record
+from fedlora.adapters import adapter_state
 from fedlora.config import RunConfig
 from fedlora.errors import FedloraError
 from fedlora.models import apply_lora, load_base_model
-from fedlora.protocol import ADAPTER
 from server.federation import run_federation
 from simulations.inprocess_grid import InProcessGrid
 from simulations.materialize import resolve_config, simulated_sites
 from simulations.runner import simulate
 from strategies import strategy_names
+from tests.integration.helpers import tampering_app
 
 pytestmark = pytest.mark.slow
 
@@ -87,31 +85,6 @@ def _initial(config: RunConfig) -> dict[str, torch.Tensor]:
     return adapter_state(apply_lora(base, config))
 
 
-def _broken_app(config: RunConfig, bad_site: int, breakage: str):
-    sites = simulated_sites(config)
-    app = make_client_app(lambda context, _c: sites[int(context.node_config["partition-id"])])
-
-    def run(message: Message, context: Context) -> Message:
-        reply = app(message, context)
-        if (
-            message.metadata.message_type != "train"
-            or context.node_config["partition-id"] != bad_site
-        ):
-            return reply
-        state = from_array_record(reply.content.array_records[ADAPTER])
-        name = sorted(state)[0]
-        if breakage == "nan":
-            state[name] = torch.full_like(state[name], float("nan"))
-        elif breakage == "shape":
-            state[name] = torch.zeros(3, 3)
-        else:
-            state[name] = state[name] + 1e3
-        reply.content.array_records[ADAPTER] = to_array_record(state)
-        return reply
-
-    return run
-
-
 @pytest.mark.parametrize(
     ("breakage", "reason"),
     [("nan", "has NaN or infinite values"), ("shape", "is (3, 3)"), ("huge", "exceeds")],
@@ -120,7 +93,7 @@ def test_a_bad_update_is_rejected_and_the_round_completes_on_the_rest(
     tmp_path: Path, breakage: str, reason: str
 ) -> None:
     config = _config(tmp_path, "tiny-llama", update_norm_bound=50.0, min_fit=2, rounds=1)
-    grid = InProcessGrid(_broken_app(config, 1, breakage), 3)
+    grid = InProcessGrid(tampering_app(config, {1: breakage}), 3)
 
     federation = run_federation(grid, config, out=Path(config.out), run_id="run")
 
@@ -133,7 +106,7 @@ def test_a_bad_update_is_rejected_and_the_round_completes_on_the_rest(
 
 def test_too_few_accepted_updates_stop_the_round_naming_the_rejections(tmp_path: Path) -> None:
     config = _config(tmp_path, "tiny-llama", min_fit=3, rounds=1)
-    grid = InProcessGrid(_broken_app(config, 0, "nan"), 3)
+    grid = InProcessGrid(tampering_app(config, {0: "nan"}), 3)
 
     with pytest.raises(FedloraError, match=r"2 accepted update.*min-fit = 3.*NaN"):
         run_federation(grid, config, out=Path(config.out), run_id="run")
