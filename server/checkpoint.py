@@ -5,7 +5,8 @@ After every completed round the round loop writes, under ``RUN_DIR/checkpoint/``
 * ``state-rNNN.safetensors``: the global adapter (``adapter/<name>``) and the coordinator's
   torch RNG state (``rng/torch``);
 * ``strategy-rNNN.safetensors``: a stateful strategy's state (server optimisers' moments and
-  step), written by the strategy's own ``save_state``;
+  step; central DP's clip norm, its releases being in ``privacy/server-ledger.jsonl``), written
+  by the strategy's own ``save_state``;
 * ``checkpoint.json`` last: the round, the run id, the resolved flat config, the base
   fingerprint and the SHA-256 of each file above.
 

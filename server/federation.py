@@ -60,7 +60,7 @@ from server.rundir import RunDirectory
 from strategies import SiteUpdate, build_strategy
 from strategies.central_dp import CentralDP
 from strategies.ffa_lora import trained_state
-from strategies.hetero_rank import state_at_rank
+from strategies.hetero_rank import HeteroRank, state_at_rank
 from strategies.lora_factors import is_lora_a
 from strategies.registry import wrap_with_central_dp
 from strategies.validation import UpdateRejectedError, validate_update
@@ -132,6 +132,9 @@ class Federation:
         )
         self.peft = apply_lora(self.base, config)
         self.global_state: AdapterState = adapter_state(self.peft)
+        if isinstance(self.strategy, HeteroRank):
+            # Checks lora-r against every module's dimensions before any training.
+            self.strategy.set_global(self.global_state)
         self.site_names: dict[int, str] = {}
         self.first_round = 1
 
@@ -179,14 +182,12 @@ class Federation:
         Raises
         ------
         ConfigError
-            With the differing keys (``key: checkpoint -> now``), or for central DP.
+            With the differing keys (``key: checkpoint -> now``).
         BaseMismatchError
             When the base model's fingerprint differs from the checkpoint's.
         RunDirError
             When the run is already complete or its state does not fit this adapter.
         """
-        if self.config.central_dp != "off":
-            raise ConfigError("resuming a run with central DP is not supported yet")
         where = ("out", "resume")  # where the run lives and that it resumes: not the run
         current = {k: v for k, v in self.config.to_flat().items() if k not in where}
         saved = {k: v for k, v in checkpoint.config.items() if k not in where}

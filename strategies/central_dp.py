@@ -70,6 +70,7 @@ Server ledger
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import secrets
@@ -89,6 +90,7 @@ from flwr.supercore.differential_privacy import (
 from fedlora.adapters import AdapterState, check_compatible
 from fedlora.errors import ConfigError, FedloraError, LedgerError
 from fedlora.hashchain import finite_or_none, utc_now
+from fedlora.io import atomic_write_json
 from fedlora.privacy import Release, check_delta, default_delta, epsilons
 from strategies.base import SiteUpdate, Strategy, check_finite
 from strategies.fedavg import FedAvg
@@ -429,6 +431,41 @@ class CentralDP(Strategy):
         }
         if clipped_count is not None:
             self._last["clipped-fraction"] = clipped_count / self.sampled
+
+    def save_state(self, path: Path) -> None:
+        """Write what a restart needs beyond the server ledger: the current clip norm.
+
+        The ledger (reloaded by :meth:`open_ledger`) holds every release for the accounting;
+        the clip norm the next round uses (adaptive mode) comes from here, so a resumed run
+        continues from the checkpointed round exactly.
+        """
+        atomic_write_json(
+            Path(path), {"strategy": self.name, "mode": self.mode, "clip-norm": self.clip_norm}
+        )
+
+    def load_state(self, path: Path, *, reference: AdapterState | None = None) -> None:
+        """Restore :meth:`save_state`'s clip norm (``reference`` is accepted for symmetry).
+
+        Raises
+        ------
+        LedgerError
+            For an unreadable file or one written by another central-DP set-up.
+        """
+        del reference
+        try:
+            state = json.loads(Path(path).read_text(encoding="utf-8"))
+            clip_norm = float(state["clip-norm"])
+            mode = state["mode"]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise LedgerError(f"central-DP state {path} is unreadable: {error}") from None
+        if mode != self.mode or state.get("strategy") != self.name:
+            raise LedgerError(
+                f"central-DP state {path} is from {state.get('strategy')!r} ({mode}), "
+                f"not {self.name!r} ({self.mode})"
+            )
+        if not (clip_norm > 0 and math.isfinite(clip_norm)):
+            raise LedgerError(f"central-DP state {path} has an invalid clip norm {clip_norm}")
+        self.clip_norm = clip_norm
 
     def last_round_privacy(self) -> dict[str, Any]:
         """The privacy of the last aggregated round, for ``metrics.jsonl``.

@@ -299,3 +299,36 @@ def test_a_short_round_is_retried_when_configured(tmp_path, record_fault) -> Non
     # the two sites that trained in the failed attempt spent twice; nothing is forgotten
     assert sorted(len(entries) for entries in ledgers.values()) == [1, 2, 2]
     record_fault("a site crashes in round 1, min-fit 3, round retried once", True, 0, 0)
+
+
+def test_a_central_dp_run_resumes_with_its_clip_norm_and_server_ledger(
+    tmp_path, record_fault
+) -> None:
+    from strategies.server_ledger import read_server_ledger
+
+    config = _config(
+        tmp_path, sites=3, rounds=3, central_dp="adaptive", central_noise_multiplier=0.1
+    )
+    app = scenario_client_app(config)
+
+    def crashing(message: Message, context: Context) -> Message:
+        if message.metadata.group_id == "3" and message.metadata.message_type == "evaluate":
+            raise _CoordinatorCrash  # round 3 was aggregated (and ledgered), not checkpointed
+        return app(message, context)
+
+    with pytest.raises(_CoordinatorCrash):
+        run_federation(InProcessGrid(crashing, 3), config, out=Path(config.out), run_id="run")
+    run_dir = Path(config.out) / "run"
+    cut = read_server_ledger(run_dir / "privacy" / "server-ledger.jsonl").entries
+    assert [entry.round for entry in cut] == [1, 2, 3]
+
+    run_federation(InProcessGrid(app, 3), config, out=Path(config.out), run_id="run", resume=True)
+
+    entries = read_server_ledger(run_dir / "privacy" / "server-ledger.jsonl").entries
+    assert entries[:3] == cut  # nothing dropped: the cut round's release still counts
+    # the ledger numbers releases in order: the re-run round 3 is the 4th release
+    assert [entry.round for entry in entries] == [1, 2, 3, 4]
+    # the re-run round 3 used the clip norm checkpointed after round 2, not the cut round's
+    assert entries[3].clip_norm == cut[1].next_clip_norm
+    assert _rounds(run_dir) == [0, 1, 2, 3]
+    record_fault("central-DP (adaptive) coordinator dies in round 3; resumed", True, 0, 0)
