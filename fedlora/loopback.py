@@ -233,6 +233,7 @@ class LocalDeployment:
         self.port = 0
         self.env: dict[str, str] = {}
         self.site_configs: dict[str, SiteConfig] = {}
+        self.site_processes: dict[str, subprocess.Popen[bytes]] = {}
         self._started: list[subprocess.Popen[bytes]] = []
         self._submitted = 0
 
@@ -337,9 +338,53 @@ class LocalDeployment:
             )
         logger.info("registered %s with the SuperLink", name)
 
+    def kill_site(self, name: str) -> None:
+        """SIGKILL site ``name``'s node (its SuperNode and warm worker), as a crash would.
+
+        Its ledger and data stay on its disk; :meth:`restart_site` starts it again.
+        """
+        process = self.site_processes[name]
+        _signal_group(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+        logger.info("killed site %s (pid %d)", name, process.pid)
+
+    def restart_site(self, name: str, timeout: float = 180.0) -> subprocess.Popen[bytes]:
+        """Start site ``name``'s node again (``site.toml``, ledger, key) until it is back.
+
+        As a process supervisor would: the SuperLink refuses to activate a node whose previous
+        session it still counts as online (until two heartbeats are missed), and
+        ``flower-supernode`` then exits; so the node is started again every few seconds until
+        it activates.
+
+        Raises
+        ------
+        LoopbackError
+            When the node is not back within ``timeout`` seconds.
+        """
+        marker = "SuperNode ID:"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            seen = self.log(name).count(marker)
+            process = self._launch_site(name, self.sites[name])
+            self.site_processes[name] = process
+            while process.poll() is None and time.monotonic() < deadline:
+                if self.log(name).count(marker) > seen:
+                    logger.info("site %s is back (pid %d)", name, process.pid)
+                    return process
+                time.sleep(0.5)
+            if process.poll() is None:
+                break
+            time.sleep(3)
+        raise LoopbackError(f"site {name} did not come back within {timeout:.0f} s")
+
     def _start_site(self, name: str, data: SiteData) -> subprocess.Popen[bytes]:
         config = load_site_config(self._write_site_toml(name, data), allow_insecure=not self.tls)
         self.site_configs[name] = config
+        self.site_processes[name] = self._launch_site(name, data)
+        return self.site_processes[name]
+
+    def _launch_site(self, name: str, data: SiteData) -> subprocess.Popen[bytes]:
+        config = self.site_configs[name]
         runtime_port = deploy.free_port(_HOST)
         if data.start_with == "cli":
             argv = [

@@ -1,0 +1,77 @@
+"""A deployed site's node is killed mid-run and restarted: the round goes on, the ledger stays."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from fedlora.ledger import LEDGER_FILE, read_ledger
+from fedlora.loopback import LocalDeployment, SiteData, wait_for
+
+pytestmark = [pytest.mark.deployment, pytest.mark.faults]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _write_sft(path: Path, site: str, count: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [{"prompt": f"Question {i} at {site}?", "response": f"A{i}."} for i in range(count)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def _entries(deployment: LocalDeployment, site: str) -> list[tuple[str, int]]:
+    path = deployment.site_configs[site].ledger_dir / LEDGER_FILE
+    if not path.exists():
+        return []
+    return [(entry.run_id, entry.round) for entry in read_ledger(path).entries]
+
+
+def test_a_killed_site_rejoins_with_its_ledger_intact(tmp_path: Path, record_fault) -> None:
+    data = tmp_path / "data"
+    sites = {
+        name: SiteData(
+            _write_sft(data / f"{name}.jsonl", name, 24),
+            _write_sft(data / f"{name}.test.jsonl", name, 8),
+            cpu_threads=1,
+        )
+        for name in ("site-a", "site-b")
+    }
+    with LocalDeployment(tmp_path / "deployment", sites, app_dir=ROOT, connection="crash") as dep:
+        submitted: dict[str, Path] = {}
+        run = {
+            "rounds": 3, "sites": 2, "model": "tiny-llama", "task": "sft",
+            "noise-multiplier": 1.0, "accountant": "rdp", "max-length": 48, "batch-size": 8,
+            "min-fit": 1, "round-timeout": 20.0,
+        }  # fmt: skip
+        worker = threading.Thread(
+            target=lambda: submitted.setdefault("run", dep.submit(run, timeout=600))
+        )
+        worker.start()
+
+        # Kill site-a once it has trained round 1: it dies with a message of round 1 or 2.
+        def trained_or_failed() -> bool:
+            return bool(_entries(dep, "site-a")) or not worker.is_alive()
+
+        wait_for(trained_or_failed, 300, "site-a to train round 1")
+        assert worker.is_alive(), f"flwr run ended early: {dep.log('flwr-run-1')[-1500:]}"
+        before = _entries(dep, "site-a")
+        dep.kill_site("site-a")
+        dep.restart_site("site-a")  # retried until the SuperLink lets it back in
+        worker.join(timeout=600)
+        assert not worker.is_alive() and "run" in submitted
+
+    run_dir = submitted["run"]
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in records] == [0, 1, 2, 3]
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "complete"
+    missed = [r["round"] for r in records if any(e["site"] != "site-b" for e in r["errors"])]
+    assert missed, "the killed site's missing reply was not recorded"
+    after = _entries(dep, "site-a")
+    assert after[: len(before)] == before  # nothing lost from its ledger
+    assert after[-1][1] == 3 and records[-1]["train"]["num-sites"] == 2  # it rejoined
+    lost = sum(1 for entry in before if entry not in after)
+    record_fault("deployed site's node SIGKILLed mid-run, restarted", True, 0, lost)
