@@ -14,6 +14,9 @@ from fedlora.loopback import LocalDeployment, SiteData, wait_for
 pytestmark = [pytest.mark.deployment, pytest.mark.faults]
 
 ROOT = Path(__file__).resolve().parents[2]
+# Enough rounds that some remain once the SuperLink admits the restarted node: it refuses it
+# until two heartbeats are missed (~40 s), then the rounds without it take seconds each.
+ROUNDS = 10
 
 
 def _write_sft(path: Path, site: str, count: int) -> Path:
@@ -43,9 +46,9 @@ def test_a_killed_site_rejoins_with_its_ledger_intact(tmp_path: Path, record_fau
     with LocalDeployment(tmp_path / "deployment", sites, app_dir=ROOT, connection="crash") as dep:
         submitted: dict[str, Path] = {}
         run = {
-            "rounds": 3, "sites": 2, "model": "tiny-llama", "task": "sft",
+            "rounds": ROUNDS, "sites": 2, "model": "tiny-llama", "task": "sft",
             "noise-multiplier": 1.0, "accountant": "rdp", "max-length": 48, "batch-size": 8,
-            "min-fit": 1, "round-timeout": 20.0,
+            "min-fit": 1, "round-timeout": 15.0,
         }  # fmt: skip
         worker = threading.Thread(
             target=lambda: submitted.setdefault("run", dep.submit(run, timeout=600))
@@ -66,12 +69,13 @@ def test_a_killed_site_rejoins_with_its_ledger_intact(tmp_path: Path, record_fau
 
     run_dir = submitted["run"]
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["round"] for r in records] == [0, 1, 2, 3]
+    assert [r["round"] for r in records] == list(range(ROUNDS + 1))
     assert json.loads((run_dir / "status.json").read_text())["state"] == "complete"
     missed = [r["round"] for r in records if any(e["site"] != "site-b" for e in r["errors"])]
     assert missed, "the killed site's missing reply was not recorded"
     after = _entries(dep, "site-a")
     assert after[: len(before)] == before  # nothing lost from its ledger
-    assert after[-1][1] == 3 and records[-1]["train"]["num-sites"] == 2  # it rejoined
+    assert len(after) > len(before) and after[-1][1] == ROUNDS  # it rejoined and trained
+    assert records[-1]["train"]["num-sites"] == 2
     lost = sum(1 for entry in before if entry not in after)
     record_fault("deployed site's node SIGKILLed mid-run, restarted", True, 0, lost)

@@ -7,6 +7,8 @@ process must die) and records what survived in the summary table printed at the 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -186,7 +188,7 @@ def test_bad_updates_are_rejected_and_the_run_continues(tmp_path, record_fault) 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("checkpointed") / "runs"
-    result = _run(_cli(*TINY, "--rounds", "1", "--out", str(out), "--run-id", "run"))
+    result = _in_process(*TINY, "--rounds", "1", "--out", str(out), "--run-id", "run")
     assert result.returncode == 0, result.stderr[-2000:]
     run_dir = out / "run"
     status = json.loads((run_dir / "status.json").read_text())
@@ -199,8 +201,18 @@ def _copy(run_dir: Path, to: Path) -> Path:
     return to
 
 
+def _in_process(*args: str) -> subprocess.CompletedProcess[str]:
+    """``fedlora simulate ARGS`` in this process (no interpreter start-up), its exit and stderr."""
+    from fedlora.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(["simulate", *args])
+    return subprocess.CompletedProcess(list(args), code, "", err.getvalue())
+
+
 def _resume(run_dir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    return _run(_cli("--resume", str(run_dir), "--engine", "inprocess", "--quiet", *extra))
+    return _in_process("--resume", str(run_dir), "--engine", "inprocess", "--quiet", *extra)
 
 
 def _one_error_line(result: subprocess.CompletedProcess[str], expected: str) -> None:
@@ -237,14 +249,14 @@ def test_an_unwritable_output_folder_is_refused_before_training(tmp_path, record
     blocker.write_text("a file where the output folder should go")
     out = blocker / "runs"
 
-    result = _run(_cli(*TINY, "--rounds", "1", "--out", str(out)))
+    result = _in_process(*TINY, "--rounds", "1", "--out", str(out))
 
     _one_error_line(result, "cannot create output folder")
     assert not out.exists()
     if os.geteuid() != 0:  # root writes through permission bits
         readonly = tmp_path / "readonly"
         readonly.mkdir(mode=0o500)
-        _one_error_line(_run(_cli(*TINY, "--out", str(readonly))), "is not writable")
+        _one_error_line(_in_process(*TINY, "--out", str(readonly)), "is not writable")
     record_fault("unwritable output folder at start (refused)", True, 0, 0)
 
 
