@@ -42,7 +42,7 @@ bench: setup
 	$(BIN)/python bench/round_overhead.py
 	$(BIN)/python bench/dp_overhead.py
 	$(BIN)/python bench/deployment_overhead.py
-	$(BIN)/python bench/strategies.py
+	$(BIN)/python bench/strategy_comparison.py
 
 clean:
 	rm -rf $(VENV) .flwr-home runs .pytest_cache .mypy_cache .ruff_cache

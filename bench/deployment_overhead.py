@@ -63,6 +63,7 @@ from bench_common import (  # this script's folder
 
 from fedlora.config import RunConfig
 from fedlora.loopback import LocalDeployment, RunConfigValue, SiteData
+from fedlora.testing import write_sft_file
 from simulations.runner import simulate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,16 +127,6 @@ def _quiet(verbose: bool) -> None:
         logging.basicConfig(level=logging.INFO)
     else:
         quiet_flower()
-
-
-def _write_sft(path: Path, site: str, count: int) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rows = [
-        {"prompt": f"Question {index} at {site}?", "response": f"Answer {index} from {site}."}
-        for index in range(count)
-    ]
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    return path
 
 
 @dataclass(frozen=True)
@@ -251,8 +242,8 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fedlora-")))
         out = out.absolute()
         data = out / "data"
-        trains = [_write_sft(data / f"{s}.jsonl", s, args.examples_per_site) for s in SITES]
-        tests = [_write_sft(data / f"{s}.test.jsonl", s, args.test_examples) for s in SITES]
+        trains = [write_sft_file(data / f"{s}.jsonl", s, args.examples_per_site) for s in SITES]
+        tests = [write_sft_file(data / f"{s}.test.jsonl", s, args.test_examples) for s in SITES]
 
         def site_data(warm: bool) -> dict[str, SiteData]:
             return {

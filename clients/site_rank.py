@@ -17,7 +17,7 @@ from flwr.app import Context
 from fedlora.adapters import AdapterState
 from fedlora.config import RunConfig
 from fedlora.errors import ConfigError
-from strategies.hetero_rank import state_at_rank
+from strategies.hetero_rank import site_state_for_config
 
 
 def site_rank(context: Context, config: RunConfig, site: str) -> int:
@@ -53,10 +53,4 @@ def config_for_rank(config: RunConfig, rank: int) -> RunConfig:
 
 def adapter_for_rank(global_state: AdapterState, config: RunConfig, rank: int) -> AdapterState:
     """The site's starting adapter: the global one cut to its best rank-``rank`` factors."""
-    return state_at_rank(
-        global_state,
-        global_rank=config.lora_r,
-        lora_alpha=config.lora_alpha,
-        rank=rank,
-        seed=config.seed,
-    )
+    return site_state_for_config(global_state, config, rank)

@@ -19,6 +19,7 @@ ServerApp, with a tiny preset model built from a config: nothing is downloaded.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -101,6 +102,22 @@ def run_tiny_federation(
         **settings,
     )
     return simulate(config, engine=engine)
+
+
+def write_sft_file(path: Path | str, site: str, count: int) -> Path:
+    """Write ``count`` synthetic prompt/response records of ``site`` as JSONL to ``path``.
+
+    Distinct per site and per record, so each site's data file (and ledger) is its own; for
+    tests and benchmarks that need real site files without a scenario.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [
+        {"prompt": f"Question {index} at {site}?", "response": f"Answer {index} from {site}."}
+        for index in range(count)
+    ]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
 
 
 if pytest is not None:

@@ -60,7 +60,7 @@ from server.rundir import RunDirectory
 from strategies import SiteUpdate, build_strategy
 from strategies.central_dp import CentralDP
 from strategies.ffa_lora import trained_state
-from strategies.hetero_rank import HeteroRank, state_at_rank
+from strategies.hetero_rank import HeteroRank, site_state_for_config
 from strategies.lora_factors import is_lora_a
 from strategies.registry import wrap_with_central_dp
 from strategies.validation import UpdateRejectedError, validate_update
@@ -384,11 +384,14 @@ class Federation:
     def _site(self, node_id: int) -> str:
         return self.site_names.get(node_id, f"node-{node_id}")
 
-    def _update_reference(self, update: AdapterState) -> AdapterState:
+    def _update_reference(
+        self, update: AdapterState, by_rank: dict[int, AdapterState]
+    ) -> AdapterState:
         """What a site's update must match, names, shapes and dtypes, and its norm start from.
 
         FFA-LoRA sites send only what they train; a hetero-rank site sends factors of its own
-        rank, measured from the global adapter cut to that rank (as the site cut it).
+        rank, measured from the global adapter cut to that rank (as the site cut it; computed
+        once per rank and round, in ``by_rank``).
         """
         config = self.config
         if config.strategy == "ffa-lora":
@@ -396,24 +399,21 @@ class Federation:
         if config.strategy == "hetero-rank":
             ranks = {int(t.shape[0]) for name, t in update.items() if is_lora_a(name)}
             if len(ranks) == 1 and 1 <= (rank := ranks.pop()) <= config.lora_r:
-                return state_at_rank(
-                    self.global_state,
-                    global_rank=config.lora_r,
-                    lora_alpha=config.lora_alpha,
-                    rank=rank,
-                    seed=config.seed,
-                )
+                if rank not in by_rank:
+                    by_rank[rank] = site_state_for_config(self.global_state, config, rank)
+                return by_rank[rank]
         return self.global_state
 
     def _updates(self, trained: _PhaseResult) -> list[SiteUpdate]:
         """The validated updates; each rejected one is logged and kept in ``trained.rejected``."""
         updates = []
+        by_rank: dict[int, AdapterState] = {}
         for site, reply in trained.replies.items():
             try:
                 if ADAPTER not in reply.content.array_records:
                     raise UpdateRejectedError("the reply carries no adapter")
                 state = from_array_record(reply.content.array_records[ADAPTER])
-                reference = self._update_reference(state)
+                reference = self._update_reference(state, by_rank)
                 validate_update(reference, state, norm_bound=self.config.update_norm_bound)
             except AdapterError as exc:
                 logger.warning("site %s: update rejected: %s", site, exc)

@@ -58,6 +58,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from fedlora.adapters import AdapterState, check_compatible
+from fedlora.config import RunConfig
 from fedlora.errors import AdapterError, ConfigError
 from strategies.base import SiteUpdate, Strategy, check_finite
 from strategies.helpers import example_weights, weighted_mean
@@ -553,3 +554,18 @@ def state_at_rank(
     refactor = HeteroRank(global_rank, lora_alpha=lora_alpha, seed=seed)
     refactor.set_global(global_state)
     return refactor.site_state(rank)
+
+
+def site_state_for_config(global_state: AdapterState, config: RunConfig, rank: int) -> AdapterState:
+    """:func:`state_at_rank` with the run's ``lora-r``, ``lora-alpha`` and ``seed``.
+
+    The one place where a site (to train) and the coordinator (to validate) derive a site's
+    starting adapter, so both always cut the same way.
+    """
+    return state_at_rank(
+        global_state,
+        global_rank=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        rank=rank,
+        seed=config.seed,
+    )

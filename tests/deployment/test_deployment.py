@@ -24,6 +24,7 @@ from fedlora import deploy, pki
 from fedlora.cli import main as fedlora_main
 from fedlora.ledger import LEDGER_FILE, read_ledger
 from fedlora.loopback import LocalDeployment, SiteData, wait_for
+from fedlora.testing import write_sft_file
 
 pytestmark = pytest.mark.deployment
 
@@ -40,16 +41,6 @@ def _tls_handshake(port: int, cafile: Path | None, hostname: str = "127.0.0.1") 
         context.wrap_socket(raw, server_hostname=hostname) as tls,
     ):
         return str(tls.version())
-
-
-def _write_sft(path: Path, site: str, count: int = 24) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rows = [
-        {"prompt": f"Question {index} at {site}?", "response": f"Answer {index} from {site}."}
-        for index in range(count)
-    ]
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    return path
 
 
 def _nodes(federation: LocalDeployment) -> list[dict[str, object]]:
@@ -70,8 +61,8 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalDeploy
     data = tmp_path_factory.mktemp("site-data")
     sites = {
         name: SiteData(
-            train_file=_write_sft(data / name / "train.jsonl", name),
-            test_file=_write_sft(data / name / "test.jsonl", name, count=8),
+            train_file=write_sft_file(data / name / "train.jsonl", name, 24),
+            test_file=write_sft_file(data / name / "test.jsonl", name, count=8),
             budget_epsilon=50.0,
             device="cpu",
             # site-a through the Python API, site-b through the CLI an operator would use.

@@ -10,6 +10,7 @@ import pytest
 
 from fedlora.ledger import LEDGER_FILE, read_ledger
 from fedlora.loopback import LocalDeployment, SiteData, wait_for
+from fedlora.testing import write_sft_file
 
 pytestmark = [pytest.mark.deployment, pytest.mark.faults]
 
@@ -17,13 +18,6 @@ ROOT = Path(__file__).resolve().parents[2]
 # Enough rounds that some remain once the SuperLink admits the restarted node: it refuses it
 # until two heartbeats are missed (~40 s), then the rounds without it take seconds each.
 ROUNDS = 10
-
-
-def _write_sft(path: Path, site: str, count: int) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rows = [{"prompt": f"Question {i} at {site}?", "response": f"A{i}."} for i in range(count)]
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    return path
 
 
 def _entries(deployment: LocalDeployment, site: str) -> list[tuple[str, int]]:
@@ -37,8 +31,8 @@ def test_a_killed_site_rejoins_with_its_ledger_intact(tmp_path: Path, record_fau
     data = tmp_path / "data"
     sites = {
         name: SiteData(
-            _write_sft(data / f"{name}.jsonl", name, 24),
-            _write_sft(data / f"{name}.test.jsonl", name, 8),
+            write_sft_file(data / f"{name}.jsonl", name, 24),
+            write_sft_file(data / f"{name}.test.jsonl", name, 8),
             cpu_threads=1,
         )
         for name in ("site-a", "site-b")

@@ -51,11 +51,11 @@ Both parts run with ``--threads`` torch threads (1 by default; see its help).
 Run from the repository root (about 12 minutes on 2 cores, most of it one Krum and one HeteroRank
 call at 100 sites)::
 
-    .venv/bin/python bench/strategies.py
+    .venv/bin/python bench/strategy_comparison.py
 
 A quick smoke run (well under a minute)::
 
-    .venv/bin/python bench/strategies.py --rounds 2 --examples 40 --agg-sites 10 \\
+    .venv/bin/python bench/strategy_comparison.py --rounds 2 --examples 40 --agg-sites 10 \\
         --agg-strategies fedavg ffa-lora
 """
 
@@ -78,26 +78,18 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-_HERE = Path(__file__).resolve().parent
-# This script is named like the ``strategies`` package, and Python puts the script's folder first
-# on sys.path, where ``import strategies`` (ours and the project's own) would find this file. The
-# folder is taken off while the packages are imported and put back, last, for ``bench_common``.
-sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != _HERE]
+import torch
+import transformers
+from bench_common import add_output_arguments, emit_result, quiet_flower
 
-import torch  # noqa: E402
-import transformers  # noqa: E402
-
-from fedlora.adapters import AdapterState  # noqa: E402
-from fedlora.config import RunConfig  # noqa: E402
-from simulations.materialize import resolve_config, simulated_sites  # noqa: E402
-from simulations.runner import simulate  # noqa: E402
-from strategies import SiteUpdate, build_strategy, strategy_names  # noqa: E402
-from strategies.base import Strategy  # noqa: E402
-from strategies.hetero_rank import HeteroRank  # noqa: E402
-from strategies.lora_factors import is_lora_b  # noqa: E402
-
-sys.path.append(str(_HERE))
-from bench_common import add_output_arguments, emit_result, quiet_flower  # noqa: E402
+from fedlora.adapters import AdapterState
+from fedlora.config import RunConfig
+from simulations.materialize import resolve_config, simulated_sites
+from simulations.runner import simulate
+from strategies import SiteUpdate, build_strategy, strategy_names
+from strategies.base import Strategy
+from strategies.hetero_rank import HeteroRank
+from strategies.lora_factors import is_lora_b
 
 FEDERATION_STRATEGIES = ("fedavg", "fedprox", "fedadam", "ffa-lora", "hetero-rank")
 FEDERATION_SITE_RANKS = (2, 4, 8)
