@@ -42,18 +42,21 @@ def test_a_killed_site_rejoins_with_its_ledger_intact(tmp_path: Path, record_fau
         run = {
             "rounds": ROUNDS, "sites": 2, "model": "tiny-llama", "task": "sft",
             "noise-multiplier": 1.0, "accountant": "rdp", "max-length": 48, "batch-size": 8,
-            "min-fit": 1, "round-timeout": 15.0,
+            "min-fit": 1, "round-timeout": 30.0,
         }  # fmt: skip
         worker = threading.Thread(
             target=lambda: submitted.setdefault("run", dep.submit(run, timeout=600))
         )
         worker.start()
 
-        # Kill site-a once it has trained round 1: it dies with a message of round 1 or 2.
-        def trained_or_failed() -> bool:
-            return bool(_entries(dep, "site-a")) or not worker.is_alive()
+        # Kill site-a once round 1 is recorded (both sites in it): it dies in round 1's
+        # evaluation or round 2, never leaving a round without any update.
+        def round_one_done_or_failed() -> bool:
+            records = list((dep.root / "server-runs").glob("run-*/*/metrics.jsonl"))
+            done = any('"round": 1' in path.read_text() for path in records)
+            return done or not worker.is_alive()
 
-        wait_for(trained_or_failed, 300, "site-a to train round 1")
+        wait_for(round_one_done_or_failed, 300, "round 1 to finish")
         assert worker.is_alive(), f"flwr run ended early: {dep.log('flwr-run-1')[-1500:]}"
         before = _entries(dep, "site-a")
         dep.kill_site("site-a")
