@@ -61,7 +61,8 @@ def train_locally(
     device, bf16
         Where to train and whether to autocast to bfloat16.
     seed
-        Seeds the batch order, so a round is reproducible.
+        Seeds the batch order and dropout, so a round is reproducible whatever ran before it
+        in the process.
 
     Returns
     -------
@@ -84,18 +85,23 @@ def train_locally(
     optimizer = make_optimizer(model, config)
     step = step_with(optimizer.step, proximal_term(model, config))
     total_loss, steps = 0.0, 0
-    for _epoch in range(config.local_epochs):
-        for batch in loader:
-            if config.max_steps and steps >= config.max_steps:
-                break
-            batch = {key: value.to(device) for key, value in batch.items()}
-            with autocast(device, bf16):
-                loss = model(**batch).loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            step()
-            total_loss += float(loss.detach())
-            steps += 1
+    # Dropout draws from the global generator: seed it for this round only, and leave the
+    # caller's generator as it was.
+    cuda_devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda_devices):
+        torch.manual_seed(seed)
+        for _epoch in range(config.local_epochs):
+            for batch in loader:
+                if config.max_steps and steps >= config.max_steps:
+                    break
+                batch = {key: value.to(device) for key, value in batch.items()}
+                with autocast(device, bf16):
+                    loss = model(**batch).loss
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                step()
+                total_loss += float(loss.detach())
+                steps += 1
     model.eval()
     mean_loss = total_loss / steps if steps else math.nan
     return TrainResult(loss=mean_loss, steps=steps, num_examples=len(dataset))
