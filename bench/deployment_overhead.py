@@ -62,6 +62,7 @@ from bench_common import (  # this script's folder
 )
 
 from fedlora.config import RunConfig
+from fedlora.flower_tuning import DEFAULT_POLL_INTERVAL_S
 from fedlora.loopback import LocalDeployment, RunConfigValue, SiteData
 from fedlora.testing import write_sft_file
 from simulations.runner import simulate
@@ -80,6 +81,7 @@ t1 = time.perf_counter()
 from pathlib import Path
 from clients.runtime import get_datasets, get_model
 from fedlora.config import RunConfig
+from fedlora.flower_tuning import DEFAULT_POLL_INTERVAL_S
 from fedlora.sites import SiteSpec
 flat, train, test = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
 config = RunConfig.from_flat(flat)
@@ -114,6 +116,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--cold-samples", type=int, default=3, help="fresh processes per cold-start measurement"
+    )
+    parser.add_argument(
+        "--poll-interval",
+        type=float,
+        default=DEFAULT_POLL_INTERVAL_S,
+        help="the warm nodes' longest wait between pulls (fedlora deploy supernode's default)",
     )
     parser.add_argument(
         "--cold-runs", type=int, default=1, help="runs on plain flower-supernode nodes (0: none)"
@@ -248,7 +256,13 @@ def main(argv: list[str] | None = None) -> int:
         def site_data(warm: bool) -> dict[str, SiteData]:
             return {
                 name: SiteData(
-                    train, test, budget_epsilon=50.0, device="cpu", cpu_threads=1, warm=warm
+                    train,
+                    test,
+                    budget_epsilon=50.0,
+                    device="cpu",
+                    cpu_threads=1,
+                    warm=warm,
+                    poll_interval=args.poll_interval,
                 )
                 for name, train, test in zip(SITES, trains, tests, strict=True)
             }
@@ -310,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
             "Ray / SuperLink / SuperNode start-up, flwr run and round 0 excluded on both sides"
         ),
         "workload": {**flat, "sites": len(SITES), "examples-per-site": args.examples_per_site},
+        "poll-interval-s": args.poll_interval,
         "repeats": args.repeats,
         "order": order,
         "machine": machine,

@@ -239,6 +239,11 @@ def supernode_argv(
         ``flwr-clientapp`` process per message (it runs whatever app a run submits).
     poll_interval : float
         The warm node's longest wait between pulls, in seconds.
+
+    Raises
+    ------
+    ConfigError
+        For a bad port or poll interval, or ``heartbeat-interval`` with ``warm=False``.
     """
     if runtime_port is None:
         runtime_port = (
@@ -249,15 +254,16 @@ def supernode_argv(
     _check_port(runtime_port, "runtime port")
     if warm:
         check_poll_interval(poll_interval)
-        argv = [
-            sys.executable,
-            "-m",
-            "fedlora.node_supernode",
-            "--poll-interval",
-            repr(poll_interval),
-            "--worker",
-            "--",
-        ]
+        argv = [sys.executable, "-m", "fedlora.node_supernode", "--poll-interval"]
+        argv.append(repr(poll_interval))
+        if config.heartbeat_interval is not None:
+            argv += ["--heartbeat-interval", repr(config.heartbeat_interval)]
+        argv += ["--worker", "--"]
+    elif config.heartbeat_interval is not None:
+        raise ConfigError(
+            f"{config.source}: [connection] heartbeat-interval needs fedlora's node; plain "
+            "flower-supernode (--cold) always uses Flower's 30 s: remove one of them"
+        )
     else:
         argv = [flower_executable("flower-supernode")]
     argv += ["--superlink", config.superlink]

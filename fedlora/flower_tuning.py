@@ -34,6 +34,16 @@ DEFAULT_PULL_BACKOFF_S = 0.05
 _SUPERNODE_WAITS = ("time.sleep(3)", "time.sleep(0.5)")
 """The waits of Flower 1.41's SuperNode loop (idle pull, reply check) that are shortened."""
 _BACKOFF_KEYS = ("initial_backoff", "backoff_cap")
+FLOWER_HEARTBEAT_INTERVAL_S = 30.0
+"""Flower 1.41's node heartbeat interval; the SuperLink accepts 10 to 1800 s."""
+MIN_HEARTBEAT_INTERVAL_S = 10.0
+MAX_HEARTBEAT_INTERVAL_S = 1800.0
+_HEARTBEAT_USES = {
+    "flwr.supernode.fleet_http_connection": "heartbeat_interval=HEARTBEAT_DEFAULT_INTERVAL",
+    "flwr.supercore.heartbeat": "HEARTBEAT_DEFAULT_INTERVAL - HEARTBEAT_CALL_TIMEOUT",
+}
+"""Where Flower 1.41's SuperNode reads its heartbeat interval: what it tells the SuperLink
+(activation and every heartbeat) and how often it sends one."""
 
 
 def check_poll_interval(seconds: float) -> float:
@@ -125,4 +135,58 @@ def shorten_pull_backoff(initial: float = DEFAULT_PULL_BACKOFF_S) -> bool:
     for default in defaults:
         assert default is not None  # checked above; for mypy
         default["initial_backoff"] = min(float(default["initial_backoff"]), initial)
+    return True
+
+
+def check_heartbeat_interval(seconds: float) -> float:
+    """Validate a node heartbeat interval in seconds (the range Flower's SuperLink accepts).
+
+    Raises
+    ------
+    ConfigError
+        Unless ``MIN_HEARTBEAT_INTERVAL_S <= seconds <= MAX_HEARTBEAT_INTERVAL_S``.
+    """
+    if not math.isfinite(seconds) or not (
+        MIN_HEARTBEAT_INTERVAL_S <= seconds <= MAX_HEARTBEAT_INTERVAL_S
+    ):
+        raise ConfigError(
+            f"heartbeat-interval must be between {MIN_HEARTBEAT_INTERVAL_S:g} and "
+            f"{MAX_HEARTBEAT_INTERVAL_S:g} s (the range the SuperLink accepts), got {seconds:g}"
+        )
+    return seconds
+
+
+def set_node_heartbeat_interval(seconds: float) -> bool:
+    """Make this process's SuperNode declare and keep a ``seconds`` heartbeat interval.
+
+    The SuperLink counts a node offline after two missed intervals, and only then lets a
+    restarted node with the same key back in: Flower's fixed 30 s means a crashed site waits
+    up to a minute to rejoin. The SuperNode tells the SuperLink its interval when it
+    activates and in every heartbeat, and sends one every ``0.7-0.9 x (interval - 5 s)``.
+
+    Returns
+    -------
+    bool
+        Whether the interval was changed (``False``, with a warning, when the installed
+        Flower does not read it the way 1.41 does).
+
+    Raises
+    ------
+    ConfigError
+        For an interval outside Flower's accepted range.
+    """
+    check_heartbeat_interval(seconds)
+    import importlib
+
+    modules = [importlib.import_module(name) for name in _HEARTBEAT_USES]
+    for module, use in zip(modules, _HEARTBEAT_USES.values(), strict=True):
+        value = getattr(module, "HEARTBEAT_DEFAULT_INTERVAL", None)
+        if not isinstance(value, int | float) or use not in inspect.getsource(module):
+            logger.warning(
+                "this Flower's SuperNode does not read its heartbeat interval as Flower "
+                "1.41's does; keeping its own"
+            )
+            return False
+    for module in modules:
+        setattr(module, "HEARTBEAT_DEFAULT_INTERVAL", seconds)  # noqa: B010
     return True

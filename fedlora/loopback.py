@@ -59,6 +59,7 @@ from typing import Literal
 from fedlora import deploy, pki
 from fedlora.config import DeviceChoice
 from fedlora.errors import ConfigError, FedloraError
+from fedlora.flower_tuning import DEFAULT_POLL_INTERVAL_S
 from fedlora.site_config import SiteConfig, load_site_config, node_config_value
 
 __all__ = [
@@ -107,6 +108,11 @@ class SiteData:
         supernode``); ``False``: plain ``flower-supernode`` (``--cold``).
     cpu_threads : int, optional
         ``[site] cpu-threads``: torch's CPU threads on that node (default: all cores).
+    heartbeat_interval : float, optional
+        ``[connection] heartbeat-interval``: seconds between the node's heartbeats (warm
+        nodes only; default Flower's 30 s).
+    poll_interval : float
+        A warm node's longest wait between pulls (``--poll-interval``).
     """
 
     train_file: Path
@@ -116,6 +122,8 @@ class SiteData:
     start_with: Literal["python", "cli"] = "python"
     warm: bool = True
     cpu_threads: int | None = None
+    heartbeat_interval: float | None = None
+    poll_interval: float = DEFAULT_POLL_INTERVAL_S
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -400,13 +408,20 @@ class LocalDeployment:
             ]
             if not self.tls:
                 argv.append("--insecure")
-            if not data.warm:
+            if data.warm:
+                argv += ["--poll-interval", repr(data.poll_interval)]
+            else:
                 argv.append("--cold")
             return self.start_process(name, argv)
         deploy.check_device(config)
         return self.start_process(
             name,
-            deploy.supernode_argv(config, runtime_port=runtime_port, warm=data.warm),
+            deploy.supernode_argv(
+                config,
+                runtime_port=runtime_port,
+                warm=data.warm,
+                poll_interval=data.poll_interval,
+            ),
             extra_env=config.supernode_environment(),
         )
 
@@ -428,7 +443,9 @@ class LocalDeployment:
             target = Path("data") / f"{stem}{Path(source).suffix}"
             shutil.copyfile(source, folder / target)
             site[key] = target.as_posix()
-        connection: dict[str, str | bool] = {"superlink": self.address}
+        connection: dict[str, str | bool | float] = {"superlink": self.address}
+        if data.heartbeat_interval is not None:
+            connection["heartbeat-interval"] = float(data.heartbeat_interval)
         if self.tls:
             connection["root-certificates"] = str(self.pki_dir / "ca.pem")
             connection["auth-private-key"] = str(self.pki_dir / "sites" / f"{name}.key")

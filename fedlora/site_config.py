@@ -21,6 +21,7 @@ A site operator writes one TOML file per SuperNode::
     superlink = "superlink.example.org:9093"
     root-certificates = "pki/ca.pem"
     auth-private-key = "pki/sites/hospital-a.key"
+    heartbeat-interval = 30            # optional: s between node heartbeats (10-1800)
 
 Relative paths are resolved against the folder holding the TOML file. :func:`load_site_config`
 checks everything a node needs before it connects (files readable, ledger directory writable,
@@ -48,6 +49,7 @@ from typing import Any, Literal, cast
 
 from fedlora.config import DeviceChoice
 from fedlora.errors import ConfigError
+from fedlora.flower_tuning import check_heartbeat_interval
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -84,6 +86,7 @@ SITE_KEYS: dict[str, dict[str, _Kind]] = {
         "root-certificates": "path",
         "auth-private-key": "path",
         "insecure": "bool",
+        "heartbeat-interval": "number",
     },
 }
 """Every table and key ``site.toml`` may hold, with its type; anything else is an error."""
@@ -121,6 +124,7 @@ class SiteConfig:
     root_certificates: Path | None
     auth_private_key: Path | None
     insecure: bool
+    heartbeat_interval: float | None = None
 
     def node_config(self) -> dict[str, str | float | bool]:
         """The node config the ClientApp reads, as a mapping (optional keys only when set)."""
@@ -297,6 +301,12 @@ def load_site_config(path: Path | str, *, allow_insecure: bool = False) -> SiteC
             )
     if "auth-private-key" in connection:
         auth_key = _private_key(base, connection["auth-private-key"], where)
+    heartbeat = _optional_float(connection, "heartbeat-interval")
+    if heartbeat is not None:
+        try:
+            check_heartbeat_interval(heartbeat)
+        except ConfigError as error:
+            raise ConfigError(f"{where}: [connection] {error}") from None
 
     return SiteConfig(
         source=source,
@@ -318,6 +328,7 @@ def load_site_config(path: Path | str, *, allow_insecure: bool = False) -> SiteC
         root_certificates=root_certificates,
         auth_private_key=auth_key,
         insecure=insecure,
+        heartbeat_interval=heartbeat,
     )
 
 

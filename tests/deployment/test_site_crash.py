@@ -16,8 +16,10 @@ pytestmark = [pytest.mark.deployment, pytest.mark.faults]
 
 ROOT = Path(__file__).resolve().parents[2]
 # Enough rounds that some remain once the SuperLink admits the restarted node: it refuses it
-# until two heartbeats are missed (~40 s), then the rounds without it take seconds each.
-ROUNDS = 10
+# until two heartbeat intervals pass without one (here 10 s, Flower's shortest; 30 s by
+# default), and the rounds without it take seconds each.
+ROUNDS = 8
+HEARTBEAT_S = 10.0
 
 
 def _entries(deployment: LocalDeployment, site: str) -> list[tuple[str, int]]:
@@ -34,6 +36,7 @@ def test_a_killed_site_rejoins_with_its_ledger_intact(tmp_path: Path, record_fau
             write_sft_file(data / f"{name}.jsonl", name, 24),
             write_sft_file(data / f"{name}.test.jsonl", name, 8),
             cpu_threads=1,
+            heartbeat_interval=HEARTBEAT_S,
         )
         for name in ("site-a", "site-b")
     }

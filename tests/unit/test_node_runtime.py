@@ -124,3 +124,31 @@ def test_the_node_refuses_a_bad_poll_interval(capsys: pytest.CaptureFixture[str]
 
     assert stopped.value.code == 2
     assert "poll interval must be between" in capsys.readouterr().err
+
+
+def test_the_node_declares_and_keeps_the_configured_heartbeat_interval(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import flwr.supercore.heartbeat as sender
+    import flwr.supernode.fleet_http_connection as connection
+
+    for module in (sender, connection):  # restored after the test
+        monkeypatch.setattr(module, "HEARTBEAT_DEFAULT_INTERVAL", 30)
+
+    # True only if the installed Flower still reads the interval where 1.41 does.
+    assert flower_tuning.set_node_heartbeat_interval(12.5) is True
+
+    assert connection.HEARTBEAT_DEFAULT_INTERVAL == 12.5  # declared to the SuperLink
+    assert sender.HEARTBEAT_DEFAULT_INTERVAL == 12.5  # and the sending period follows it
+
+
+@pytest.mark.parametrize("seconds", [9.9, 0.0, 1801.0, float("nan")])
+def test_heartbeat_intervals_the_superlink_refuses_are_refused_here(
+    seconds: float, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(ConfigError, match="heartbeat-interval must be between 10 and 1800"):
+        flower_tuning.check_heartbeat_interval(seconds)
+    with pytest.raises(SystemExit) as stopped:
+        node_supernode.main(["--heartbeat-interval", str(seconds), "--", "--superlink", "h:9"])
+    assert stopped.value.code == 2
+    assert "heartbeat-interval must be between" in capsys.readouterr().err

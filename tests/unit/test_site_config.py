@@ -245,3 +245,26 @@ def test_cli_reports_a_bad_site_config_in_one_line(tmp_path, capsys):
     assert fedlora_main(["deploy", "supernode", "--site-config", str(tmp_path / "x.toml")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("fedlora: error: site config") and err.count("\n") == 1
+
+
+def test_heartbeat_interval_goes_to_the_warm_node_and_is_refused_when_cold(tmp_path, pki_dir):
+    connection = (
+        'superlink = "127.0.0.1:9093"\n'
+        f'root-certificates = "{pki_dir / "ca.pem"}"\n'
+        f'auth-private-key = "{pki_dir / "sites" / "site-a.key"}"\n'
+    )
+    config = load_site_config(
+        _site(tmp_path, pki_dir, connection=connection + "heartbeat-interval = 10\n")
+    )
+
+    warm = deploy.supernode_argv(config, runtime_port=9999)
+
+    assert config.heartbeat_interval == 10.0
+    assert warm[warm.index("--heartbeat-interval") + 1] == "10.0"
+    assert warm.index("--heartbeat-interval") < warm.index("--")  # fedlora's option, not Flower's
+    with pytest.raises(ConfigError, match=r"heartbeat-interval needs fedlora's node"):
+        deploy.supernode_argv(config, runtime_port=9999, warm=False)
+    with pytest.raises(ConfigError, match=r"\[connection\] heartbeat-interval must be between"):
+        load_site_config(
+            _site(tmp_path, pki_dir, connection=connection + "heartbeat-interval = 5\n")
+        )
