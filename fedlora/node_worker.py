@@ -125,10 +125,14 @@ def run_task(address: str, token: str, client_app: ClientAppCallable) -> str:
     context: Context | None = None
     reply: Message | None = None
     status, details = SubStatus.FAILED, "ClientApp task failed"
+    started = time.perf_counter()
+    pulled = ran = started
     try:
         message, context, _run, fab = pull_task_input(client)
+        pulled = time.perf_counter()
         check_fab(fab)
         reply = client_app(message, context)
+        ran = time.perf_counter()
         status, details = SubStatus.COMPLETED, ""
     except ForeignAppError as error:
         logger.error("refusing the task: %s", error)
@@ -150,6 +154,14 @@ def run_task(address: str, token: str, client_app: ClientAppCallable) -> str:
             push_task_output(client=client, context=context, sub_status=status, details=details)
             heartbeat.stop()
             client.close()
+    if message is not None:
+        logger.info(
+            "%s message: pulled in %.2f s, ran in %.2f s, replied in %.2f s",
+            message.metadata.message_type,
+            pulled - started,
+            max(ran - pulled, 0.0),
+            time.perf_counter() - max(ran, pulled),
+        )
     return str(status)
 
 

@@ -1,10 +1,13 @@
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from flwr.app import Array, ArrayRecord
 from peft import PeftModel
 
 from fedlora.adapters import (
+    PACKED_KEY,
     adapter_state,
     check_compatible,
     from_array_record,
@@ -97,3 +100,37 @@ def test_load_adapter_state_refuses_a_wrong_dtype():
 def test_payload_bytes_counts_at_least_the_tensor_bytes():
     state = {"a": torch.zeros(10, 4), "b": torch.zeros(3)}
     assert payload_bytes(to_array_record(state)) >= (40 + 3) * 4
+
+
+def test_an_adapter_travels_as_one_array_and_comes_back_bit_exact():
+    state = {
+        "base_model.model.q.lora_A.weight": torch.randn(4, 16),
+        "base_model.model.q.lora_B.weight": torch.randn(16, 4).to(torch.bfloat16),
+        "base_model.model.score.weight": torch.tensor([[1e-30, -0.0, float("inf")]]),
+    }
+
+    record = to_array_record(state)
+    back = from_array_record(record)
+
+    assert list(record.keys()) == [PACKED_KEY]  # one array: few Flower objects per message
+    assert back.keys() == state.keys()
+    for name, tensor in state.items():
+        assert back[name].dtype == tensor.dtype and torch.equal(back[name], tensor)
+
+
+def test_one_array_per_tensor_is_still_read():
+    state = {"a": torch.randn(3, 2), "b": torch.arange(4, dtype=torch.float32)}
+    record = ArrayRecord({name: Array(t.numpy()) for name, t in state.items()})
+
+    back = from_array_record(record)
+
+    assert all(torch.equal(back[name], state[name]) for name in state)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [np.frombuffer(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}", dtype=np.uint8), np.zeros(3)],
+)
+def test_undecodable_packed_adapters_are_refused(payload):
+    with pytest.raises(AdapterError, match="packed adapter cannot be decoded"):
+        from_array_record(ArrayRecord({PACKED_KEY: Array(payload)}))
