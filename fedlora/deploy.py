@@ -254,8 +254,8 @@ def supernode_argv(
     _check_port(runtime_port, "runtime port")
     if warm:
         check_poll_interval(poll_interval)
-        argv = [sys.executable, "-m", "fedlora.node_supernode", "--poll-interval"]
-        argv.append(repr(poll_interval))
+        argv = [sys.executable, "-m", "fedlora.node_supernode"]
+        argv += ["--poll-interval", repr(poll_interval)]
         if config.heartbeat_interval is not None:
             argv += ["--heartbeat-interval", repr(config.heartbeat_interval)]
         argv += ["--worker", "--"]

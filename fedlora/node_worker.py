@@ -125,11 +125,10 @@ def run_task(address: str, token: str, client_app: ClientAppCallable) -> str:
     context: Context | None = None
     reply: Message | None = None
     status, details = SubStatus.FAILED, "ClientApp task failed"
-    started = time.perf_counter()
-    pulled = ran = started
+    started = pulled = ran = time.perf_counter()
     try:
         message, context, _run, fab = pull_task_input(client)
-        pulled = time.perf_counter()
+        pulled = ran = time.perf_counter()
         check_fab(fab)
         reply = client_app(message, context)
         ran = time.perf_counter()
@@ -159,8 +158,8 @@ def run_task(address: str, token: str, client_app: ClientAppCallable) -> str:
             "%s message: pulled in %.2f s, ran in %.2f s, replied in %.2f s",
             message.metadata.message_type,
             pulled - started,
-            max(ran - pulled, 0.0),
-            time.perf_counter() - max(ran, pulled),
+            ran - pulled,
+            time.perf_counter() - ran,
         )
     return str(status)
 

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import Array, ArrayRecord
+from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 from peft import PeftModel
 
 from fedlora.adapters import (
@@ -113,6 +114,9 @@ def test_an_adapter_travels_as_one_array_and_comes_back_bit_exact():
     back = from_array_record(record)
 
     assert list(record.keys()) == [PACKED_KEY]  # one array: few Flower objects per message
+    one_tensor = to_array_record({"only": torch.zeros(2)})
+    # Flower moves the record, the array and its chunk: 3 objects, however many tensors.
+    assert len(get_all_nested_objects(record)) == len(get_all_nested_objects(one_tensor)) == 3
     assert back.keys() == state.keys()
     for name, tensor in state.items():
         assert back[name].dtype == tensor.dtype and torch.equal(back[name], tensor)

@@ -22,12 +22,6 @@ from strategies.ffa_lora import trained_names
 from tests.conftest import write_jsonl
 
 
-@pytest.fixture(autouse=True)
-def _run_in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Sites keep ledgers under the default ``runs/``: keep them out of the checkout."""
-    monkeypatch.chdir(tmp_path)
-
-
 def test_proximal_gradient_is_mu_times_the_distance_from_the_global_weights() -> None:
     weight = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
     term = ProximalTerm([weight], mu=0.5)
