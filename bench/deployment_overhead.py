@@ -20,9 +20,12 @@ accountant, the same batch size, sequence length and privacy budget), both on th
 one CPU thread per site on both sides (a simulated site is a Ray actor with one CPU, Ray sets
 its ``OMP_NUM_THREADS=1``; a deployed site gets ``[site] cpu-threads = 1``).
 
-What is measured, the same way on both sides: the ``duration-s`` of rounds 1..R in the run's
-``metrics.jsonl``, which fedlora's round loop (``server/federation.py``) writes in both: from
-building round r's train messages to holding every site's round-r evaluation reply. Start-up
+What is measured, the same way on both sides, from the run's ``metrics.jsonl``, which
+fedlora's round loop (``server/federation.py``) writes in both: the wall time from building
+round 1's train messages to holding every site's evaluation of the last round's adapter,
+per round (``bench_common.round_seconds``: each round's ``duration-s`` -- its training, which
+also carries the previous round's evaluation, and aggregation -- with the last adapter's own
+evaluation exchange, ``eval-duration-s``, counted in the last round). Start-up
 (Ray, the SuperLink and SuperNodes, ``flwr run``'s upload, the round-0 evaluation) is
 excluded on both. The table reports the median over all timed rounds of each side and the
 ratio deployment / simulation. Runs alternate in ABBA order when ``--repeats`` is 2 or more;
@@ -60,6 +63,7 @@ from bench_common import (  # this script's folder
     add_output_arguments,
     emit_result,
     quiet_flower,
+    round_seconds,
 )
 
 from fedlora.config import RunConfig
@@ -165,7 +169,7 @@ def _read_run(run_dir: Path, rounds: int, total_s: float) -> SideRun:
         raise RuntimeError(f"{run_dir} recorded {len(timed)} of {rounds} rounds")
     privacy = timed[-1].get("privacy", {})
     return SideRun(
-        seconds=[float(r["duration-s"]) for r in timed],
+        seconds=round_seconds(records),
         eval_loss=[float(r["eval"]["loss"]) for r in timed],
         epsilon={
             site: float(entry.get("run-epsilon-rdp", float("nan")))
@@ -313,12 +317,14 @@ def main(argv: list[str] | None = None) -> int:
         f"{os.cpu_count()} CPU cores ({platform.machine()}), CPU only, "
         f"load average {load_before:.2f} at start"
     )
-    messages_per_site_round = 2  # train, then evaluate
+    # one train message per round (carrying the previous round's evaluation), one more at the end
+    messages_per_site_round = (args.rounds + 1) / args.rounds
     result: dict[str, Any] = {
         "benchmark": "deployment_overhead",
         "measured": (
-            "median over rounds 1..R of every run of metrics.jsonl duration-s: from building "
-            "round r's train messages to holding every site's round-r evaluation reply; "
+            "median over rounds 1..R of every run of metrics.jsonl duration-s (the last round "
+            "with its adapter's evaluation, eval-duration-s): from building round 1's train "
+            "messages to holding every site's evaluation of the last adapter, per round; "
             "Ray / SuperLink / SuperNode start-up, flwr run and round 0 excluded on both sides"
         ),
         "workload": {**flat, "sites": len(SITES), "examples-per-site": args.examples_per_site},

@@ -5,8 +5,10 @@ Both sides run in this one process, one after the other, under Flower's simulati
 
 (a) fedlora: ``simulations.runner.simulate`` -- fedlora's coordinator round loop, message
     protocol, ClientApp (base-model fingerprint check, adapter checks), strategy, the PEFT
-    adapter directory it writes every round and ``metrics.jsonl``. Its per-round time is the
-    ``duration-s`` field of ``metrics.jsonl``.
+    adapter directory it writes every round and ``metrics.jsonl``. Its per-round time comes
+    from ``metrics.jsonl`` (``bench_common.round_seconds``). A fedlora round is one exchange
+    with each site: its train message also carries the evaluation of the previous round's
+    adapter, and the last adapter is evaluated in one more exchange.
 (b) plain Flower: ``bench/plain_flower_app.py`` -- a hand-written ServerApp loop (send train to
     every node, Flower's weighted FedAvg ``aggregate_arrayrecords``, send evaluate to every node)
     and a ClientApp with a plain AdamW loop.
@@ -16,8 +18,9 @@ from ``<out>/.scenario-data``), the same base model + LoRA (``fedlora.models``),
 tokenisation and batches (``fedlora.data``), optimizer (AdamW, weight decay 0), learning rate,
 batch size, local epochs and evaluation batch size (32).
 
-What is measured, the same way on both sides: the wall time of round r, from building round
-r's train messages to holding every site's round-r evaluation reply. Startup is excluded on
+What is measured on both sides: the wall time from building round 1's train messages to
+holding every site's evaluation of the last round's adapter, per round (the plain app times
+each round from its train messages to its evaluation replies). Startup is excluded on
 both: Ray start, the server's model load, and a round-0 evaluation of the initial adapter at
 every site (which loads the model and data into each ClientApp process; both sides keep them
 in memory afterwards). Both poll for replies every 0.05 s. The table reports the median over
@@ -47,6 +50,7 @@ from bench_common import (  # this script's folder
     add_output_arguments,
     emit_result,
     quiet_flower,
+    round_seconds,
 )
 from plain_flower_app import run_plain  # this script's folder; Ray workers import it too
 
@@ -114,7 +118,7 @@ def _run_fedlora(config: RunConfig, run_id: str, verbose: bool) -> SideRun:
     if len(timed) != config.rounds:
         raise RuntimeError(f"fedlora recorded {len(timed)} of {config.rounds} rounds")
     return SideRun(
-        seconds=[float(r["duration-s"]) for r in timed],
+        seconds=round_seconds(records),
         train_loss=[float(r["train"]["train-loss"]) for r in timed],
         eval_loss=[float(r["eval"]["loss"]) for r in timed],
         total_s=total,

@@ -134,11 +134,14 @@ def handle_train(message: Message, context: Context, resolve_site: SiteResolver)
 
     With DP on (the default) the site's own policy decides first: a round that would exceed
     its privacy budget is declined with a ``budget-exhausted`` status and nothing is trained.
+    When the instruction says ``evaluate-received``, the received adapter is first evaluated
+    on the held-out split and the metrics travel with the reply (also with a decline).
     """
     job = _prepare(message, context, resolve_site)
     config, site = job.config, job.site
     seed = config.seed * 100_003 + job.instruction.server_round * 1_009 + _stable_hash(site.name)
     check_dp_allowed(config, context.node_config)
+    evaluation = _evaluate(job) if job.instruction.evaluate_received else None
     frozen = freeze_for_strategy(job.loaded.peft, config)
     try:
         outcome = _train(job, context, seed)
@@ -147,7 +150,8 @@ def handle_train(message: Message, context: Context, resolve_site: SiteResolver)
         job.loaded.peft.to("cpu")
     if isinstance(outcome, Declined):
         return Message(
-            make_status_reply(site.name, outcome.status, outcome.detail), reply_to=message
+            make_status_reply(site.name, outcome.status, outcome.detail, evaluation),
+            reply_to=message,
         )
     result, privacy = outcome
     metrics = {"num-examples": float(result.num_examples), "steps": float(result.steps)}
@@ -157,7 +161,7 @@ def handle_train(message: Message, context: Context, resolve_site: SiteResolver)
     state = adapter_state(job.loaded.peft)
     if config.strategy == "ffa-lora":
         state = trained_state(state)  # A is frozen and shared: only B (and heads) travel
-    reply = make_reply(site.name, metrics, to_array_record(state), privacy)
+    reply = make_reply(site.name, metrics, to_array_record(state), privacy, evaluation)
     return Message(reply, reply_to=message)
 
 
@@ -197,6 +201,11 @@ def _train(
 def handle_evaluate(message: Message, context: Context, resolve_site: SiteResolver) -> Message:
     """Evaluate the received global adapter on this site's held-out split."""
     job = _prepare(message, context, resolve_site)
+    return Message(make_reply(job.site.name, _evaluate(job)), reply_to=message)
+
+
+def _evaluate(job: _Job) -> dict[str, float]:
+    """Held-out metrics of the adapter loaded in ``job`` (the one the site received)."""
     metrics = evaluate_model(
         job.loaded.peft,
         job.test_set,
@@ -206,7 +215,7 @@ def handle_evaluate(message: Message, context: Context, resolve_site: SiteResolv
         bf16=job.bf16,
     )
     job.loaded.peft.to("cpu")
-    return Message(make_reply(job.site.name, metrics), reply_to=message)
+    return metrics
 
 
 def _stable_hash(text: str) -> int:

@@ -3,15 +3,17 @@
 Flower's deployment runtime polls with fixed waits tuned for long rounds over a WAN: a
 SuperNode sleeps 3 s after every pull that finds no message and 0.5 s between checks for its
 ClientApp's reply, and every pull of a message's objects (the adapter tensors) that comes
-before the objects have arrived backs off 1 s first. A fedlora round has two phases, each
-crossing SuperLink -> SuperNode -> ClientApp and back, so on a small model those waits, not
+before the objects have arrived backs off 1 s first. A fedlora round is one exchange with
+each site (two for the last round), each crossing SuperLink -> SuperNode -> ClientApp and back, so on a small model those waits, not
 training, set the pace of a round (docs/benchmarks.md, ``bench/deployment_overhead.py``).
 
 Each function here changes one of those waits in the calling process only, after checking
 that the installed Flower waits the way 1.41 does; if it does not, it changes nothing, logs
 a warning and returns ``False``, so a Flower upgrade costs speed, never correctness. The
-waits keep their shape (poll, exponential back-off up to Flower's cap); only their length
-changes.
+object pulls keep their shape (exponential back-off up to Flower's cap) with a shorter first
+wait; the SuperNode's idle pulls and the warm worker's asks for tasks back off from a short
+first wait after each message up to the poll interval (:class:`PollBackoff`), since a
+round's next message follows a reply within the coordinator's aggregation time.
 """
 
 from __future__ import annotations
@@ -30,7 +32,15 @@ logger = logging.getLogger(__name__)
 DEFAULT_POLL_INTERVAL_S = 0.2
 MIN_POLL_INTERVAL_S = 0.01
 MAX_POLL_INTERVAL_S = 3.0
-DEFAULT_PULL_BACKOFF_S = 0.05
+DEFAULT_PULL_BACKOFF_S = 0.01
+FIRST_IDLE_POLL_S = 0.02
+"""A node's first wait after activity before it asks the SuperLink again (then doubling)."""
+FIRST_TASK_POLL_S = 0.01
+"""The warm worker's first wait after a task before it asks its node again (then doubling)."""
+LOCAL_CHECK_S = 0.01
+"""Between a node's checks of its own state for a reply: no request, only a look-up."""
+_SUPERNODE_IDLE_S = 3
+_SUPERNODE_LOCAL_S = 0.5
 _SUPERNODE_WAITS = ("time.sleep(3)", "time.sleep(0.5)")
 """The waits of Flower 1.41's SuperNode loop (idle pull, reply check) that are shortened."""
 _BACKOFF_KEYS = ("initial_backoff", "backoff_cap")
@@ -62,30 +72,76 @@ def check_poll_interval(seconds: float) -> float:
     return seconds
 
 
-class ShortSleeps:
-    """Stands in for the ``time`` module inside one Flower module: sleeps at most ``cap`` s.
+class PollBackoff:
+    """Waits between polls that start short after activity and double up to a cap.
 
-    Everything else (``time.time``, ``time.monotonic``, ...) is the real ``time`` module.
+    A federation's messages come in bursts: the next one follows a reply within the
+    coordinator's aggregation time, then nothing may come for minutes. Polling at
+    ``first`` seconds right after activity and doubling up to ``cap`` catches the next
+    message of a round within a fraction of the cap, while an idle node still polls only
+    once per ``cap`` seconds.
     """
 
-    def __init__(self, cap: float) -> None:
+    def __init__(self, *, first: float, cap: float) -> None:
         self.cap = check_poll_interval(cap)
+        self.first = min(check_poll_interval(first), self.cap)
+        self._next = self.first
+
+    def next_wait(self) -> float:
+        """The wait before the next poll; each call doubles the following one, up to ``cap``."""
+        wait = self._next
+        self._next = min(self._next * 2, self.cap)
+        return wait
+
+    def reset(self) -> None:
+        """Something happened: poll again soon."""
+        self._next = self.first
+
+
+class SupernodeWaits:
+    """Stands in for the ``time`` module inside Flower's SuperNode loop.
+
+    The loop sleeps 3 s after a pull from the SuperLink that found no message
+    (:class:`PollBackoff` from ``first_idle`` up to ``idle_cap`` instead) and 0.5 s between
+    checks of its own in-memory state for the ClientApp's reply (``local_check`` instead: a
+    lock and a dictionary look-up, no request). A reply wait means a message is being
+    served, so it also restarts the idle back-off: the next message of the round is due
+    soon. Any other sleep is capped at ``idle_cap``. Everything else (``time.time``,
+    ``time.monotonic``, ...) is the real ``time`` module.
+    """
+
+    def __init__(
+        self,
+        idle_cap: float,
+        *,
+        first_idle: float = FIRST_IDLE_POLL_S,
+        local_check: float = LOCAL_CHECK_S,
+    ) -> None:
+        self.idle = PollBackoff(first=first_idle, cap=idle_cap)
+        self.local_check = min(check_poll_interval(local_check), self.idle.cap)
 
     def sleep(self, seconds: float) -> None:
-        """Sleep ``min(seconds, cap)``."""
-        time.sleep(min(seconds, self.cap))
+        """Sleep the shortened wait that stands for Flower's ``seconds``."""
+        if seconds == _SUPERNODE_IDLE_S:
+            wait = self.idle.next_wait()
+        elif seconds == _SUPERNODE_LOCAL_S:
+            self.idle.reset()
+            wait = self.local_check
+        else:
+            wait = min(seconds, self.idle.cap)
+        time.sleep(wait)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(time, name)
 
 
 def shorten_supernode_polls(cap: float, module: ModuleType | None = None) -> bool:
-    """Cut the fixed sleeps of Flower's SuperNode loop to at most ``cap`` seconds.
+    """Replace the fixed sleeps of Flower's SuperNode loop by :class:`SupernodeWaits`.
 
     Parameters
     ----------
     cap : float
-        Longest sleep, in seconds.
+        Longest wait between pulls from the SuperLink, in seconds.
     module : ModuleType, optional
         The module to change; Flower's ``flwr.supernode.start_client_internal`` by default.
 
@@ -108,7 +164,7 @@ def shorten_supernode_polls(cap: float, module: ModuleType | None = None) -> boo
             "keeping its own poll intervals"
         )
         return False
-    setattr(module, "time", ShortSleeps(cap))  # noqa: B010 -- mypy: no such attribute
+    setattr(module, "time", SupernodeWaits(cap))  # noqa: B010 -- mypy: no such attribute
     return True
 
 

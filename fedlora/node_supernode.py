@@ -5,7 +5,7 @@ runs ``flower-supernode`` (Flower's own entry point, in this process) with two c
 
 * Flower 1.41's SuperNode sleeps a fixed 3 s whenever a pull finds no message and 0.5 s
   between checks for its ClientApp's reply, and backs off 1 s before its first retry of a
-  message's objects. Every fedlora round has two phases (train, evaluate), so those waits
+  message's objects. Every fedlora round crosses SuperLink, node and ClientApp and back, so those waits
   alone add seconds to a round of a tiny model. Here the sleeps are cut to at most
   ``--poll-interval`` seconds (default 0.2 s: five pulls a second per idle site, a load any
   SuperLink carries for hundreds of sites) and the first retry to 0.05 s
@@ -45,6 +45,9 @@ from fedlora.flower_tuning import (
 )
 
 logger = logging.getLogger(__name__)
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+"""The node's and its worker's log lines: with the time, to the millisecond."""
 
 
 def worker_argv(runtime_address: str, *, poll_interval: float, parent_pid: int) -> list[str]:
@@ -95,7 +98,7 @@ def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Start the SuperNode in this process (and the warm worker as a child)."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     args, flower_args = _parse(sys.argv[1:] if argv is None else argv)
     try:
         check_poll_interval(args.poll_interval)

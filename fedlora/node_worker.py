@@ -43,7 +43,8 @@ from flwr.supercore.runtime import RuntimeHttpClient
 from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
 
 from fedlora.errors import FedloraError
-from fedlora.flower_tuning import shorten_pull_backoff
+from fedlora.flower_tuning import FIRST_TASK_POLL_S, PollBackoff, shorten_pull_backoff
+from fedlora.node_supernode import LOG_FORMAT
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -55,7 +56,6 @@ logger = logging.getLogger(__name__)
 APP_NAME = "fedlora"
 CLIENTAPP_REF = "clients.app:app"
 _PARENT_CHECK_S = 0.5
-_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 ClientAppCallable = Callable[[Message, Context], Message]
 
@@ -193,7 +193,9 @@ def serve(
     address : str
         ``HOST:PORT`` of the SuperNode's Runtime API.
     poll_interval : float
-        Seconds between asks when no task is pending.
+        Longest wait between asks when no task is pending: right after a task the worker
+        asks again after ``FIRST_TASK_POLL_S`` (the round's next message is due), doubling
+        the wait up to ``poll_interval``.
     client_app : callable, optional
         What runs a message; fedlora's ``clients.app.app`` by default (imported once, here).
     stop : threading.Event, optional
@@ -206,6 +208,7 @@ def serve(
     # The node offers a task once it holds the message, maybe before its objects.
     shorten_pull_backoff()
     stop = stop or threading.Event()
+    backoff = PollBackoff(first=FIRST_TASK_POLL_S, cap=poll_interval)
     client = _runtime_client(address, RuntimeVersionHttpInterceptor(component_name="SuperExec"))
     request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP.value])
     logger.info("warm worker ready for the SuperNode at %s", address)
@@ -217,8 +220,9 @@ def serve(
                 status = run_task(address, response.token, client_app)
                 took = time.perf_counter() - started
                 logger.info("task %d: %s in %.2f s", response.task.task_id, status, took)
+                backoff.reset()
                 continue
-            stop.wait(poll_interval)
+            stop.wait(backoff.next_wait())
     finally:
         client.close()
 
@@ -230,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--poll-interval", type=float, default=0.2)
     parser.add_argument("--parent-pid", type=int)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format=_LOG_FORMAT)
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     if args.parent_pid is not None:
         _exit_with_parent(args.parent_pid)
     serve(args.runtime_api_address, poll_interval=args.poll_interval)

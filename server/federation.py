@@ -2,13 +2,22 @@
 
 Round 0 evaluates the initial adapter at every site (the "before" numbers). Each round then
 sends the global adapter to every site for local training, aggregates the replies with the
-strategy, writes the new adapter as a PEFT directory, and has every site evaluate it. Replies
-that are errors (a site refusing, crashing or timing out) are logged with the site and reason,
+strategy and writes the new adapter as a PEFT directory. Every site evaluates each round's
+adapter on its held-out split; that evaluation travels in the next round's train message
+(``evaluate-received``: the site evaluates the adapter it received, then trains on it), so a
+round is one exchange with each site, not two, and the adapter goes down once per round. Only
+the last round's adapter is evaluated in an exchange of its own.
+
+A round's ``metrics.jsonl`` line is therefore written in two steps: when its adapter is
+aggregated (with ``"eval": null``, before the round's checkpoint, so that a resumed run knows
+the evaluation is still owed) and again, complete, when the evaluation arrives. Replies that
+are errors (a site refusing, crashing or timing out) are logged with the site and reason,
 recorded in ``metrics.jsonl``, and left out of the aggregate.
 """
 
 from __future__ import annotations
 
+import copy
 import importlib.metadata
 import logging
 import math
@@ -47,6 +56,7 @@ from fedlora.protocol import (
     make_instruction,
     read_privacy,
     read_status,
+    reply_evaluation,
     reply_metrics,
 )
 from server.checkpoint import (
@@ -80,6 +90,8 @@ class _PhaseResult:
     privacy: dict[str, dict[str, Any]] = field(default_factory=dict)
     refused: dict[str, dict[str, Any]] = field(default_factory=dict)
     rejected: dict[str, str] = field(default_factory=dict)
+    evaluations: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Held-out metrics per site: an evaluate reply's, or those a train reply carried."""
 
 
 def package_versions() -> dict[str, str]:
@@ -137,6 +149,8 @@ class Federation:
             self.strategy.set_global(self.global_state)
         self.site_names: dict[int, str] = {}
         self.first_round = 1
+        self.pending: dict[str, Any] | None = None
+        """The last aggregated round's metrics line while its evaluation is owed."""
 
     def resolved_config(self, sites: Iterable[str] = ()) -> dict[str, Any]:
         """What ``config.json`` records: the flat config plus provenance."""
@@ -215,6 +229,8 @@ class Federation:
         self.first_round = checkpoint.server_round + 1
         kept = [r for r in run_dir.read_metrics() if int(r["round"]) <= checkpoint.server_round]
         run_dir.rewrite_metrics(kept)
+        if kept and int(kept[-1]["round"]) == checkpoint.server_round and kept[-1]["eval"] is None:
+            self.pending = kept[-1]  # the resumed run's first message evaluates its adapter
         run_dir.mark("running")
         logger.info("resuming %s after round %d", run_dir.run_id, checkpoint.server_round)
 
@@ -225,16 +241,18 @@ class Federation:
         node_ids = wait_for_nodes(self.grid, config.sites, config.node_wait_timeout)
         self.observer.on_start(rounds=config.rounds, sites=len(node_ids))
         if self.first_round == 1:
+            started = time.monotonic()
             initial = self._exchange(node_ids, 0, "evaluate")
             self.run_dir.write_config(self.resolved_config(sorted(self.site_names.values())))
-            self._record(0, time.monotonic(), None, initial)
+            record = self._round_record(0, started, None)
+            self._finish(_with_evaluation(record, initial, time.monotonic() - started))
         for server_round in range(self.first_round, config.rounds + 1):
             started = time.monotonic()
             trained, updates = self._train_phase(node_ids, server_round, started)
             self.global_state = self.strategy.aggregate(self.global_state, updates)
             save_peft_dir(self.peft, self.global_state, self.run_dir.adapter_path(server_round))
-            evaluated = self._exchange(node_ids, server_round, "evaluate")
-            self._record(server_round, started, trained, evaluated)
+            self.pending = self._round_record(server_round, started, trained)
+            self.run_dir.append_metrics(self.pending)
             write_checkpoint(
                 self.run_dir.path,
                 server_round=server_round,
@@ -243,6 +261,11 @@ class Federation:
                 global_state=self.global_state,
                 strategy=self.strategy,
             )
+        if self.pending is not None:
+            started = time.monotonic()
+            evaluated = self._exchange(node_ids, int(self.pending["round"]), "evaluate")
+            self._finish(_with_evaluation(self.pending, evaluated, time.monotonic() - started))
+            self.pending = None
         save_peft_dir(self.peft, self.global_state, self.run_dir.adapter_path(None))
 
     def _train_phase(
@@ -260,13 +283,19 @@ class Federation:
         config = self.config
         failed: list[dict[str, str]] = []
         for attempt in range(config.round_retries + 1):
-            trained = self._exchange(node_ids, server_round, "train")
+            owed = self.pending
+            trained = self._exchange(
+                node_ids, server_round, "train", evaluate_received=owed is not None
+            )
+            if owed is not None:
+                self._finish(_with_evaluation(owed, self._carried_evaluation(trained, node_ids)))
+                self.pending = None
             trained.errors[:0] = failed
             updates = self._updates(trained)
             if len(updates) >= config.min_fit:
                 return trained, updates
             if not updates and trained.refused and not trained.replies:
-                self._record(server_round, started, trained, _PhaseResult())
+                self._finish(self._round_record(server_round, started, trained, _PhaseResult()))
                 raise BudgetExhaustedError(
                     f"stopped before round {server_round} of {config.rounds}: every site "
                     "declined to train because the round would exceed its privacy budget"
@@ -289,11 +318,28 @@ class Federation:
                     {"site": "*", "phase": "train", "reason": f"attempt {attempt + 1} retried"},
                 ]
                 continue
-            self._record(server_round, started, trained, _PhaseResult())
+            self._finish(self._round_record(server_round, started, trained, _PhaseResult()))
             raise FedloraError(shortfall)
         raise AssertionError("unreachable")  # the loop returns or raises on its last attempt
 
-    def _exchange(self, node_ids: list[int], server_round: int, phase: Phase) -> _PhaseResult:
+    def _carried_evaluation(self, trained: _PhaseResult, node_ids: list[int]) -> _PhaseResult:
+        """The evaluation the train replies carried, naming each site that sent none."""
+        carried = _PhaseResult(evaluations=dict(trained.evaluations))
+        for site in sorted(
+            {self._site(node_id) for node_id in node_ids} - set(carried.evaluations)
+        ):
+            reason = "no evaluation: its next train reply carried none"
+            carried.errors.append({"site": site, "phase": "evaluate", "reason": reason})
+        return carried
+
+    def _exchange(
+        self,
+        node_ids: list[int],
+        server_round: int,
+        phase: Phase,
+        *,
+        evaluate_received: bool = False,
+    ) -> _PhaseResult:
         adapter = to_array_record(self.global_state)
         size = payload_bytes(adapter)
         content = make_instruction(
@@ -302,6 +348,7 @@ class Federation:
             server_round=server_round,
             base_fingerprint=self.base.fingerprint,
             run_id=self.run_dir.run_id,
+            evaluate_received=evaluate_received,
         )
         messages = [
             Message(
@@ -361,6 +408,7 @@ class Federation:
         )
         received = reply.content.array_records.get(ADAPTER)
         result.bytes_received[site] = payload_bytes(received) if received is not None else 0
+        self._read_evaluation(reply, site, phase, result)
         status = read_status(reply)
         if status is not None:
             logger.warning(
@@ -380,6 +428,18 @@ class Federation:
             result.privacy[site] = privacy
         metrics = reply_metrics(reply)
         self.observer.on_reply(server_round=server_round, phase=phase, site=site, metrics=metrics)
+
+    @staticmethod
+    def _read_evaluation(reply: Message, site: str, phase: Phase, result: _PhaseResult) -> None:
+        """Keep the held-out metrics of an evaluate reply, or those a train reply carries."""
+        try:
+            evaluation = reply_metrics(reply) if phase == "evaluate" else reply_evaluation(reply)
+        except AdapterError as error:
+            logger.warning("site %s: evaluation left out: %s", site, error)
+            result.errors.append({"site": site, "phase": "evaluate", "reason": str(error)})
+            return
+        if evaluation is not None:
+            result.evaluations[site] = evaluation
 
     def _site(self, node_id: int) -> str:
         return self.site_names.get(node_id, f"node-{node_id}")
@@ -423,34 +483,31 @@ class Federation:
             updates.append(SiteUpdate(site=site, state=state, num_examples=num_examples))
         return updates
 
-    def _record(
+    def _round_record(
         self,
         server_round: int,
         started: float,
         trained: _PhaseResult | None,
-        evaluated: _PhaseResult,
-    ) -> None:
+        evaluated: _PhaseResult | None = None,
+    ) -> dict[str, Any]:
+        """A round's ``metrics.jsonl`` line; ``"eval": null`` until ``evaluated`` is known.
+
+        ``duration-s`` runs from building the round's train messages to this call: the
+        training (with the previous round's evaluation it carried) and the aggregation.
+        """
         sites: dict[str, dict[str, Any]] = {}
-        for phase_result, key in ((trained, "train"), (evaluated, "eval")):
-            if phase_result is None:
-                continue
-            for site, reply in phase_result.replies.items():
-                entry = sites.setdefault(site, {"bytes-sent": 0, "bytes-received": 0})
-                entry[key] = reply_metrics(reply)
-            for site, size in phase_result.bytes_sent.items():
-                sites.setdefault(site, {"bytes-sent": 0, "bytes-received": 0})["bytes-sent"] += size
-            for site, size in phase_result.bytes_received.items():
-                sites.setdefault(site, {"bytes-sent": 0, "bytes-received": 0})[
-                    "bytes-received"
-                ] += size
+        if trained is not None:
+            for site, reply in trained.replies.items():
+                _site_entry(sites, site)["train"] = reply_metrics(reply)
+            _add_bytes(sites, trained)
         record: dict[str, Any] = {
             "round": server_round,
             "sites": sites,
             "train": _weighted(sites, "train", ("train-loss",)) if trained else None,
-            "eval": _weighted(sites, "eval", ("loss", "accuracy")),
-            "bytes-sent": sum(entry["bytes-sent"] for entry in sites.values()),
-            "bytes-received": sum(entry["bytes-received"] for entry in sites.values()),
-            "errors": (trained.errors if trained else []) + evaluated.errors,
+            "eval": None,
+            "bytes-sent": 0,
+            "bytes-received": 0,
+            "errors": list(trained.errors) if trained else [],
             "privacy": trained.privacy if trained else {},
             "refused": trained.refused if trained else {},
             "rejected": trained.rejected if trained else {},
@@ -458,10 +515,55 @@ class Federation:
         }
         if trained is not None and trained.replies and isinstance(self.strategy, CentralDP):
             record["central-privacy"] = self.strategy.last_round_privacy()
+        _total_bytes(record)
+        return record if evaluated is None else _with_evaluation(record, evaluated)
+
+    def _finish(self, record: dict[str, Any]) -> None:
+        """Write a complete round line (replacing its ``"eval": null`` line, if written)."""
         if self.config.task == "sft" and record["eval"].get("loss") is not None:
             record["eval"]["perplexity"] = math.exp(min(record["eval"]["loss"], 50.0))
-        self.run_dir.append_metrics(record)
+        records = self.run_dir.read_metrics()
+        if records and records[-1]["round"] == record["round"] and records[-1]["eval"] is None:
+            self.run_dir.rewrite_metrics([*records[:-1], record])
+        else:
+            self.run_dir.append_metrics(record)
         self.observer.on_round_end(record)
+
+
+def _site_entry(sites: dict[str, dict[str, Any]], site: str) -> dict[str, Any]:
+    return sites.setdefault(site, {"bytes-sent": 0, "bytes-received": 0})
+
+
+def _add_bytes(sites: dict[str, dict[str, Any]], phase_result: _PhaseResult) -> None:
+    for site, size in phase_result.bytes_sent.items():
+        _site_entry(sites, site)["bytes-sent"] += size
+    for site, size in phase_result.bytes_received.items():
+        _site_entry(sites, site)["bytes-received"] += size
+
+
+def _total_bytes(record: dict[str, Any]) -> None:
+    record["bytes-sent"] = sum(entry["bytes-sent"] for entry in record["sites"].values())
+    record["bytes-received"] = sum(entry["bytes-received"] for entry in record["sites"].values())
+
+
+def _with_evaluation(
+    record: dict[str, Any], evaluated: _PhaseResult, seconds: float | None = None
+) -> dict[str, Any]:
+    """``record`` completed with the sites' held-out metrics of its adapter.
+
+    ``seconds``: the evaluation's own exchange, when it had one (``eval-duration-s``); an
+    evaluation carried by the next round's train replies took its time in that round.
+    """
+    done = copy.deepcopy(record)  # the pending line stays as it was written
+    for site, metrics in evaluated.evaluations.items():
+        _site_entry(done["sites"], site)["eval"] = metrics
+    _add_bytes(done["sites"], evaluated)
+    _total_bytes(done)
+    done["eval"] = _weighted(done["sites"], "eval", ("loss", "accuracy"))
+    done["errors"] = [*done["errors"], *evaluated.errors]
+    if seconds is not None:
+        done["eval-duration-s"] = round(seconds, 3)
+    return done
 
 
 def _weighted(sites: dict[str, dict[str, Any]], key: str, names: tuple[str, ...]) -> dict[str, Any]:

@@ -57,9 +57,12 @@ def _ledgers(out: Path) -> dict[str, list[tuple[int, float]]]:
     return found
 
 
+def _records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
 def _rounds(run_dir: Path) -> list[int]:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [json.loads(line)["round"] for line in lines]
+    return [record["round"] for record in _records(run_dir)]
 
 
 def test_coordinator_killed_in_round_3_resumes_and_loses_nothing(tmp_path, record_fault) -> None:
@@ -279,12 +282,14 @@ def test_the_server_app_resumes_the_run_named_in_the_run_config(tmp_path, record
         run_federation(InProcessGrid(crashing, 3), config, out=Path(config.out), run_id="run")
     run_dir = Path(config.out) / "run"
     assert _rounds(run_dir) == [0, 1, 2]
+    assert _records(run_dir)[2]["eval"] is None  # owed: round 3's messages were to carry it
     flat = {**config.to_flat(), "resume": "run"}
     context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=flat)
 
     server_main(InProcessGrid(app, 3), context)  # what flwr run --run-config resume=... does
 
     assert _rounds(run_dir) == [0, 1, 2, 3]
+    assert all(record["eval"]["num-sites"] == 3 for record in _records(run_dir))
     assert json.loads((run_dir / "status.json").read_text())["state"] == "complete"
     assert (run_dir / "report" / "privacy_report.json").exists()
     record_fault("coordinator dies in round 3; ServerApp resumes (run config)", True, 0, 0)
@@ -314,22 +319,26 @@ def test_a_short_round_is_retried_when_configured(tmp_path, record_fault) -> Non
 
 
 def test_a_central_dp_run_resumes_with_its_clip_norm_and_server_ledger(
-    tmp_path, record_fault
+    tmp_path, record_fault, monkeypatch
 ) -> None:
+    import server.federation
     from strategies.server_ledger import read_server_ledger
 
     config = _config(
         tmp_path, sites=3, rounds=3, central_dp="adaptive", central_noise_multiplier=0.1
     )
     app = scenario_client_app(config)
+    checkpoint = server.federation.write_checkpoint
 
-    def crashing(message: Message, context: Context) -> Message:
-        if message.metadata.group_id == "3" and message.metadata.message_type == "evaluate":
+    def crashing(run_dir: Path, *, server_round: int, **kwargs: object) -> None:
+        if server_round == 3:
             raise _CoordinatorCrash  # round 3 was aggregated (and ledgered), not checkpointed
-        return app(message, context)
+        checkpoint(run_dir, server_round=server_round, **kwargs)  # type: ignore[arg-type]
 
+    monkeypatch.setattr(server.federation, "write_checkpoint", crashing)
     with pytest.raises(_CoordinatorCrash):
-        run_federation(InProcessGrid(crashing, 3), config, out=Path(config.out), run_id="run")
+        run_federation(InProcessGrid(app, 3), config, out=Path(config.out), run_id="run")
+    monkeypatch.setattr(server.federation, "write_checkpoint", checkpoint)
     run_dir = Path(config.out) / "run"
     cut = read_server_ledger(run_dir / "privacy" / "server-ledger.jsonl").entries
     assert [entry.round for entry in cut] == [1, 2, 3]

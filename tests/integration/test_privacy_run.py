@@ -143,6 +143,10 @@ def test_budget_guard_stops_the_run_and_no_site_overspends(tmp_path: Path):
     assert json.loads((run_dir / "status.json").read_text())["state"] == "stopped"
     assert (run_dir / "adapters" / "final" / "adapter_model.safetensors").exists()
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    # Every adapter before the stop was evaluated by every site, also by a site that then
+    # declined the next round (a decline carries the evaluation it was asked for).
+    for record in records[:-1]:
+        assert record["eval"]["num-sites"] == len(sizes), record["round"]
     for index, size in enumerate(sizes):
         site = f"ward-{index}"
         q, steps = batch / size, -(-size // batch)

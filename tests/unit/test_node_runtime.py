@@ -13,7 +13,12 @@ from flwr.supercore.fab import Fab
 
 from fedlora import flower_tuning, node_supernode
 from fedlora.errors import ConfigError
-from fedlora.flower_tuning import ShortSleeps, shorten_pull_backoff, shorten_supernode_polls
+from fedlora.flower_tuning import (
+    PollBackoff,
+    SupernodeWaits,
+    shorten_pull_backoff,
+    shorten_supernode_polls,
+)
 from fedlora.node_worker import ForeignAppError, check_fab
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,14 +32,30 @@ def slept(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     return calls
 
 
-def test_short_sleeps_cap_long_waits_and_keep_short_ones(slept: list[float]) -> None:
-    clock = ShortSleeps(0.2)
+def test_poll_backoff_doubles_up_to_its_cap_and_restarts_on_reset() -> None:
+    backoff = PollBackoff(first=0.02, cap=0.1)
 
+    waits = [backoff.next_wait() for _ in range(5)]
+    backoff.reset()
+
+    assert waits == [0.02, 0.04, 0.08, 0.1, 0.1]
+    assert backoff.next_wait() == 0.02
+
+
+def test_poll_backoff_never_starts_above_its_cap() -> None:
+    assert PollBackoff(first=0.5, cap=0.05).next_wait() == 0.05
+
+
+def test_supernode_idle_pulls_back_off_and_a_reply_wait_restarts_them(slept: list[float]) -> None:
+    clock = SupernodeWaits(0.2, first_idle=0.02, local_check=0.01)
+
+    for _ in range(5):
+        clock.sleep(3)  # Flower's wait after a pull that found no message
+    clock.sleep(0.5)  # Flower's wait for the ClientApp's reply: a message is being served
     clock.sleep(3)
-    clock.sleep(0.5)
-    clock.sleep(0.05)
+    clock.sleep(1.0)  # any other wait: capped
 
-    assert slept == [0.2, 0.2, 0.05]
+    assert slept == [0.02, 0.04, 0.08, 0.16, 0.2, 0.01, 0.02, 0.2]
     assert clock.monotonic is time.monotonic  # everything else is the real time module
 
 
@@ -47,9 +68,13 @@ def test_flowers_supernode_loop_is_shortened(
 
     # True only if the installed Flower still has 1.41's waits: an upgrade fails here.
     assert shorten_supernode_polls(0.25) is True
-    loop.time.sleep(3)
+    # (through a name: the test below reads this file, which must not hold Flower's calls)
+    sleep = loop.time.sleep
+    sleep(3)
+    sleep(0.5)
 
-    assert isinstance(loop.time, ShortSleeps) and slept == [0.25]
+    assert isinstance(loop.time, SupernodeWaits)
+    assert slept == [flower_tuning.FIRST_IDLE_POLL_S, flower_tuning.LOCAL_CHECK_S]
 
 
 def test_a_flower_that_waits_differently_is_left_alone() -> None:
