@@ -4,8 +4,9 @@ Flower's deployment runtime polls with fixed waits tuned for long rounds over a 
 SuperNode sleeps 3 s after every pull that finds no message and 0.5 s between checks for its
 ClientApp's reply, and every pull of a message's objects (the adapter tensors) that comes
 before the objects have arrived backs off 1 s first. A fedlora round is one exchange with
-each site (two for the last round), each crossing SuperLink -> SuperNode -> ClientApp and back, so on a small model those waits, not
-training, set the pace of a round (docs/benchmarks.md, ``bench/deployment_overhead.py``).
+each site (two for the last round), each crossing SuperLink -> SuperNode -> ClientApp and
+back, so on a small model those waits, not training, set the pace of a round
+(docs/benchmarks.md, ``bench/deployment_overhead.py``).
 
 Each function here changes one of those waits in the calling process only, after checking
 that the installed Flower waits the way 1.41 does; if it does not, it changes nothing, logs
@@ -33,6 +34,8 @@ DEFAULT_POLL_INTERVAL_S = 0.2
 MIN_POLL_INTERVAL_S = 0.01
 MAX_POLL_INTERVAL_S = 3.0
 DEFAULT_PULL_BACKOFF_S = 0.01
+NEARBY_PULL_BACKOFF_CAP_S = 0.05
+"""Longest wait between object pull retries of the warm worker and of the ServerApp."""
 FIRST_IDLE_POLL_S = 0.02
 """A node's first wait after activity before it asks the SuperLink again (then doubling)."""
 FIRST_TASK_POLL_S = 0.01
@@ -168,12 +171,15 @@ def shorten_supernode_polls(cap: float, module: ModuleType | None = None) -> boo
     return True
 
 
-def shorten_pull_backoff(initial: float = DEFAULT_PULL_BACKOFF_S) -> bool:
+def shorten_pull_backoff(initial: float = DEFAULT_PULL_BACKOFF_S, cap: float | None = None) -> bool:
     """Make the first retry of an object pull come after ``initial`` seconds, not 1 s.
 
     Changes the keyword defaults of Flower's ``pull_objects`` and
     ``pull_and_inflate_object_from_tree`` (every pull of a message's objects: SuperNode,
-    ClientApp, ServerApp), in this process. Later retries still double up to Flower's cap.
+    ClientApp, ServerApp), in this process. Later retries still double, up to Flower's cap
+    or ``cap`` seconds, whichever is shorter: a process pulling from a store beside it (the
+    warm worker from its node, the ServerApp from its SuperLink) waits for objects that are
+    already on their way, and a retry due after the object arrived is time lost.
 
     Returns
     -------
@@ -181,6 +187,8 @@ def shorten_pull_backoff(initial: float = DEFAULT_PULL_BACKOFF_S) -> bool:
         Whether the back-off was shortened.
     """
     check_poll_interval(initial)
+    if cap is not None:
+        check_poll_interval(cap)
     from flwr.supercore.inflatable import inflatable_utils
 
     functions = (inflatable_utils.pull_objects, inflatable_utils.pull_and_inflate_object_from_tree)
@@ -191,6 +199,8 @@ def shorten_pull_backoff(initial: float = DEFAULT_PULL_BACKOFF_S) -> bool:
     for default in defaults:
         assert default is not None  # checked above; for mypy
         default["initial_backoff"] = min(float(default["initial_backoff"]), initial)
+        if cap is not None:
+            default["backoff_cap"] = min(float(default["backoff_cap"]), cap)
     return True
 
 

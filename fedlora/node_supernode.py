@@ -5,10 +5,11 @@ runs ``flower-supernode`` (Flower's own entry point, in this process) with two c
 
 * Flower 1.41's SuperNode sleeps a fixed 3 s whenever a pull finds no message and 0.5 s
   between checks for its ClientApp's reply, and backs off 1 s before its first retry of a
-  message's objects. Every fedlora round crosses SuperLink, node and ClientApp and back, so those waits
-  alone add seconds to a round of a tiny model. Here the sleeps are cut to at most
-  ``--poll-interval`` seconds (default 0.2 s: five pulls a second per idle site, a load any
-  SuperLink carries for hundreds of sites) and the first retry to 0.05 s
+  message's objects. Every fedlora round crosses SuperLink, node and ClientApp and back, so
+  those waits alone add seconds to a round of a tiny model. Here the idle pulls back off from
+  0.02 s after each served message up to ``--poll-interval`` seconds (default 0.2 s: five
+  pulls a second per idle site, a load any SuperLink carries for hundreds of sites), the
+  reply checks (a look-up in the node's own memory) take 0.01 s and the first retry 0.01 s
   (:mod:`fedlora.flower_tuning`).
 * With ``--worker`` (what ``fedlora deploy supernode`` uses unless ``--cold``), the SuperNode
   runs in Flower's ``--isolation process`` mode and :mod:`fedlora.node_worker` is started as

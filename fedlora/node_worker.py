@@ -43,7 +43,12 @@ from flwr.supercore.runtime import RuntimeHttpClient
 from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
 
 from fedlora.errors import FedloraError
-from fedlora.flower_tuning import FIRST_TASK_POLL_S, PollBackoff, shorten_pull_backoff
+from fedlora.flower_tuning import (
+    FIRST_TASK_POLL_S,
+    NEARBY_PULL_BACKOFF_CAP_S,
+    PollBackoff,
+    shorten_pull_backoff,
+)
 from fedlora.node_supernode import LOG_FORMAT
 
 if sys.version_info >= (3, 11):
@@ -206,7 +211,7 @@ def serve(
 
         client_app = app
     # The node offers a task once it holds the message, maybe before its objects.
-    shorten_pull_backoff()
+    shorten_pull_backoff(cap=NEARBY_PULL_BACKOFF_CAP_S)
     stop = stop or threading.Event()
     backoff = PollBackoff(first=FIRST_TASK_POLL_S, cap=poll_interval)
     client = _runtime_client(address, RuntimeVersionHttpInterceptor(component_name="SuperExec"))

@@ -3,21 +3,24 @@
 A train or evaluate instruction carries:
 
 * ``adapter`` (ArrayRecord): the global adapter tensors;
-* ``run-config`` (ConfigRecord): the run's resolved flat configuration;
 * ``round`` (ConfigRecord): ``server-round``, ``base-fingerprint``, the coordinator's
-  ``run-id`` and, in a train instruction, ``evaluate-received``: whether the site first
-  evaluates the adapter it received (the previous round's global adapter) on its held-out
-  split, so that one message per round serves the previous round's evaluation and this
-  round's training.
+  ``run-id``, ``run-config`` (the run's resolved flat configuration, as JSON) and, in a
+  train instruction, ``evaluate-received``: whether the site first evaluates the adapter it
+  received (the previous round's global adapter) on its held-out split, so that one message
+  per round serves the previous round's evaluation and this round's training.
 
 A reply carries ``adapter`` (train only), ``metrics`` (MetricRecord, always with
-``num-examples``), ``site`` (ConfigRecord with the site ``name``) and, after a DP round,
-``privacy`` (ConfigRecord whose ``entry`` is the JSON of the site's ledger entry and spend).
+``num-examples``) and ``site`` (ConfigRecord with the site ``name`` and, after a DP round,
+``privacy``: the JSON of the site's ledger entry and spend).
 A train reply to an instruction with ``evaluate-received`` also carries ``evaluation``
 (MetricRecord: the held-out metrics of the received adapter, as an evaluate reply's
 ``metrics``). A site that declines to train under its own policy (its privacy budget) replies
-normally with a ``status`` record (``status`` and a JSON ``detail``), its ``evaluation`` when
-asked, and no adapter. A site that fails replies
+normally with ``status`` and a JSON ``status-detail`` in its ``site`` record, its
+``evaluation`` when asked, and no adapter.
+
+Flower moves every record (and an adapter's array and its chunk) as an object of its own,
+one request per hop between coordinator, SuperLink, SuperNode and ClientApp; so the scalars
+of a message share one ConfigRecord rather than one record each. A site that fails replies
 with a Flower ``Error`` whose code is the ``error_code`` of the fedlora error.
 """
 
@@ -34,13 +37,15 @@ from fedlora.config import FlatValue, RunConfig
 from fedlora.errors import AdapterError
 
 ADAPTER = "adapter"
-RUN_CONFIG = "run-config"
 ROUND = "round"
+RUN_CONFIG = "run-config"
+"""The key of the run's flat configuration (JSON) in the ``round`` record."""
 METRICS = "metrics"
 EVALUATION = "evaluation"
 SITE = "site"
 PRIVACY = "privacy"
 STATUS = "status"
+STATUS_DETAIL = "status-detail"
 BUDGET_EXHAUSTED = "budget-exhausted"
 
 
@@ -74,13 +79,13 @@ def make_instruction(
     return RecordDict(
         {
             ADAPTER: adapter,
-            RUN_CONFIG: ConfigRecord(dict(flat)),
             ROUND: ConfigRecord(
                 {
                     "server-round": server_round,
                     "base-fingerprint": base_fingerprint,
                     "run-id": run_id,
                     "evaluate-received": evaluate_received,
+                    RUN_CONFIG: json.dumps(flat, sort_keys=True),
                 }
             ),
         }
@@ -93,14 +98,20 @@ def read_instruction(message: Message) -> Instruction:
     Raises
     ------
     AdapterError
-        When a record is missing (a message not sent by a fedlora coordinator).
+        When a record or the run config is missing or unreadable (a message not sent by a
+        fedlora coordinator).
     """
     content = message.content
-    for key in (ADAPTER, RUN_CONFIG, ROUND):
+    for key in (ADAPTER, ROUND):
         if key not in content:
             raise AdapterError(f"instruction has no {key!r} record; is the coordinator fedlora?")
     round_record = content.config_records[ROUND]
-    flat: Mapping[str, FlatValue] = dict(content.config_records[RUN_CONFIG])  # type: ignore[arg-type]
+    try:
+        flat = json.loads(str(round_record[RUN_CONFIG]))
+    except (KeyError, json.JSONDecodeError) as exc:
+        raise AdapterError(f"instruction has no readable run config ({exc})") from None
+    if not isinstance(flat, dict):
+        raise AdapterError("instruction run config is not a JSON object")
     return Instruction(
         config=RunConfig.from_flat(flat),
         server_round=int(round_record["server-round"]),  # type: ignore[arg-type]
@@ -123,16 +134,17 @@ def make_reply(
     ``privacy``: the site's spend after a DP round; ``evaluation``: the held-out metrics of
     the received adapter, when the instruction asked for them.
     """
+    about: dict[str, str] = {"name": site}
+    if privacy is not None:
+        about[PRIVACY] = json.dumps(dict(privacy), sort_keys=True)
     records: dict[str, ArrayRecord | MetricRecord | ConfigRecord] = {
         METRICS: MetricRecord(dict(metrics)),
-        SITE: ConfigRecord({"name": site}),
+        SITE: ConfigRecord(dict(about)),
     }
     if evaluation is not None:
         records[EVALUATION] = MetricRecord(dict(evaluation))
     if adapter is not None:
         records[ADAPTER] = adapter
-    if privacy is not None:
-        records[PRIVACY] = ConfigRecord({"entry": json.dumps(dict(privacy), sort_keys=True)})
     return RecordDict(records)
 
 
@@ -148,9 +160,12 @@ def make_status_reply(
     """
     records: dict[str, ArrayRecord | MetricRecord | ConfigRecord] = {
         METRICS: MetricRecord({"num-examples": 0.0}),
-        SITE: ConfigRecord({"name": site}),
-        STATUS: ConfigRecord(
-            {"status": status, "detail": json.dumps(dict(detail), sort_keys=True)}
+        SITE: ConfigRecord(
+            {
+                "name": site,
+                STATUS: status,
+                STATUS_DETAIL: json.dumps(dict(detail), sort_keys=True),
+            }
         ),
     }
     if evaluation is not None:
@@ -158,31 +173,32 @@ def make_status_reply(
     return RecordDict(records)
 
 
-def _json_record(message: Message, name: str, key: str) -> dict[str, Any] | None:
-    record = message.content.config_records.get(name)
-    if record is None:
+def _site_json(message: Message, key: str) -> dict[str, Any] | None:
+    """The JSON object under ``key`` of the reply's ``site`` record, if there is one."""
+    record = message.content.config_records.get(SITE)
+    if record is None or key not in record:
         return None
     try:
         payload = json.loads(str(record[key]))
-    except (KeyError, json.JSONDecodeError) as exc:
-        raise AdapterError(f"reply has a malformed {name!r} record: {exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise AdapterError(f"reply has a malformed {key!r}: {exc}") from exc
     if not isinstance(payload, dict):
-        raise AdapterError(f"reply {name!r} record is not a JSON object")
+        raise AdapterError(f"reply {key!r} is not a JSON object")
     return payload
 
 
 def read_privacy(message: Message) -> dict[str, Any] | None:
     """The site's privacy spend carried by a train reply, if any."""
-    return _json_record(message, PRIVACY, "entry")
+    return _site_json(message, PRIVACY)
 
 
 def read_status(message: Message) -> dict[str, Any] | None:
     """``{"status": ..., **detail}`` when the site declined to train, else ``None``."""
-    record = message.content.config_records.get(STATUS)
-    if record is None:
+    record = message.content.config_records.get(SITE)
+    if record is None or STATUS not in record:
         return None
-    detail = _json_record(message, STATUS, "detail") or {}
-    return {"status": str(record["status"]), **detail}
+    detail = _site_json(message, STATUS_DETAIL) or {}
+    return {"status": str(record[STATUS]), **detail}
 
 
 def reply_metrics(message: Message, record: str = METRICS) -> dict[str, float]:

@@ -10,7 +10,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedlora.config import RunConfig
 from fedlora.errors import BudgetExhaustedError, FedloraError
-from fedlora.flower_tuning import shorten_pull_backoff
+from fedlora.flower_tuning import NEARBY_PULL_BACKOFF_CAP_S, shorten_pull_backoff
 from fedlora.report import write_report
 from server.federation import run_federation
 
@@ -24,8 +24,8 @@ def main(grid: Grid, context: Context) -> None:
     """Run the federation described by the run config (``[tool.flwr.app.config]``)."""
     config = RunConfig.from_flat(dict(context.run_config))
     # Under flwr run a reply's adapter may still be uploading when its message is listed;
-    # retry its objects after 0.05 s rather than Flower's 1 s (this process only).
-    shorten_pull_backoff()
+    # retry its objects soon rather than after Flower's 1 s (this process only).
+    shorten_pull_backoff(cap=NEARBY_PULL_BACKOFF_CAP_S)
     # Defaults a config may leave open (site count, label set) come from the scenario or the
     # data files, which the simulations package owns.
     from simulations.materialize import resolve_config

@@ -103,6 +103,13 @@ def test_object_pulls_retry_after_the_short_backoff(monkeypatch: pytest.MonkeyPa
         assert function.__kwdefaults__["initial_backoff"] == 0.05
         assert function.__kwdefaults__["backoff_cap"] == 10  # the cap is Flower's
 
+    assert shorten_pull_backoff(0.01, cap=0.05) is True
+
+    for function in functions:
+        assert function.__kwdefaults__ is not None
+        assert function.__kwdefaults__["initial_backoff"] == 0.01
+        assert function.__kwdefaults__["backoff_cap"] == 0.05
+
 
 @pytest.mark.parametrize("seconds", [0.0, 0.001, 3.5, float("nan"), float("inf")])
 def test_poll_intervals_out_of_range_are_refused(seconds: float) -> None:

@@ -100,3 +100,19 @@ def test_an_evaluation_without_its_example_count_is_refused() -> None:
 
     with pytest.raises(AdapterError, match="evaluation record has no num-examples"):
         reply_evaluation(reply)
+
+
+def test_an_instruction_and_a_dp_train_reply_are_few_flower_objects() -> None:
+    from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+
+    instruction = make_instruction(
+        _adapter(), RunConfig(), server_round=1, base_fingerprint="sha256:ab", run_id="run"
+    )
+    reply = make_reply(
+        "site-a", {"num-examples": 24.0}, _adapter(), {"epsilon": 1.0}, {"num-examples": 8.0}
+    )
+
+    # Flower moves each as one request per hop: the record dict, the adapter's record,
+    # array and chunk, and one record for the scalars (a reply: site, metrics, evaluation)
+    assert len(get_all_nested_objects(instruction)) == 5
+    assert len(get_all_nested_objects(reply)) == 7
