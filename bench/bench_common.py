@@ -57,5 +57,5 @@ def round_seconds(records: list[dict[str, Any]]) -> list[float]:
     timed = [record for record in records if int(record["round"]) >= 1]
     seconds = [float(record["duration-s"]) for record in timed]
     if seconds:
-        seconds[-1] += float(timed[-1].get("eval-duration-s", 0.0))
+        seconds[-1] = round(seconds[-1] + float(timed[-1].get("eval-duration-s", 0.0)), 3)
     return seconds
