@@ -184,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
                 lr=args.lr,
                 device=args.device,
                 bf16="off",
+                # the plain app trains without DP: so does fedlora here (DP costs are
+                # bench/dp_overhead.py's)
+                dp=False,
                 client_cpus=1.0,
                 client_gpus=0.0 if args.device == "cpu" else 1.0 / args.sites,
                 out=str(args.out or Path(tmp)),

@@ -27,7 +27,12 @@ from fedlora.ledger import LEDGER_FILE, read_ledger
 from server.federation import run_federation
 from simulations.inprocess_grid import InProcessGrid
 from simulations.materialize import resolve_config, simulated_sites
-from tests.integration.helpers import scenario_client_app, tampering_app
+from tests.integration.helpers import (
+    CoordinatorCrash,
+    crashing_in_round,
+    scenario_client_app,
+    tampering_app,
+)
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
@@ -263,23 +268,15 @@ def test_an_unwritable_output_folder_is_refused_before_training(tmp_path, record
     record_fault("unwritable output folder at start (refused)", True, 0, 0)
 
 
-class _CoordinatorCrash(BaseException):
-    """Stands in for the coordinator process dying (not an Exception: nothing catches it)."""
-
-
 def test_the_server_app_resumes_the_run_named_in_the_run_config(tmp_path, record_fault) -> None:
     from server.app import main as server_main
 
     config = _config(tmp_path, sites=3, rounds=3)
     app = scenario_client_app(config)
 
-    def crashing(message: Message, context: Context) -> Message:
-        if message.metadata.group_id == "3":
-            raise _CoordinatorCrash
-        return app(message, context)
-
-    with pytest.raises(_CoordinatorCrash):
-        run_federation(InProcessGrid(crashing, 3), config, out=Path(config.out), run_id="run")
+    with pytest.raises(CoordinatorCrash):
+        grid = InProcessGrid(crashing_in_round(app, 3), 3)
+        run_federation(grid, config, out=Path(config.out), run_id="run")
     run_dir = Path(config.out) / "run"
     assert _rounds(run_dir) == [0, 1, 2]
     assert _records(run_dir)[2]["eval"] is None  # owed: round 3's messages were to carry it
@@ -332,11 +329,11 @@ def test_a_central_dp_run_resumes_with_its_clip_norm_and_server_ledger(
 
     def crashing(run_dir: Path, *, server_round: int, **kwargs: object) -> None:
         if server_round == 3:
-            raise _CoordinatorCrash  # round 3 was aggregated (and ledgered), not checkpointed
+            raise CoordinatorCrash  # round 3 was aggregated (and ledgered), not checkpointed
         checkpoint(run_dir, server_round=server_round, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(server.federation, "write_checkpoint", crashing)
-    with pytest.raises(_CoordinatorCrash):
+    with pytest.raises(CoordinatorCrash):
         run_federation(InProcessGrid(app, 3), config, out=Path(config.out), run_id="run")
     monkeypatch.setattr(server.federation, "write_checkpoint", checkpoint)
     run_dir = Path(config.out) / "run"

@@ -86,3 +86,18 @@ def tampering_app(config: RunConfig, faults: dict[int, str]):
         return corrupt_update(reply, fault)
 
     return run
+
+
+class CoordinatorCrash(BaseException):
+    """Stands in for the coordinator process dying (not an Exception: nothing catches it)."""
+
+
+def crashing_in_round(app, server_round: int):
+    """``app``, except that a message of ``server_round`` kills the coordinator."""
+
+    def crashing(message, context):
+        if message.metadata.group_id == str(server_round):
+            raise CoordinatorCrash
+        return app(message, context)
+
+    return crashing

@@ -18,7 +18,13 @@ from fedlora.testing import write_sft_file
 from server.federation import run_federation
 from simulations.inprocess_grid import InProcessGrid
 from simulations.materialize import resolve_config
-from tests.integration.helpers import read_metrics, reevaluate, scenario_client_app
+from tests.integration.helpers import (
+    CoordinatorCrash,
+    crashing_in_round,
+    read_metrics,
+    reevaluate,
+    scenario_client_app,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -107,16 +113,9 @@ def test_a_resumed_run_first_evaluates_the_adapter_it_resumes_from(tmp_path: Pat
     config = _config(tmp_path)
     app = scenario_client_app(config)
 
-    class CoordinatorCrashError(BaseException):  # not an error reply: the coordinator dies
-        pass
-
-    def crashing(message: Message, context: Context) -> Message:
-        if message.metadata.group_id == "2":
-            raise CoordinatorCrashError
-        return app(message, context)
-
-    with pytest.raises(CoordinatorCrashError):
-        run_federation(InProcessGrid(crashing, 2), config, out=Path(config.out), run_id="run")
+    with pytest.raises(CoordinatorCrash):
+        grid = InProcessGrid(crashing_in_round(app, 2), 2)
+        run_federation(grid, config, out=Path(config.out), run_id="run")
     run_dir = Path(config.out) / "run"
     owed = read_metrics(run_dir)
     assert [r["round"] for r in owed] == [0, 1] and owed[-1]["eval"] is None
