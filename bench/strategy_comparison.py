@@ -27,8 +27,9 @@ Two parts run in this one process, one after the other.
 
     Reported from each run's ``metrics.jsonl``: accuracy and loss of the evaluation on every
     site's held-out split (example-weighted over sites) before training and after the last round;
-    mean ``bytes-sent`` (coordinator → sites: the train and the evaluate message, each with the
-    global adapter) and ``bytes-received`` (sites → coordinator: the trained adapters) over rounds
+    mean ``bytes-sent`` (coordinator → sites: each round's train message with the global adapter,
+    which also serves the previous adapter's evaluation, and in the last round the evaluate
+    message of the final adapter) and ``bytes-received`` (sites → coordinator: the trained adapters) over rounds
     1..R; each site's ε after the last round. FFA-LoRA's sites send only the ``B`` factors and
     the head, hetero-rank's sites their own rank's factors.
 
