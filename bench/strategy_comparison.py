@@ -29,9 +29,9 @@ Two parts run in this one process, one after the other.
     site's held-out split (example-weighted over sites) before training and after the last round;
     mean ``bytes-sent`` (coordinator → sites: each round's train message with the global adapter,
     which also serves the previous adapter's evaluation, and in the last round the evaluate
-    message of the final adapter) and ``bytes-received`` (sites → coordinator: the trained adapters) over rounds
-    1..R; each site's ε after the last round. FFA-LoRA's sites send only the ``B`` factors and
-    the head, hetero-rank's sites their own rank's factors.
+    message of the final adapter) and ``bytes-received`` (sites → coordinator: the trained
+    adapters) over rounds 1..R; each site's ε after the last round. FFA-LoRA's sites send only
+    the ``B`` factors and the head, hetero-rank's sites their own rank's factors.
 
 (2) Aggregation time. One ``aggregate`` call for ``--agg-sites`` sites (default 100) on an
     adapter shaped like LoRA r=8 on ``q_proj`` and ``v_proj`` of a 7B Llama: 32 layers, hidden
