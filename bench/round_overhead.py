@@ -205,10 +205,11 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {
         "benchmark": "round_overhead",
         "measured": (
-            "median over all timed rounds (rounds 1..R of every run) of per-round wall time: "
-            "from building round r's train messages to holding every site's round-r evaluation "
-            "reply (train at every site, FedAvg, [fedlora: adapter checks + PEFT adapter dir], "
-            "evaluate at every site); Ray start, model loading and a round-0 warm-up evaluation "
+            "median over all timed rounds (rounds 1..R of every run) of per-round wall time "
+            "(train at every site, FedAvg, evaluation of the new adapter at every site; fedlora "
+            "also checks adapters and writes a PEFT adapter dir, and its round-r evaluation "
+            "travels in round r+1's train message, the last one in an exchange of its own, "
+            "counted in round R); Ray start, model loading and a round-0 warm-up evaluation "
             "excluded on both sides"
         ),
         "task": args.task,
