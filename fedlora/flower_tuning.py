@@ -44,7 +44,7 @@ LOCAL_CHECK_S = 0.01
 """Between a node's checks of its own state for a reply: no request, only a look-up."""
 _SUPERNODE_IDLE_S = 3
 _SUPERNODE_LOCAL_S = 0.5
-_SUPERNODE_WAITS = ("time.sleep(3)", "time.sleep(0.5)")
+_SUPERNODE_WAITS = tuple(f"time.sleep({s})" for s in (_SUPERNODE_IDLE_S, _SUPERNODE_LOCAL_S))
 """The waits of Flower 1.41's SuperNode loop (idle pull, reply check) that are shortened."""
 _BACKOFF_KEYS = ("initial_backoff", "backoff_cap")
 FLOWER_HEARTBEAT_INTERVAL_S = 30.0

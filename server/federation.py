@@ -264,7 +264,8 @@ class Federation:
         if self.pending is not None:
             started = time.monotonic()
             evaluated = self._exchange(node_ids, int(self.pending["round"]), "evaluate")
-            self._finish(_with_evaluation(self.pending, evaluated, time.monotonic() - started))
+            seconds = time.monotonic() - started
+            self._finish(_with_evaluation(self.pending, evaluated, seconds), pending=True)
             self.pending = None
         save_peft_dir(self.peft, self.global_state, self.run_dir.adapter_path(None))
 
@@ -288,7 +289,8 @@ class Federation:
                 node_ids, server_round, "train", evaluate_received=owed is not None
             )
             if owed is not None:
-                self._finish(_with_evaluation(owed, self._carried_evaluation(trained, node_ids)))
+                carried = self._carried_evaluation(trained, node_ids)
+                self._finish(_with_evaluation(owed, carried), pending=True)
                 self.pending = None
             trained.errors[:0] = failed
             updates = self._updates(trained)
@@ -518,13 +520,12 @@ class Federation:
         _total_bytes(record)
         return record if evaluated is None else _with_evaluation(record, evaluated)
 
-    def _finish(self, record: dict[str, Any]) -> None:
-        """Write a complete round line (replacing its ``"eval": null`` line, if written)."""
+    def _finish(self, record: dict[str, Any], *, pending: bool = False) -> None:
+        """Write a complete round line; ``pending``: it replaces its ``"eval": null`` line."""
         if self.config.task == "sft" and record["eval"].get("loss") is not None:
             record["eval"]["perplexity"] = math.exp(min(record["eval"]["loss"], 50.0))
-        records = self.run_dir.read_metrics()
-        if records and records[-1]["round"] == record["round"] and records[-1]["eval"] is None:
-            self.run_dir.rewrite_metrics([*records[:-1], record])
+        if pending:
+            self.run_dir.replace_last_metrics(record)
         else:
             self.run_dir.append_metrics(record)
         self.observer.on_round_end(record)

@@ -101,6 +101,21 @@ class RunDirectory:
         text = "".join(json.dumps(record, sort_keys=True) + "\n" for record in records)
         atomic_write_text(self.metrics_path, text)
 
+    def replace_last_metrics(self, record: dict[str, Any]) -> None:
+        """Replace the last metrics line (a round's line written before its evaluation).
+
+        Raises
+        ------
+        RunDirError
+            When the last line is not the same round's.
+        """
+        records = self.read_metrics()
+        if not records or records[-1]["round"] != record["round"]:
+            raise RunDirError(
+                f"{self.metrics_path}: the last line is not round {record['round']}'s"
+            )
+        self.rewrite_metrics([*records[:-1], record])
+
     def read_metrics(self) -> list[dict[str, Any]]:
         """All metrics lines, in order (``RunDirError`` naming a corrupted line)."""
         if not self.metrics_path.exists():

@@ -52,3 +52,25 @@ def test_unloadable_model_leaves_no_run_directory(tmp_path: Path):
             _EmptyGrid(), RunConfig(model="tiny-mamba", sites=1), out=tmp_path, run_id="never"
         )
     assert not (tmp_path / "never").exists()
+
+
+def test_a_rounds_line_is_replaced_once_its_evaluation_arrives(tmp_path: Path):
+    run = RunDirectory.create(tmp_path, "run")
+    run.append_metrics({"round": 0, "eval": {"loss": 2.0}})
+    run.append_metrics({"round": 1, "eval": None})
+
+    run.replace_last_metrics({"round": 1, "eval": {"loss": 1.5}})
+
+    assert run.read_metrics() == [
+        {"round": 0, "eval": {"loss": 2.0}},
+        {"round": 1, "eval": {"loss": 1.5}},
+    ]
+
+
+def test_replacing_another_rounds_line_is_refused(tmp_path: Path):
+    run = RunDirectory.create(tmp_path, "run")
+    run.append_metrics({"round": 1, "eval": None})
+
+    with pytest.raises(RunDirError, match="not round 2's"):
+        run.replace_last_metrics({"round": 2, "eval": {"loss": 1.5}})
+    assert run.read_metrics() == [{"round": 1, "eval": None}]
