@@ -24,7 +24,7 @@ from clients.runtime import LoadedModel, get_datasets, get_model
 from clients.site_privacy import check_dp_allowed
 from clients.site_rank import adapter_for_rank, config_for_rank, site_rank
 from clients.training import TrainResult, train_locally
-from fedlora.adapters import adapter_state, from_array_record, load_adapter_state, to_array_record
+from fedlora.adapters import adapter_state, load_adapter_state, pack_adapter, unpack_adapter
 from fedlora.config import DeviceChoice, RunConfig
 from fedlora.data import TokenizedDataset
 from fedlora.device import bf16_enabled, resolve_device
@@ -112,7 +112,7 @@ def _prepare(message: Message, context: Context, resolve_site: SiteResolver) -> 
     rank = site_rank(context, config, site.name)
     loaded = get_model(config_for_rank(config, rank))
     check_fingerprint(expected=instruction.base_fingerprint, local=loaded.base.fingerprint)
-    received = from_array_record(instruction.adapter)
+    received = unpack_adapter(instruction.adapter)
     load_adapter_state(loaded.peft, adapter_for_rank(received, config, rank))
     train_set, test_set = get_datasets(site, config, loaded)
     # A site's own node config picks its device (deployment); the run config otherwise.
@@ -161,7 +161,7 @@ def handle_train(message: Message, context: Context, resolve_site: SiteResolver)
     state = adapter_state(job.loaded.peft)
     if config.strategy == "ffa-lora":
         state = trained_state(state)  # A is frozen and shared: only B (and heads) travel
-    reply = make_reply(site.name, metrics, to_array_record(state), privacy, evaluation)
+    reply = make_reply(site.name, metrics, pack_adapter(state), privacy, evaluation)
     return Message(reply, reply_to=message)
 
 

@@ -1,14 +1,17 @@
-"""Adapters in their three forms: tensors, Flower ``ArrayRecord`` and PEFT directories.
+"""Adapters in their forms: tensors, packed bytes, Flower ``ArrayRecord`` and PEFT directories.
 
 Only what peft calls the adapter state travels: the LoRA factors and the ``modules_to_save``
 (a classification head). Base weights never leave a node. Conversions are bit-exact: tensors
 are serialised with their own dtype, never cast.
 
-On the wire the adapter is one Flower ``Array`` holding the tensors in safetensors format
-(names, dtypes and shapes in its header; no code is ever unpickled). Flower moves every array
-of a message as separate objects, each one request per hop (ServerApp -> SuperLink ->
-SuperNode -> ClientApp and back), so one array per adapter instead of one per tensor cuts a
-tiny-llama message from 20 objects to 5 (``docs/benchmarks.md``, deployment overhead).
+On the wire the adapter is packed: the tensors in safetensors format (names, dtypes and
+shapes in its header; no code is ever unpickled), as one byte string
+(:func:`pack_adapter`). :mod:`fedlora.protocol` puts it inside the message's one record,
+or, for an adapter larger than a Flower array chunk, into an ``ArrayRecord`` of one array
+(:func:`to_array_record`). Flower moves every record, array and chunk of a message as an
+object of its own, one request per hop (ServerApp -> SuperLink -> SuperNode -> ClientApp
+and back), so a tiny-llama message is 3 objects rather than 20 with one array per tensor
+(``docs/benchmarks.md``, deployment overhead).
 """
 
 from __future__ import annotations
@@ -83,15 +86,59 @@ def load_adapter_state(model: PeftModel, state: Mapping[str, torch.Tensor]) -> N
         raise AdapterError(f"adapter tensors not used by the model: {unexpected[:3]}")
 
 
+def pack_adapter(state: Mapping[str, torch.Tensor]) -> bytes:
+    """Serialise adapter tensors to safetensors bytes (bit-exact, each tensor its own dtype)."""
+    tensors = {name: tensor.detach().to("cpu").contiguous() for name, tensor in state.items()}
+    return bytes(safetensors_save(tensors))
+
+
+def unpack_adapter(packed: bytes) -> AdapterState:
+    """Decode what :func:`pack_adapter` wrote.
+
+    Raises
+    ------
+    AdapterError
+        When the bytes are not a safetensors serialisation.
+    """
+    try:
+        return dict(safetensors_load(bytes(packed)))
+    except Exception as exc:
+        raise AdapterError(f"the packed adapter cannot be decoded: {exc}") from exc
+
+
 def to_array_record(state: Mapping[str, torch.Tensor]) -> ArrayRecord:
     """Pack adapter tensors into a Flower ``ArrayRecord`` of one array (bit-exact).
 
-    The array is the safetensors serialisation of ``state`` as bytes, under the key
-    :data:`PACKED_KEY`.
+    The array is :func:`pack_adapter`'s bytes, under the key :data:`PACKED_KEY`.
     """
-    tensors = {name: tensor.detach().to("cpu").contiguous() for name, tensor in state.items()}
-    packed = np.frombuffer(safetensors_save(tensors), dtype=np.uint8)
-    return ArrayRecord({PACKED_KEY: Array(packed)})
+    return packed_array_record(pack_adapter(state))
+
+
+def packed_array_record(packed: bytes) -> ArrayRecord:
+    """An ``ArrayRecord`` of one ``uint8`` array holding ``packed`` (a packed adapter)."""
+    return ArrayRecord({PACKED_KEY: Array(np.frombuffer(packed, dtype=np.uint8))})
+
+
+def packed_from_array_record(record: ArrayRecord) -> bytes:
+    """The packed adapter bytes of an ``ArrayRecord`` :func:`packed_array_record` built.
+
+    Raises
+    ------
+    AdapterError
+        When the record is not one 1-D ``uint8`` array under :data:`PACKED_KEY`.
+    """
+    if list(record.keys()) != [PACKED_KEY]:
+        raise AdapterError(f"expected one packed array {PACKED_KEY!r}, got {list(record)[:3]}")
+    try:
+        raw = record[PACKED_KEY].numpy()
+    except Exception as exc:
+        raise AdapterError(f"the packed adapter cannot be decoded: {exc}") from exc
+    if raw.dtype != np.uint8 or raw.ndim != 1:
+        raise AdapterError(
+            f"the packed adapter cannot be decoded: expected a 1-D uint8 array, "
+            f"got {raw.dtype} {raw.shape}"
+        )
+    return raw.tobytes()
 
 
 def from_array_record(record: ArrayRecord) -> AdapterState:
@@ -106,13 +153,7 @@ def from_array_record(record: ArrayRecord) -> AdapterState:
         When the packed bytes or an array cannot be decoded.
     """
     if list(record.keys()) == [PACKED_KEY]:
-        try:
-            raw = record[PACKED_KEY].numpy()
-            if raw.dtype != np.uint8 or raw.ndim != 1:
-                raise ValueError(f"expected a 1-D uint8 array, got {raw.dtype} {raw.shape}")
-            return dict(safetensors_load(raw.tobytes()))
-        except Exception as exc:
-            raise AdapterError(f"the packed adapter cannot be decoded: {exc}") from exc
+        return unpack_adapter(packed_from_array_record(record))
     state: AdapterState = {}
     for name, array in record.items():
         try:
@@ -120,11 +161,6 @@ def from_array_record(record: ArrayRecord) -> AdapterState:
         except Exception as exc:
             raise AdapterError(f"adapter tensor {name} cannot be decoded: {exc}") from exc
     return state
-
-
-def payload_bytes(record: ArrayRecord) -> int:
-    """Bytes of the serialised adapter payload, as it travels between coordinator and site."""
-    return int(record.count_bytes())
 
 
 def save_peft_dir(model: PeftModel, state: Mapping[str, torch.Tensor], path: Path) -> Path:

@@ -35,10 +35,9 @@ from fedlora.adapters import (
     AdapterState,
     adapter_state,
     check_compatible,
-    from_array_record,
-    payload_bytes,
+    pack_adapter,
     save_peft_dir,
-    to_array_record,
+    unpack_adapter,
 )
 from fedlora.config import RunConfig
 from fedlora.errors import (
@@ -51,13 +50,13 @@ from fedlora.errors import (
 from fedlora.models import apply_lora, check_fingerprint, load_base_model
 from fedlora.progress import Phase, RoundObserver
 from fedlora.protocol import (
-    ADAPTER,
-    SITE,
     make_instruction,
     read_privacy,
     read_status,
+    reply_adapter,
     reply_evaluation,
     reply_metrics,
+    reply_site,
 )
 from server.checkpoint import (
     Checkpoint,
@@ -66,6 +65,7 @@ from server.checkpoint import (
     read_checkpoint,
     write_checkpoint,
 )
+from server.reply_polls import ReplyPolls
 from server.rundir import RunDirectory
 from strategies import SiteUpdate, build_strategy
 from strategies.central_dp import CentralDP
@@ -78,7 +78,6 @@ from strategies.validation import UpdateRejectedError, validate_update
 logger = logging.getLogger(__name__)
 
 _PACKAGES = ("fedlora", "flwr", "torch", "transformers", "peft", "opacus", "numpy")
-_PULL_INTERVAL_S = 0.05
 
 
 @dataclass
@@ -151,6 +150,8 @@ class Federation:
         self.first_round = 1
         self.pending: dict[str, Any] | None = None
         """The last aggregated round's metrics line while its evaluation is owed."""
+        self.fastest_train_s: float | None = None
+        """The fastest train exchange so far (push to last reply): when replies are due."""
 
     def resolved_config(self, sites: Iterable[str] = ()) -> dict[str, Any]:
         """What ``config.json`` records: the flat config plus provenance."""
@@ -342,8 +343,8 @@ class Federation:
         *,
         evaluate_received: bool = False,
     ) -> _PhaseResult:
-        adapter = to_array_record(self.global_state)
-        size = payload_bytes(adapter)
+        adapter = pack_adapter(self.global_state)
+        size = len(adapter)
         content = make_instruction(
             adapter,
             self.config,
@@ -366,9 +367,13 @@ class Federation:
         for node_id in node_ids:
             result.bytes_sent[self._site(node_id)] = size
         pending = set(message_ids)
-        deadline = time.monotonic() + self.config.round_timeout
-        while pending and time.monotonic() < deadline:
+        pushed = time.monotonic()
+        deadline = pushed + self.config.round_timeout
+        polls = ReplyPolls(self.fastest_train_s if phase == "train" else None)
+        while pending and (now := time.monotonic()) < deadline:
+            time.sleep(min(polls.next_wait(now - pushed), deadline - now))
             for reply in self.grid.pull_messages(pending):
+                polls.replied()
                 pending.discard(reply.metadata.reply_to_message_id)
                 self._accept(
                     reply,
@@ -377,8 +382,9 @@ class Federation:
                     phase,
                     result,
                 )
-            if pending:
-                time.sleep(_PULL_INTERVAL_S)
+        if phase == "train" and not pending:
+            took = time.monotonic() - pushed
+            self.fastest_train_s = min(took, self.fastest_train_s or math.inf)
         for message_id in pending:
             site = self._site(message_ids[message_id])
             reason = f"no reply within {self.config.round_timeout:.0f} s"
@@ -403,13 +409,20 @@ class Federation:
             )
             self.observer.on_reply(server_round=server_round, phase=phase, site=site, metrics=None)
             return
-        site = str(reply.content.config_records[SITE]["name"])
+        try:
+            site = reply_site(reply)
+            adapter = reply_adapter(reply)
+        except AdapterError as error:
+            site = self._site(node_id)
+            logger.warning("round %d %s: site %s: %s", server_round, phase, site, error)
+            result.errors.append({"site": site, "phase": phase, "reason": str(error)})
+            self.observer.on_reply(server_round=server_round, phase=phase, site=site, metrics=None)
+            return
         self.site_names[node_id] = site
         result.bytes_sent[site] = result.bytes_sent.pop(
             f"node-{node_id}", result.bytes_sent.get(site, 0)
         )
-        received = reply.content.array_records.get(ADAPTER)
-        result.bytes_received[site] = payload_bytes(received) if received is not None else 0
+        result.bytes_received[site] = len(adapter) if adapter is not None else 0
         self._read_evaluation(reply, site, phase, result)
         status = read_status(reply)
         if status is not None:
@@ -472,9 +485,10 @@ class Federation:
         by_rank: dict[int, AdapterState] = {}
         for site, reply in trained.replies.items():
             try:
-                if ADAPTER not in reply.content.array_records:
+                packed = reply_adapter(reply)
+                if packed is None:
                     raise UpdateRejectedError("the reply carries no adapter")
-                state = from_array_record(reply.content.array_records[ADAPTER])
+                state = unpack_adapter(packed)
                 reference = self._update_reference(state, by_rank)
                 validate_update(reference, state, norm_bound=self.config.update_norm_bound)
             except AdapterError as exc:

@@ -57,10 +57,10 @@ def scenario_client_app(config: RunConfig):
 
 def corrupt_update(reply, fault: str):
     """Break a train reply's adapter: ``nan`` values, a mis-``shape``d or a ``huge`` tensor."""
-    from fedlora.adapters import from_array_record, to_array_record
-    from fedlora.protocol import ADAPTER
+    from fedlora.adapters import pack_adapter, unpack_adapter
+    from fedlora.protocol import ADAPTER, SITE, reply_adapter
 
-    state = from_array_record(reply.content.array_records[ADAPTER])
+    state = unpack_adapter(reply_adapter(reply) or b"")
     name = sorted(state)[0]
     if fault == "nan":
         state[name] = torch.full_like(state[name], float("nan"))
@@ -70,7 +70,7 @@ def corrupt_update(reply, fault: str):
         state[name] = state[name] + 1e3
     else:
         raise ValueError(f"unknown fault {fault!r}")
-    reply.content.array_records[ADAPTER] = to_array_record(state)
+    reply.content.config_records[SITE][ADAPTER] = pack_adapter(state)
     return reply
 
 

@@ -13,9 +13,11 @@ from fedlora.adapters import (
     check_compatible,
     from_array_record,
     load_adapter_state,
-    payload_bytes,
+    pack_adapter,
+    packed_from_array_record,
     save_peft_dir,
     to_array_record,
+    unpack_adapter,
 )
 from fedlora.config import RunConfig
 from fedlora.errors import AdapterError
@@ -98,9 +100,24 @@ def test_load_adapter_state_refuses_a_wrong_dtype():
         load_adapter_state(model, state)
 
 
-def test_payload_bytes_counts_at_least_the_tensor_bytes():
-    state = {"a": torch.zeros(10, 4), "b": torch.zeros(3)}
-    assert payload_bytes(to_array_record(state)) >= (40 + 3) * 4
+def test_a_packed_adapter_is_safetensors_bytes_and_comes_back_bit_exact():
+    state = {
+        "base_model.model.q.lora_A.weight": torch.randn(4, 16),
+        "base_model.model.q.lora_B.weight": torch.randn(16, 4).to(torch.bfloat16),
+    }
+
+    packed = pack_adapter(state)
+    back = unpack_adapter(packed)
+
+    assert isinstance(packed, bytes) and len(packed) >= 4 * 16 * 4 + 16 * 4 * 2
+    assert back.keys() == state.keys()
+    assert all(back[n].dtype == t.dtype and torch.equal(back[n], t) for n, t in state.items())
+    assert packed_from_array_record(to_array_record(state)) == packed
+
+
+def test_undecodable_packed_bytes_are_refused():
+    with pytest.raises(AdapterError, match="packed adapter cannot be decoded"):
+        unpack_adapter(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}")
 
 
 def test_an_adapter_travels_as_one_array_and_comes_back_bit_exact():

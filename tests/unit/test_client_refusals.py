@@ -7,11 +7,17 @@ import torch
 from flwr.app import Context, Message, RecordDict
 
 from clients.app import make_client_app
-from fedlora.adapters import adapter_state, from_array_record, to_array_record
+from fedlora.adapters import adapter_state, pack_adapter, unpack_adapter
 from fedlora.config import RunConfig
 from fedlora.errors import BaseMismatchError, DataError
 from fedlora.models import apply_lora, load_base_model
-from fedlora.protocol import make_instruction
+from fedlora.protocol import (
+    make_instruction,
+    read_instruction,
+    reply_adapter,
+    reply_metrics,
+    reply_site,
+)
 from fedlora.sites import SiteSpec
 from tests.conftest import write_jsonl
 
@@ -28,7 +34,7 @@ def _identity(flower_identity: None) -> None:
 
 
 def _instruction(config: RunConfig, fingerprint: str, message_type: str) -> Message:
-    adapter = to_array_record(
+    adapter = pack_adapter(
         adapter_state(apply_lora(load_base_model(config.model, task=config.task), config))
     )
     content = make_instruction(
@@ -87,10 +93,10 @@ def test_matching_base_trains_and_replies_with_an_update(tmp_path: Path):
     reply = app(message, _context())
 
     assert not reply.has_error()
-    assert reply.content.config_records["site"]["name"] == "site-a"
-    assert reply.content.metric_records["metrics"]["num-examples"] == 5  # one of six held out
-    sent = from_array_record(message.content.array_records["adapter"])
-    returned = from_array_record(reply.content.array_records["adapter"])
+    assert reply_site(reply) == "site-a"
+    assert reply_metrics(reply)["num-examples"] == 5  # one of six held out
+    sent = unpack_adapter(read_instruction(message).adapter)
+    returned = unpack_adapter(reply_adapter(reply) or b"")
     assert sorted(returned) == sorted(sent)
     assert any(not torch.equal(returned[k], sent[k]) for k in sent), "training changed nothing"
 
@@ -120,4 +126,4 @@ def test_node_config_device_wins_over_the_run_config(tmp_path: Path):
     reply = app(_instruction(config, fingerprint, "evaluate"), context)
 
     assert not reply.has_error(), reply.error.reason
-    assert reply.content.metric_records["metrics"]["num-examples"] > 0
+    assert reply_metrics(reply)["num-examples"] > 0

@@ -13,10 +13,10 @@ from torch.utils.data import DataLoader, TensorDataset
 from clients.app import make_client_app
 from clients.dp_training import _private_step
 from clients.proximal import ProximalTerm, proximal_term
-from fedlora.adapters import adapter_state, from_array_record, to_array_record
+from fedlora.adapters import adapter_state, pack_adapter, unpack_adapter
 from fedlora.config import RunConfig
 from fedlora.models import apply_lora, load_base_model
-from fedlora.protocol import make_instruction, read_privacy
+from fedlora.protocol import make_instruction, read_privacy, reply_adapter
 from fedlora.sites import SiteSpec
 from strategies.ffa_lora import trained_names
 from tests.conftest import write_jsonl
@@ -91,7 +91,7 @@ def test_ffa_lora_site_trains_only_b_and_sends_only_what_it_trains(
     base = load_base_model("tiny-llama", task="sft", max_length=64)
     initial = adapter_state(apply_lora(base, config))
     content = make_instruction(
-        to_array_record(initial),
+        pack_adapter(initial),
         config,
         server_round=1,
         base_fingerprint=base.fingerprint,
@@ -109,7 +109,7 @@ def test_ffa_lora_site_trains_only_b_and_sends_only_what_it_trains(
     reply = app(Message(content=content, dst_node_id=1, message_type="train"), context)
 
     assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
-    returned = from_array_record(reply.content.array_records["adapter"])
+    returned = unpack_adapter(reply_adapter(reply) or b"")
     assert sorted(returned) == sorted(trained_names(initial))
     assert not any(".lora_A." in name for name in returned)
     assert any(not torch.equal(returned[k], initial[k]) for k in returned)
