@@ -2,8 +2,8 @@
 
 Flower's deployment runtime polls with fixed waits tuned for long rounds over a WAN: a
 SuperNode sleeps 3 s after every pull that finds no message and 0.5 s between checks for its
-ClientApp's reply, and every pull of a message's objects (the adapter tensors) that comes
-before the objects have arrived backs off 1 s first. A fedlora round is one exchange with
+ClientApp's reply, and every pull of a message's objects (its records) that comes before the
+objects have arrived backs off 1 s first. A fedlora round is one exchange with
 each site (two for the last round), each crossing SuperLink -> SuperNode -> ClientApp and
 back, so on a small model those waits, not training, set the pace of a round
 (docs/benchmarks.md, ``bench/deployment_overhead.py``).
