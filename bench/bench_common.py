@@ -44,18 +44,3 @@ def emit_result(result: dict[str, Any], path: Path | None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(line + "\n")
     print(line)
-
-
-def round_seconds(records: list[dict[str, Any]]) -> list[float]:
-    """Wall seconds of rounds 1..R from a run's ``metrics.jsonl`` lines.
-
-    A round's ``duration-s`` covers its training (with the previous round's evaluation,
-    which its train messages carry) and aggregation; the last round's adapter is evaluated
-    in an exchange of its own (``eval-duration-s``), counted here in the last round. The sum
-    is the wall time from round 1's train messages to the last evaluation reply.
-    """
-    timed = [record for record in records if int(record["round"]) >= 1]
-    seconds = [float(record["duration-s"]) for record in timed]
-    if seconds:
-        seconds[-1] = round(seconds[-1] + float(timed[-1].get("eval-duration-s", 0.0)), 3)
-    return seconds

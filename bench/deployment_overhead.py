@@ -23,7 +23,7 @@ its ``OMP_NUM_THREADS=1``; a deployed site gets ``[site] cpu-threads = 1``).
 What is measured, the same way on both sides, from the run's ``metrics.jsonl``, which
 fedlora's round loop (``server/federation.py``) writes in both: the wall time from building
 round 1's train messages to holding every site's evaluation of the last round's adapter,
-per round (``bench_common.round_seconds``: each round's ``duration-s`` -- its training, which
+per round (``fedlora.progress.round_seconds``: each round's ``duration-s`` -- its training, which
 also carries the previous round's evaluation, and aggregation -- with the last adapter's own
 evaluation exchange, ``eval-duration-s``, counted in the last round). Start-up
 (Ray, the SuperLink and SuperNodes, ``flwr run``'s upload, the round-0 evaluation) is
@@ -63,12 +63,12 @@ from bench_common import (  # this script's folder
     add_output_arguments,
     emit_result,
     quiet_flower,
-    round_seconds,
 )
 
 from fedlora.config import RunConfig
 from fedlora.flower_tuning import DEFAULT_POLL_INTERVAL_S
 from fedlora.loopback import LocalDeployment, RunConfigValue, SiteData
+from fedlora.progress import round_seconds
 from fedlora.testing import write_sft_file
 from simulations.runner import simulate
 

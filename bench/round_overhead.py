@@ -6,7 +6,7 @@ Both sides run in this one process, one after the other, under Flower's simulati
 (a) fedlora: ``simulations.runner.simulate`` -- fedlora's coordinator round loop, message
     protocol, ClientApp (base-model fingerprint check, adapter checks), strategy, the PEFT
     adapter directory it writes every round and ``metrics.jsonl``. Its per-round time comes
-    from ``metrics.jsonl`` (``bench_common.round_seconds``). A fedlora round is one exchange
+    from ``metrics.jsonl`` (``fedlora.progress.round_seconds``). A fedlora round is one exchange
     with each site: its train message also carries the evaluation of the previous round's
     adapter, and the last adapter is evaluated in one more exchange.
 (b) plain Flower: ``bench/plain_flower_app.py`` -- a hand-written ServerApp loop (send train to
@@ -50,11 +50,11 @@ from bench_common import (  # this script's folder
     add_output_arguments,
     emit_result,
     quiet_flower,
-    round_seconds,
 )
 from plain_flower_app import run_plain  # this script's folder; Ray workers import it too
 
 from fedlora.config import RunConfig
+from fedlora.progress import round_seconds
 from simulations.materialize import resolve_config, simulated_sites
 from simulations.runner import simulate
 

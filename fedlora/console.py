@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from fedlora.progress import Phase, RoundObserver
+from fedlora.progress import Phase, RoundObserver, round_seconds
 
 
 class ProgressDisplay(RoundObserver):
@@ -112,17 +112,22 @@ def summary_table(metrics: list[dict[str, Any]], task: str) -> Table:
 
 
 def traffic_table(metrics: list[dict[str, Any]]) -> Table:
-    """Adapter bytes sent and received per round, over all sites."""
+    """Adapter bytes sent and received per round, over all sites, and each round's seconds.
+
+    The last round's seconds include its adapter's own evaluation exchange, as its bytes sent
+    include that message (:func:`fedlora.progress.round_seconds`).
+    """
     table = Table(title="Adapter traffic per round")
     for name in ("round", "sent", "received", "errors", "seconds"):
         table.add_column(name, justify="right")
-    for record in metrics[1:]:
+    timed = [record for record in metrics if int(record["round"]) >= 1]
+    for record, seconds in zip(timed, round_seconds(metrics), strict=True):
         table.add_row(
             str(record["round"]),
             _bytes(record["bytes-sent"]),
             _bytes(record["bytes-received"]),
             str(len(record["errors"])),
-            f"{record['duration-s']:.1f}",
+            f"{seconds:.1f}",
         )
     return table
 
