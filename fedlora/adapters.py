@@ -8,7 +8,7 @@ On the wire the adapter is packed: the tensors in safetensors format (names, dty
 shapes in its header; no code is ever unpickled), as one byte string
 (:func:`pack_adapter`). :mod:`fedlora.protocol` puts it inside the message's one record,
 or, for an adapter larger than a Flower array chunk, into an ``ArrayRecord`` of one array
-(:func:`to_array_record`). Flower moves every record, array and chunk of a message as an
+(:func:`packed_array_record`). Flower moves every record, array and chunk of a message as an
 object of its own, one request per hop (ServerApp -> SuperLink -> SuperNode -> ClientApp
 and back), so a tiny-llama message is 3 objects rather than 20 with one array per tensor
 (``docs/benchmarks.md``, deployment overhead).
@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 AdapterState = dict[str, torch.Tensor]
 PACKED_KEY = "adapter.safetensors"
-"""The one array of an adapter ``ArrayRecord``: the tensors in safetensors format."""
+"""The one array of a large adapter's ``ArrayRecord``: its packed (safetensors) bytes."""
 
 
 def adapter_state(model: PeftModel) -> AdapterState:
@@ -106,14 +106,6 @@ def unpack_adapter(packed: bytes) -> AdapterState:
         raise AdapterError(f"the packed adapter cannot be decoded: {exc}") from exc
 
 
-def to_array_record(state: Mapping[str, torch.Tensor]) -> ArrayRecord:
-    """Pack adapter tensors into a Flower ``ArrayRecord`` of one array (bit-exact).
-
-    The array is :func:`pack_adapter`'s bytes, under the key :data:`PACKED_KEY`.
-    """
-    return packed_array_record(pack_adapter(state))
-
-
 def packed_array_record(packed: bytes) -> ArrayRecord:
     """An ``ArrayRecord`` of one ``uint8`` array holding ``packed`` (a packed adapter)."""
     return ArrayRecord({PACKED_KEY: Array(np.frombuffer(packed, dtype=np.uint8))})
@@ -139,28 +131,6 @@ def packed_from_array_record(record: ArrayRecord) -> bytes:
             f"got {raw.dtype} {raw.shape}"
         )
     return raw.tobytes()
-
-
-def from_array_record(record: ArrayRecord) -> AdapterState:
-    """Unpack a Flower ``ArrayRecord`` into adapter tensors (bit-exact).
-
-    Reads the packed form :func:`to_array_record` writes and, for records built elsewhere
-    (Flower's own helpers, other tools), one array per tensor.
-
-    Raises
-    ------
-    AdapterError
-        When the packed bytes or an array cannot be decoded.
-    """
-    if list(record.keys()) == [PACKED_KEY]:
-        return unpack_adapter(packed_from_array_record(record))
-    state: AdapterState = {}
-    for name, array in record.items():
-        try:
-            state[name] = torch.from_numpy(np.array(array.numpy(), copy=True))
-        except Exception as exc:
-            raise AdapterError(f"adapter tensor {name} cannot be decoded: {exc}") from exc
-    return state
 
 
 def save_peft_dir(model: PeftModel, state: Mapping[str, torch.Tensor], path: Path) -> Path:

@@ -11,12 +11,11 @@ from fedlora.adapters import (
     PACKED_KEY,
     adapter_state,
     check_compatible,
-    from_array_record,
     load_adapter_state,
     pack_adapter,
+    packed_array_record,
     packed_from_array_record,
     save_peft_dir,
-    to_array_record,
     unpack_adapter,
 )
 from fedlora.config import RunConfig
@@ -42,14 +41,14 @@ def _perturbed(state: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Ten
         ("tiny-bert", "classification"),
     ],
 )
-def test_adapter_round_trip_through_array_record_and_peft_dir_is_bit_exact(
+def test_adapter_round_trip_through_packed_bytes_and_peft_dir_is_bit_exact(
     tmp_path: Path, preset, task
 ):
     config = RunConfig(model=preset, task=task)
     model = apply_lora(load_base_model(preset, task=task, labels=LABELS), config)
     state = _perturbed(adapter_state(model), seed=7)
 
-    unpacked = from_array_record(to_array_record(state))
+    unpacked = unpack_adapter(pack_adapter(state))
     save_peft_dir(model, unpacked, tmp_path / "adapter")
     fresh_base = load_base_model(preset, task=task, labels=LABELS).model
     reloaded = PeftModel.from_pretrained(fresh_base, str(tmp_path / "adapter"))
@@ -112,7 +111,7 @@ def test_a_packed_adapter_is_safetensors_bytes_and_comes_back_bit_exact():
     assert isinstance(packed, bytes) and len(packed) >= 4 * 16 * 4 + 16 * 4 * 2
     assert back.keys() == state.keys()
     assert all(back[n].dtype == t.dtype and torch.equal(back[n], t) for n, t in state.items())
-    assert packed_from_array_record(to_array_record(state)) == packed
+    assert packed_from_array_record(packed_array_record(packed)) == packed
 
 
 def test_undecodable_packed_bytes_are_refused():
@@ -120,18 +119,18 @@ def test_undecodable_packed_bytes_are_refused():
         unpack_adapter(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}")
 
 
-def test_an_adapter_travels_as_one_array_and_comes_back_bit_exact():
+def test_a_large_adapter_travels_as_one_array_and_comes_back_bit_exact():
     state = {
         "base_model.model.q.lora_A.weight": torch.randn(4, 16),
         "base_model.model.q.lora_B.weight": torch.randn(16, 4).to(torch.bfloat16),
         "base_model.model.score.weight": torch.tensor([[1e-30, -0.0, float("inf")]]),
     }
 
-    record = to_array_record(state)
-    back = from_array_record(record)
+    record = packed_array_record(pack_adapter(state))
+    back = unpack_adapter(packed_from_array_record(record))
 
     assert list(record.keys()) == [PACKED_KEY]  # one array: few Flower objects per message
-    one_tensor = to_array_record({"only": torch.zeros(2)})
+    one_tensor = packed_array_record(pack_adapter({"only": torch.zeros(2)}))
     # Flower moves the record, the array and its chunk: 3 objects, however many tensors.
     assert len(get_all_nested_objects(record)) == len(get_all_nested_objects(one_tensor)) == 3
     assert back.keys() == state.keys()
@@ -139,19 +138,14 @@ def test_an_adapter_travels_as_one_array_and_comes_back_bit_exact():
         assert back[name].dtype == tensor.dtype and torch.equal(back[name], tensor)
 
 
-def test_one_array_per_tensor_is_still_read():
-    state = {"a": torch.randn(3, 2), "b": torch.arange(4, dtype=torch.float32)}
-    record = ArrayRecord({name: Array(t.numpy()) for name, t in state.items()})
-
-    back = from_array_record(record)
-
-    assert all(torch.equal(back[name], state[name]) for name in state)
-
-
 @pytest.mark.parametrize(
-    "payload",
-    [np.frombuffer(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}", dtype=np.uint8), np.zeros(3)],
+    "record",
+    [
+        ArrayRecord({PACKED_KEY: Array(np.zeros(3))}),  # float64, not bytes
+        ArrayRecord({PACKED_KEY: Array(np.zeros((2, 2), dtype=np.uint8))}),  # not 1-D
+        ArrayRecord({"a": Array(np.zeros(3, dtype=np.uint8))}),  # one array per tensor
+    ],
 )
-def test_undecodable_packed_adapters_are_refused(payload):
-    with pytest.raises(AdapterError, match="packed adapter cannot be decoded"):
-        from_array_record(ArrayRecord({PACKED_KEY: Array(payload)}))
+def test_an_array_record_that_is_not_a_packed_adapter_is_refused(record):
+    with pytest.raises(AdapterError, match=r"packed adapter cannot be decoded|one packed array"):
+        packed_from_array_record(record)
