@@ -75,11 +75,12 @@ class Instruction:
 def _content(record_name: str, values: dict[str, RecordValue], adapter: bytes | None) -> RecordDict:
     """One record of ``values`` (and the adapter, inline or, when large, in its own record)."""
     content = RecordDict()
+    record = ConfigRecord(dict(values))
     if adapter is not None and len(adapter) > INLINE_ADAPTER_MAX_BYTES:
         content[ADAPTER] = packed_array_record(adapter)
     elif adapter is not None:
-        values[ADAPTER] = adapter
-    content[record_name] = ConfigRecord(dict(values))
+        record[ADAPTER] = adapter
+    content[record_name] = record
     return content
 
 

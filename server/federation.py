@@ -83,6 +83,8 @@ _PACKAGES = ("fedlora", "flwr", "torch", "transformers", "peft", "opacus", "nump
 @dataclass
 class _PhaseResult:
     replies: dict[str, Message] = field(default_factory=dict)
+    adapters: dict[str, bytes] = field(default_factory=dict)
+    """The packed adapter of each train reply that carried one, read once on arrival."""
     errors: list[dict[str, str]] = field(default_factory=list)
     bytes_sent: dict[str, int] = field(default_factory=dict)
     bytes_received: dict[str, int] = field(default_factory=dict)
@@ -384,7 +386,8 @@ class Federation:
                 )
         if phase == "train" and not pending:
             took = time.monotonic() - pushed
-            self.fastest_train_s = min(took, self.fastest_train_s or math.inf)
+            if self.fastest_train_s is None or took < self.fastest_train_s:
+                self.fastest_train_s = took
         for message_id in pending:
             site = self._site(message_ids[message_id])
             reason = f"no reply within {self.config.round_timeout:.0f} s"
@@ -423,6 +426,8 @@ class Federation:
             f"node-{node_id}", result.bytes_sent.get(site, 0)
         )
         result.bytes_received[site] = len(adapter) if adapter is not None else 0
+        if adapter is not None:
+            result.adapters[site] = adapter
         self._read_evaluation(reply, site, phase, result)
         status = read_status(reply)
         if status is not None:
@@ -485,7 +490,7 @@ class Federation:
         by_rank: dict[int, AdapterState] = {}
         for site, reply in trained.replies.items():
             try:
-                packed = reply_adapter(reply)
+                packed = trained.adapters.get(site)
                 if packed is None:
                     raise UpdateRejectedError("the reply carries no adapter")
                 state = unpack_adapter(packed)
