@@ -7,7 +7,7 @@ The same 2-site, 3-round tiny workload runs on both sides, one after the other i
     messages;
 (b) deployment: ``fedlora.loopback.LocalDeployment`` -- a TLS SuperLink with SuperNode
     authentication and one SuperNode per site on 127.0.0.1 as ``fedlora deploy supernode``
-    starts it (short polls, one warm worker process per site, ``fedlora.node_worker``), the
+    starts it (short polls, one warm worker per site, ``fedlora.node_worker``), the
     run submitted with ``flwr run . CONNECTION --stream``;
 (c) cold deployment, once, for reference (``--cold-runs 0`` skips it): the same with plain
     ``flower-supernode`` nodes (``fedlora deploy supernode --cold``): Flower's 3 s idle polls

@@ -12,7 +12,7 @@ Each function here changes one of those waits in the calling process only, after
 that the installed Flower waits the way 1.41 does; if it does not, it changes nothing, logs
 a warning and returns ``False``, so a Flower upgrade costs speed, never correctness. The
 object pulls keep their shape (exponential back-off up to Flower's cap) with a shorter first
-wait; the SuperNode's idle pulls and the warm worker's asks for tasks back off from a short
+wait; the SuperNode's idle pulls and a worker process's asks for tasks back off from a short
 first wait after each message up to the poll interval (:class:`PollBackoff`), since a
 round's next message follows a reply within the coordinator's aggregation time.
 """
@@ -22,6 +22,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import threading
 import time
 from types import ModuleType
 from typing import Any
@@ -42,6 +43,8 @@ FIRST_TASK_POLL_S = 0.01
 """The warm worker's first wait after a task before it asks its node again (then doubling)."""
 LOCAL_CHECK_S = 0.01
 """Between a node's checks of its own state for a reply: no request, only a look-up."""
+REPLY_SIGNAL_WAIT_S = 0.1
+"""Longest wait for a reply signal from a worker in the node's process before a check."""
 _SUPERNODE_IDLE_S = 3
 _SUPERNODE_LOCAL_S = 0.5
 _SUPERNODE_WAITS = tuple(f"time.sleep({s})" for s in (_SUPERNODE_IDLE_S, _SUPERNODE_LOCAL_S))
@@ -119,16 +122,28 @@ class SupernodeWaits:
         *,
         first_idle: float = FIRST_IDLE_POLL_S,
         local_check: float = LOCAL_CHECK_S,
+        replies: threading.Event | None = None,
     ) -> None:
         self.idle = PollBackoff(first=first_idle, cap=idle_cap)
         self.local_check = min(check_poll_interval(local_check), self.idle.cap)
+        self.replies = replies
 
     def sleep(self, seconds: float) -> None:
-        """Sleep the shortened wait that stands for Flower's ``seconds``."""
+        """Sleep the shortened wait that stands for Flower's ``seconds``.
+
+        With ``replies`` (set by a warm worker in this process when it has stored a reply),
+        a reply check waits on that event for up to ``REPLY_SIGNAL_WAIT_S`` instead: a
+        check every ``local_check`` seconds would take the interpreter from the training
+        thread a hundred times a second.
+        """
         if seconds == _SUPERNODE_IDLE_S:
             wait = self.idle.next_wait()
         elif seconds == _SUPERNODE_LOCAL_S:
             self.idle.reset()
+            if self.replies is not None:
+                self.replies.wait(REPLY_SIGNAL_WAIT_S)
+                self.replies.clear()
+                return
             wait = self.local_check
         else:
             wait = min(seconds, self.idle.cap)
@@ -138,7 +153,9 @@ class SupernodeWaits:
         return getattr(time, name)
 
 
-def shorten_supernode_polls(cap: float, module: ModuleType | None = None) -> bool:
+def shorten_supernode_polls(
+    cap: float, module: ModuleType | None = None, *, replies: threading.Event | None = None
+) -> bool:
     """Replace the fixed sleeps of Flower's SuperNode loop by :class:`SupernodeWaits`.
 
     Parameters
@@ -147,6 +164,8 @@ def shorten_supernode_polls(cap: float, module: ModuleType | None = None) -> boo
         Longest wait between pulls from the SuperLink, in seconds.
     module : ModuleType, optional
         The module to change; Flower's ``flwr.supernode.start_client_internal`` by default.
+    replies : threading.Event, optional
+        Set by a warm worker in this process whenever it has stored a reply.
 
     Returns
     -------
@@ -167,7 +186,8 @@ def shorten_supernode_polls(cap: float, module: ModuleType | None = None) -> boo
             "keeping its own poll intervals"
         )
         return False
-    setattr(module, "time", SupernodeWaits(cap))  # noqa: B010 -- mypy: no such attribute
+    waits = SupernodeWaits(cap, replies=replies)
+    setattr(module, "time", waits)  # noqa: B010 -- mypy: no such attribute
     return True
 
 

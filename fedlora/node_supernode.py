@@ -9,14 +9,18 @@ runs ``flower-supernode`` (Flower's own entry point, in this process) with two c
   those waits alone add seconds to a round of a tiny model. Here the idle pulls back off from
   0.02 s after each served message up to ``--poll-interval`` seconds (default 0.2 s: five
   pulls a second per idle site, a load any SuperLink carries for hundreds of sites), the
-  reply checks (a look-up in the node's own memory) take 0.01 s and the first retry 0.01 s
+  reply checks (a look-up in the node's own memory) wait on the worker's signal (or take
+  0.01 s with a worker process) and the first retry comes after 0.01 s
   (:mod:`fedlora.flower_tuning`).
 * With ``--worker`` (what ``fedlora deploy supernode`` uses unless ``--cold``), the SuperNode
-  runs in Flower's ``--isolation process`` mode and :mod:`fedlora.node_worker` is started as
-  this process's child: one warm process that executes every ClientApp task, instead of a
+  runs in Flower's ``--isolation process`` mode and :mod:`fedlora.node_worker` runs as a
+  thread of this process: one warm worker that executes every ClientApp task, instead of a
   fresh ``flwr-clientapp`` process per message re-importing torch, transformers, peft and
-  opacus. The worker exits when this process does.
-
+  opacus. It calls the node's Runtime handlers directly (:mod:`fedlora.node_local_runtime`),
+  is woken by each new task (:mod:`fedlora.node_wake`) and signals each stored reply, so the
+  node's loop waits on that signal rather than checking its state every 0.01 s (which would
+  take the interpreter from training). A Flower without those handlers gets the worker as a
+  child process over the Runtime API's HTTP, which exits when this process does.
 * ``--heartbeat-interval S`` (``[connection] heartbeat-interval`` of ``site.toml``): the
   interval this node declares to the SuperLink and keeps, instead of Flower's fixed 30 s.
   The SuperLink lets a restarted node back in only after two missed intervals, so a
@@ -33,6 +37,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Sequence
 
 from fedlora.errors import ConfigError
@@ -44,6 +49,8 @@ from fedlora.flower_tuning import (
     shorten_pull_backoff,
     shorten_supernode_polls,
 )
+from fedlora.node_local_runtime import LocalRuntimeClient, local_runtime_available
+from fedlora.node_wake import TaskSignal, notify_on_new_tasks
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +59,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def worker_argv(runtime_address: str, *, poll_interval: float, parent_pid: int) -> list[str]:
-    """The command line of the warm worker serving the SuperNode at ``runtime_address``."""
+    """The command line of a warm worker process serving the SuperNode at ``runtime_address``."""
     return [
         sys.executable,
         "-m",
@@ -64,6 +71,62 @@ def worker_argv(runtime_address: str, *, poll_interval: float, parent_pid: int) 
         "--parent-pid",
         str(parent_pid),
     ]
+
+
+def start_worker(
+    flower_args: Sequence[str], *, poll_interval: float, replies: threading.Event | None = None
+) -> str:
+    """Start the warm worker: a thread of this process, or a child process as a fallback.
+
+    In this process (the default), the worker is woken by the node's state when it creates
+    a task (:mod:`fedlora.node_wake`), calls the node's Runtime handlers directly
+    (:mod:`fedlora.node_local_runtime`) and sets ``replies`` once it has stored a reply. If
+    the installed Flower lacks what this needs, the worker is a child process that polls the
+    node's Runtime API over HTTP; it watches this PID and exits with it.
+
+    Returns
+    -------
+    str
+        ``"thread"`` or ``"process"``: where the worker runs.
+    """
+    signal = TaskSignal()
+    if local_runtime_available() and notify_on_new_tasks(signal):
+        threading.Thread(
+            target=_serve_in_this_process,
+            args=(signal, poll_interval, replies),
+            name="fedlora-warm-worker",
+            daemon=True,
+        ).start()
+        return "thread"
+    logger.warning("the warm worker runs as a separate process, over the node's Runtime API")
+    subprocess.Popen(
+        worker_argv(
+            runtime_address(flower_args), poll_interval=poll_interval, parent_pid=os.getpid()
+        )
+    )
+    return "process"
+
+
+def _serve_in_this_process(
+    signal: TaskSignal, poll_interval: float, replies: threading.Event | None
+) -> None:
+    from fedlora.node_worker import serve
+
+    while signal.state is None:  # the node's state is known from its first task on
+        signal.wait(None)
+    state = signal.state
+    try:
+        serve(
+            lambda token: LocalRuntimeClient(state, token),
+            poll_interval=poll_interval,
+            wake=signal,
+            replied=replies,
+            where="in the SuperNode's process",
+        )
+    except BaseException:
+        # A node without its worker would hold every message until the run times out.
+        logger.exception("the warm worker stopped; the SuperNode exits")
+        os._exit(1)
 
 
 def runtime_address(flower_args: Sequence[str]) -> str:
@@ -87,7 +150,7 @@ def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
         help="seconds between heartbeats, declared to the SuperLink (Flower's default: 30)",
     )
     parser.add_argument(
-        "--worker", action="store_true", help="start fedlora's warm worker (isolation process)"
+        "--worker", action="store_true", help="run fedlora's warm worker (isolation process)"
     )
     parser.add_argument("flower_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(list(argv))
@@ -98,7 +161,7 @@ def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Start the SuperNode in this process (and the warm worker as a child)."""
+    """Start the SuperNode in this process (and, with ``--worker``, the warm worker)."""
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     args, flower_args = _parse(sys.argv[1:] if argv is None else argv)
     try:
@@ -108,21 +171,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ConfigError as error:
         print(f"fedlora: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
-    shorten_supernode_polls(args.poll_interval)
-    shorten_pull_backoff()
-    if args.heartbeat_interval is not None:
-        set_node_heartbeat_interval(args.heartbeat_interval)
+    replies = threading.Event()
+    worker = None
     if args.worker:
         if "--isolation" not in flower_args:
             flower_args += ["--isolation", "process"]
-        # The worker watches this PID and exits with it; Flower's node takes no part in it.
-        subprocess.Popen(
-            worker_argv(
-                runtime_address(flower_args),
-                poll_interval=args.poll_interval,
-                parent_pid=os.getpid(),
-            )
-        )
+        worker = start_worker(flower_args, poll_interval=args.poll_interval, replies=replies)
+    shorten_supernode_polls(args.poll_interval, replies=replies if worker == "thread" else None)
+    shorten_pull_backoff()
+    if args.heartbeat_interval is not None:
+        set_node_heartbeat_interval(args.heartbeat_interval)
     from flwr.supernode.cli import flower_supernode
 
     sys.argv = ["flower-supernode", *flower_args]

@@ -1,15 +1,21 @@
-"""A site's warm ClientApp worker: one long-lived process runs every task of its SuperNode.
+"""A site's warm ClientApp worker: one long-lived worker runs every task of its SuperNode.
 
 Flower's own executor (``flower-superexec``) starts a fresh ``flwr-clientapp`` process for
 each message; fedlora's ClientApp then re-imports torch, transformers, peft and opacus and
 rebuilds the model, seconds of work per message. This worker takes the executor's place
-beside a SuperNode started with ``--isolation process`` (:mod:`fedlora.node_supernode` starts
-it): it asks the node's Runtime API for ClientApp tasks, and runs each in this process
-with Flower's own task protocol (``pull_task_input``, ``push_message``, ``push_task_output``
-from ``flwr.supernode.runtime.run_clientapp``) and a heartbeat, so the node sees exactly what
-a ``flwr-clientapp`` process would send (object pulls retry after 0.05 s rather than 1 s,
-:func:`fedlora.flower_tuning.shorten_pull_backoff`). Imports, the base model and tokenised
-data stay warm between messages (``clients.runtime`` caches them, as a simulation's Ray actor does).
+beside a SuperNode started with ``--isolation process``: it acquires ClientApp tasks from the
+node's Runtime API and runs each with Flower's own task protocol (``pull_task_input``,
+``push_message``, ``push_task_output`` from ``flwr.supernode.runtime.run_clientapp``) and a
+task heartbeat, so the node sees exactly what a ``flwr-clientapp`` process would send.
+Imports, the base model and tokenised data stay warm between tasks (``clients.runtime``
+caches them, as a simulation's Ray actor does).
+
+:mod:`fedlora.node_supernode` runs :func:`serve` as a thread of the node's own process on
+:class:`fedlora.node_local_runtime.LocalRuntimeClient` (the node's Runtime handlers, called
+directly) and wakes it on every new task (:mod:`fedlora.node_wake`); where the installed
+Flower does not allow that, ``python -m fedlora.node_worker`` runs it as the node's child
+process over the Runtime API's HTTP (:func:`http_connector`; object pulls retry after 0.01 s
+rather than 1 s, :func:`fedlora.flower_tuning.shorten_pull_backoff`).
 
 The worker runs the fedlora installed at the site, not code from the submitted FAB: a run
 whose FAB is not this fedlora (another app, another fedlora version, another ClientApp) is
@@ -29,6 +35,7 @@ import time
 import zipfile
 from collections.abc import Callable, Sequence
 from importlib import metadata
+from typing import Any
 
 from flwr.app import Context, Error, Message
 from flwr.common.constant import ErrorCode, SubStatus
@@ -50,6 +57,7 @@ from fedlora.flower_tuning import (
     shorten_pull_backoff,
 )
 from fedlora.node_supernode import LOG_FORMAT
+from fedlora.node_wake import TaskSignal
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -101,6 +109,14 @@ def check_fab(fab: Fab, installed_version: str | None = None) -> None:
         raise ForeignAppError(f"the run's ClientApp is {clientapp!r}, not {CLIENTAPP_REF!r}")
 
 
+RuntimeConnector = Callable[[str | None], Any]
+"""Opens a Runtime API client: without a token to acquire tasks, with one to run a task.
+
+The client has the methods of Flower's ``RuntimeHttpClient`` that ``flwr-clientapp``'s task
+protocol calls (:func:`http_connector`, or
+:class:`fedlora.node_local_runtime.LocalRuntimeClient` in the node's own process)."""
+
+
 def _runtime_client(address: str, *interceptors: ProtobufClientInterceptor) -> RuntimeHttpClient:
     return RuntimeHttpClient.from_server_address(
         server_address=address,
@@ -111,20 +127,39 @@ def _runtime_client(address: str, *interceptors: ProtobufClientInterceptor) -> R
     )
 
 
-def run_task(address: str, token: str, client_app: ClientAppCallable) -> str:
+def http_connector(address: str) -> RuntimeConnector:
+    """Clients of the SuperNode's Runtime API at ``address`` (``HOST:PORT``), over HTTP."""
+
+    def connect(token: str | None) -> RuntimeHttpClient:
+        if token is None:
+            version = RuntimeVersionHttpInterceptor(component_name="SuperExec")
+            return _runtime_client(address, version)
+        return _runtime_client(
+            address,
+            RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
+            RuntimeTokenHttpInterceptor(token),
+        )
+
+    return connect
+
+
+def run_task(client: Any, client_app: ClientAppCallable) -> str:
     """Execute one ClientApp task as ``flwr-clientapp`` would, in this process.
+
+    Parameters
+    ----------
+    client : Any
+        A Runtime API client holding the task's token (:data:`RuntimeConnector`).
+    client_app : callable
+        What runs the task's message.
 
     Returns
     -------
     str
         Flower's sub-status of the task (``completed`` or ``failed``).
     """
-    client = _runtime_client(
-        address,
-        RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
-        RuntimeTokenHttpInterceptor(token),
-    )
-    heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
+    heartbeat_fn = getattr(client, "task_heartbeat", None) or make_task_heartbeat_fn_http(client)
+    heartbeat = HeartbeatSender(heartbeat_fn)
     heartbeat.start()
     message: Message | None = None
     context: Context | None = None
@@ -185,26 +220,37 @@ def _exit_with_parent(parent_pid: int) -> None:
 
 
 def serve(
-    address: str,
+    connect: RuntimeConnector,
     *,
     poll_interval: float,
     client_app: ClientAppCallable | None = None,
     stop: threading.Event | None = None,
+    wake: TaskSignal | None = None,
+    replied: threading.Event | None = None,
+    where: str = "",
 ) -> None:
-    """Acquire and run ClientApp tasks from the SuperNode at ``address`` until ``stop``.
+    """Acquire and run ClientApp tasks from a SuperNode's Runtime API until ``stop``.
 
     Parameters
     ----------
-    address : str
-        ``HOST:PORT`` of the SuperNode's Runtime API.
+    connect : RuntimeConnector
+        Opens the Runtime API clients (:func:`http_connector`, or the node's own state).
     poll_interval : float
         Longest wait between asks when no task is pending: right after a task the worker
         asks again after ``FIRST_TASK_POLL_S`` (the round's next message is due), doubling
-        the wait up to ``poll_interval``.
+        the wait up to ``poll_interval``; with ``wake``, it asks when the node signals a
+        task and otherwise every ``poll_interval``.
     client_app : callable, optional
         What runs a message; fedlora's ``clients.app.app`` by default (imported once, here).
     stop : threading.Event, optional
-        Set it to end the loop (tests); the worker otherwise runs until its node exits.
+        Set it to end the loop (tests); the worker otherwise runs until its node exits
+        (seen within ``poll_interval`` when waiting on ``wake``).
+    wake : TaskSignal, optional
+        Notified by the node's state when it creates a task (:mod:`fedlora.node_wake`).
+    replied : threading.Event, optional
+        Set after each task, once its reply is stored in the node.
+    where : str
+        Which node this worker serves, for the log.
     """
     if client_app is None:
         from clients.app import app
@@ -214,20 +260,33 @@ def serve(
     shorten_pull_backoff(cap=NEARBY_PULL_BACKOFF_CAP_S)
     stop = stop or threading.Event()
     backoff = PollBackoff(first=FIRST_TASK_POLL_S, cap=poll_interval)
-    client = _runtime_client(address, RuntimeVersionHttpInterceptor(component_name="SuperExec"))
+    client = connect(None)
     request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP.value])
-    logger.info("warm worker ready for the SuperNode at %s", address)
+    logger.info("warm worker ready: %s%s", where, "" if wake is None else ", woken by its node")
+    woken = False
     try:
         while not stop.is_set():
             response = client.AcquireTask(request)
             if response.HasField("task") and response.token:
                 started = time.perf_counter()
-                status = run_task(address, response.token, client_app)
+                status = run_task(connect(response.token), client_app)
+                if replied is not None:
+                    replied.set()
                 took = time.perf_counter() - started
-                logger.info("task %d: %s in %.2f s", response.task.task_id, status, took)
+                logger.info(
+                    "task %d: %s in %.2f s%s",
+                    response.task.task_id,
+                    status,
+                    took,
+                    ", woken by the node" if woken else "",
+                )
                 backoff.reset()
+                woken = False
                 continue
-            stop.wait(backoff.next_wait())
+            if wake is None:
+                stop.wait(backoff.next_wait())
+            else:
+                woken = wake.wait(poll_interval)
     finally:
         client.close()
 
@@ -242,7 +301,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     if args.parent_pid is not None:
         _exit_with_parent(args.parent_pid)
-    serve(args.runtime_api_address, poll_interval=args.poll_interval)
+    serve(
+        http_connector(args.runtime_api_address),
+        poll_interval=args.poll_interval,
+        where=f"the SuperNode's Runtime API at {args.runtime_api_address}",
+    )
 
 
 if __name__ == "__main__":

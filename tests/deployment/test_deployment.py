@@ -184,10 +184,12 @@ def test_flwr_run_trains_both_sites_with_dp(federation: LocalDeployment) -> None
         assert [entry.round for entry in ledger.entries] == [1, 2]
         assert ledger.entries[-1].noise_multiplier == 1.0
 
-    # each site ran every message in its one warm worker
+    # each site ran every message in its one warm worker, a thread of the node's process
     for name in SITES:
         log = federation.log(name)
-        assert "warm worker ready" in log
+        assert "warm worker ready: in the SuperNode's process, woken by its node" in log
+        assert ", woken by the node" in log  # a task's creation woke the waiting worker
+        assert "runtime/pull-task-input" not in log  # no loopback HTTP between node and worker
         # round-0 evaluation, 2 trains (round 2's carries round 1's evaluation), last evaluation
         assert log.count(": completed in ") == 4
 

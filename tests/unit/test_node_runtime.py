@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import threading
 import time
 import types
 import zipfile
@@ -57,6 +58,25 @@ def test_supernode_idle_pulls_back_off_and_a_reply_wait_restarts_them(slept: lis
 
     assert slept == [0.02, 0.04, 0.08, 0.16, 0.2, 0.01, 0.02, 0.2]
     assert clock.monotonic is time.monotonic  # everything else is the real time module
+
+
+def test_with_its_worker_in_the_process_a_node_waits_for_the_reply_signal(
+    slept: list[float],
+) -> None:
+    replies = threading.Event()
+    clock = SupernodeWaits(0.2, replies=replies)
+
+    replies.set()  # the worker has stored its reply
+    clock.sleep(0.5)
+    assert not replies.is_set()  # taken: the next reply check waits for the next reply
+    started = time.monotonic()
+    clock.sleep(0.5)  # no reply yet: wait on the signal, a bounded time
+    waited = time.monotonic() - started
+
+    assert slept == []  # neither check slept a fixed local-check interval
+    assert flower_tuning.REPLY_SIGNAL_WAIT_S <= waited + 0.005 < 5
+    clock.sleep(3)
+    assert slept == [flower_tuning.FIRST_IDLE_POLL_S]  # the idle back-off restarted
 
 
 def test_flowers_supernode_loop_is_shortened(
