@@ -285,3 +285,24 @@ def test_without_flowers_runtime_handlers_the_worker_is_a_process(
     assert where == "process" and _FakeThread.started == []
     (argv,) = popen
     assert argv[argv.index("--runtime-api-address") + 1] == "127.0.0.1:9300"
+
+
+def test_a_worker_thread_that_stops_takes_its_node_down(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    exits: list[int] = []
+
+    def broken_serve(*args: Any, **kwargs: Any) -> None:
+        raise ImportError("no module named torch")
+
+    monkeypatch.setattr(node_worker, "serve", broken_serve)
+    monkeypatch.setattr(node_supernode.os, "_exit", exits.append)
+    signal = TaskSignal()
+    signal.notify(object())  # the node's first task
+
+    with caplog.at_level("ERROR", logger="fedlora.node_supernode"):
+        node_supernode._serve_in_this_process(signal, 0.2, None)
+
+    assert exits == [1]
+    assert "the warm worker stopped; the SuperNode exits" in caplog.text
+    assert "no module named torch" in caplog.text

@@ -12,13 +12,23 @@ from flwr.app import Message
 from fedlora.config import RunConfig
 from fedlora.protocol import make_reply, read_instruction
 from server.federation import run_federation
-from server.reply_polls import FAST_POLL_S, LONGEST_QUIET_WAIT_S, QUIET_SHARE, ReplyPolls
+from server.reply_polls import (
+    FAST_POLL_S,
+    LONGEST_QUIET_WAIT_S,
+    QUIET_SHARE,
+    UNTIMED_POLL_CAP_S,
+    ReplyPolls,
+)
 
 
-def test_without_an_earlier_exchange_it_asks_quickly_from_the_start() -> None:
+def test_without_an_earlier_exchange_it_asks_soon_then_at_most_every_untimed_cap() -> None:
     polls = ReplyPolls(None)
 
-    assert [polls.next_wait(t) for t in (0.0, 0.5, 5.0)] == [FAST_POLL_S] * 3
+    waits = [polls.next_wait(t) for t in (0.0, 0.03, 0.09, 0.19, 5.0)]
+    polls.replied()
+
+    assert waits == [FAST_POLL_S, 2 * FAST_POLL_S, UNTIMED_POLL_CAP_S, UNTIMED_POLL_CAP_S, 0.1]
+    assert polls.next_wait(5.1) == FAST_POLL_S  # a reply came: the others are near
 
 
 def test_it_stays_quiet_until_a_share_of_the_fastest_exchange_has_passed() -> None:
@@ -107,7 +117,9 @@ def test_the_coordinator_asks_less_once_it_knows_how_long_training_takes(
     assert json.loads((tmp_path / "polls" / "status.json").read_text())["state"] == "complete"
     first_train, *later_trains = grid.pulls[1:4]  # exchanges: eval 0, train 1..3, eval 3
     quiet = QUIET_SHARE * train_s
-    assert sum(t < quiet for t in first_train) >= 5  # no estimate yet: quick asks
+    # no estimate yet: asks soon, then every 0.1 s (at 0.03, 0.09, 0.19, 0.29, 0.39 s)
+    assert sum(t < quiet for t in first_train) >= 4
+    assert len(first_train) <= 10  # not every 0.03 s (about 20 asks)
     for pulls in later_trains:
         assert sum(t < quiet - 0.05 for t in pulls) <= 1  # one 0.5 s quiet piece at most
         assert max(pulls) >= train_s  # and it still asked until the replies were there
