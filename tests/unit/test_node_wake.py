@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -128,13 +129,6 @@ def test_the_in_process_worker_runs_a_task_through_the_nodes_own_state(
     monkeypatch.setattr(node_worker, "shorten_pull_backoff", lambda **kwargs: True)
     seen: list[Message] = []
 
-    def client_app(message: Message, context: Context) -> Message:
-        seen.append(message)
-        record = message.content["round"]
-        assert isinstance(record, ConfigRecord)
-        content = RecordDict({"site": ConfigRecord({"got": record["server-round"]})})
-        return Message(content, reply_to=message)
-
     assert signal.wait(5.0) is True and signal.state is state
     stop = threading.Event()
     replied = threading.Event()
@@ -143,7 +137,7 @@ def test_the_in_process_worker_runs_a_task_through_the_nodes_own_state(
         args=(lambda token: LocalRuntimeClient(state, token),),
         kwargs={
             "poll_interval": 3.0,
-            "client_app": client_app,
+            "client_app": _echo_app(seen),
             "stop": stop,
             "wake": signal,
             "replied": replied,
@@ -157,7 +151,10 @@ def test_the_in_process_worker_runs_a_task_through_the_nodes_own_state(
         signal.notify(state)  # end the worker's wait now rather than after 3 s
         worker.join(timeout=10)
     assert not worker.is_alive()
+    _assert_the_task_was_answered(state, sent, seen)
 
+
+def _assert_the_task_was_answered(state: Any, sent: Message, seen: list[Message]) -> None:
     assert [message.metadata.message_id for message in seen] == [sent.metadata.message_id]
     replies = state.get_messages_legacy(is_reply=True)
     assert len(replies) == 1
@@ -165,6 +162,66 @@ def test_the_in_process_worker_runs_a_task_through_the_nodes_own_state(
     (finished,) = state.get_tasks(statuses=[Status.FINISHED])
     assert finished.status.sub_status == SubStatus.COMPLETED
     assert state.get_tasks(statuses=[Status.PENDING]) == []
+
+
+def _echo_app(seen: list[Message]) -> Callable[[Message, Context], Message]:
+    def client_app(message: Message, context: Context) -> Message:
+        seen.append(message)
+        record = message.content["round"]
+        assert isinstance(record, ConfigRecord)
+        content = RecordDict({"site": ConfigRecord({"got": record["server-round"]})})
+        return Message(content, reply_to=message)
+
+    return client_app
+
+
+def test_the_worker_process_path_runs_a_task_over_flowers_runtime_http_api(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import socket
+    import types
+
+    import uvicorn
+    from flwr.supernode.main import create_app
+
+    state, _, sent = _node_holding_a_message(monkeypatch)
+    monkeypatch.setattr(node_worker, "shorten_pull_backoff", lambda **kwargs: True)
+    app = create_app(state_factory=types.SimpleNamespace(state=lambda: state))  # type: ignore[arg-type]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    serving = threading.Thread(target=server.run, daemon=True)
+    serving.start()
+    seen: list[Message] = []
+    stop = threading.Event()
+    replied = threading.Event()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert server.started, "the Runtime API did not start"
+        worker = threading.Thread(
+            target=node_worker.serve,
+            args=(node_worker.http_connector(f"127.0.0.1:{port}"),),
+            kwargs={
+                "poll_interval": 0.05,
+                "client_app": _echo_app(seen),
+                "stop": stop,
+                "replied": replied,
+            },
+        )
+        worker.start()
+        assert replied.wait(30), "the worker never finished the task"
+        stop.set()
+        worker.join(timeout=10)
+        assert not worker.is_alive()
+    finally:
+        stop.set()
+        server.should_exit = True
+        serving.join(timeout=10)
+    assert not serving.is_alive()
+    _assert_the_task_was_answered(state, sent, seen)
 
 
 def test_a_task_token_the_node_does_not_know_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
