@@ -6,12 +6,14 @@ The same 2-site, 3-round tiny workload runs on both sides, one after the other i
     one Ray actor per site (1 CPU each) that keeps its model and data in memory between
     messages;
 (b) deployment: ``fedlora.loopback.LocalDeployment`` -- a TLS SuperLink with SuperNode
-    authentication and one SuperNode per site on 127.0.0.1 as ``fedlora deploy supernode``
-    starts it (short polls, one warm worker per site, ``fedlora.node_worker``), the
-    run submitted with ``flwr run . CONNECTION --stream``;
+    authentication, as ``fedlora deploy superlink`` starts it (empty pulls held until a
+    message comes, ``fedlora.link_superlink``), and one SuperNode per site on 127.0.0.1 as
+    ``fedlora deploy supernode`` starts it (short polls, one warm worker per site,
+    ``fedlora.node_worker``), the run submitted with ``flwr run . CONNECTION --stream``;
 (c) cold deployment, once, for reference (``--cold-runs 0`` skips it): the same with plain
-    ``flower-supernode`` nodes (``fedlora deploy supernode --cold``): Flower's 3 s idle polls
-    and a fresh ``flwr-clientapp`` process per message.
+    ``flower-superlink`` (``pull_hold=0``) and plain ``flower-supernode`` nodes
+    (``fedlora deploy supernode --cold``): Flower's 3 s idle polls and a fresh
+    ``flwr-clientapp`` process per message.
 
 The workload is identical: the same site files (written once; the deployment's sites get
 byte-identical copies in their own folders, with the same site names), the same run config
@@ -301,7 +303,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{side} run {len(runs[side])}: rounds {runs[side][-1].seconds}", flush=True)
         if args.cold_runs:
             cold_sites = site_data(warm=False)
-            with LocalDeployment(out / "cold", cold_sites, connection="cold") as cold_dep:
+            with LocalDeployment(
+                out / "cold", cold_sites, connection="cold", pull_hold=0
+            ) as cold_dep:
                 for _ in range(args.cold_runs):
                     started = time.monotonic()
                     run_dir = cold_dep.submit(flat)

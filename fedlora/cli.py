@@ -254,6 +254,7 @@ def _add_pki_arguments(commands: argparse._SubParsersAction[argparse.ArgumentPar
 
 def _add_deploy_arguments(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from fedlora.deploy import DEFAULT_PORT
+    from fedlora.link_hold import DEFAULT_HOLD_S
 
     deploy = commands.add_parser(
         "deploy",
@@ -280,6 +281,16 @@ def _add_deploy_arguments(commands: argparse._SubParsersAction[argparse.Argument
     )
     superlink.add_argument(
         "--insecure", action="store_true", help="plaintext, no SuperNode auth (test networks only)"
+    )
+    superlink.add_argument(
+        "--pull-hold",
+        type=float,
+        default=DEFAULT_HOLD_S,
+        metavar="S",
+        help=(
+            "hold a pull that finds no message up to S seconds, answering it when one comes "
+            f"(default: {DEFAULT_HOLD_S:g}; 0: plain flower-superlink)"
+        ),
     )
     connection = steps.add_parser(
         "connection",
@@ -644,6 +655,7 @@ def run_deploy(args: argparse.Namespace) -> int:
             port=args.port,
             insecure=args.insecure,
             database=args.database,
+            pull_hold=args.pull_hold,
         )
         if args.insecure:
             print(deploy.INSECURE_WARNING, file=sys.stderr)

@@ -32,6 +32,7 @@ from typing import Any
 from fedlora.errors import ConfigError, RunDirError
 from fedlora.flower_tuning import DEFAULT_POLL_INTERVAL_S, check_poll_interval
 from fedlora.io import atomic_write_text
+from fedlora.link_hold import DEFAULT_HOLD_S, check_hold
 from fedlora.pki_layout import PkiLayout, check_site_name, superlink_tls_flags
 from fedlora.site_config import SiteConfig
 
@@ -141,6 +142,7 @@ def superlink_argv(
     port: int = DEFAULT_PORT,
     insecure: bool = False,
     database: Path | str | None = None,
+    pull_hold: float = DEFAULT_HOLD_S,
 ) -> list[str]:
     """The ``flower-superlink`` command line of the coordinator.
 
@@ -156,15 +158,23 @@ def superlink_argv(
     database : Path or str, optional
         A SQLite file for the SuperLink's state; without it registrations and runs live in
         memory and are lost on restart.
+    pull_hold : float
+        Seconds the SuperLink holds a pull that finds no message (:mod:`fedlora.link_superlink`,
+        Flower's SuperLink in a fedlora process); 0: plain ``flower-superlink``, which
+        answers every pull at once.
 
     Raises
     ------
     ConfigError
-        For a bad port or a missing TLS file.
+        For a bad port or pull hold, or a missing TLS file.
     """
     _check_port(port, "--port")
-    argv = [
-        flower_executable("flower-superlink"),
+    if check_hold(pull_hold) == 0:
+        argv = [flower_executable("flower-superlink")]
+    else:
+        argv = [sys.executable, "-m", "fedlora.link_superlink", "--pull-hold", repr(pull_hold)]
+        argv.append("--")
+    argv += [
         "--host",
         host,
         "--port",

@@ -39,6 +39,8 @@ NEARBY_PULL_BACKOFF_CAP_S = 0.05
 """Longest wait between object pull retries of the warm worker and of the ServerApp."""
 FIRST_IDLE_POLL_S = 0.02
 """A node's first wait after activity before it asks the SuperLink again (then doubling)."""
+HELD_PULL_S = 0.5
+"""A pull from the SuperLink that took this long was held there (:mod:`fedlora.link_hold`)."""
 FIRST_TASK_POLL_S = 0.01
 """The warm worker's first wait after a task before it asks its node again (then doubling)."""
 LOCAL_CHECK_S = 0.01
@@ -112,8 +114,11 @@ class SupernodeWaits:
     checks of its own in-memory state for the ClientApp's reply (``local_check`` instead: a
     lock and a dictionary look-up, no request). A reply wait means a message is being
     served, so it also restarts the idle back-off: the next message of the round is due
-    soon. Any other sleep is capped at ``idle_cap``. Everything else (``time.time``,
-    ``time.monotonic``, ...) is the real ``time`` module.
+    soon. An empty pull that took ``HELD_PULL_S`` or more was held by a SuperLink that
+    answers when a message comes (:mod:`fedlora.link_superlink`): the node then asks again
+    after ``first_idle`` seconds, leaving the back-off where it was, since that SuperLink
+    does the waiting. Any other sleep is capped at ``idle_cap``. Everything else
+    (``time.time``, ``time.monotonic``, ...) is the real ``time`` module.
     """
 
     def __init__(
@@ -127,6 +132,7 @@ class SupernodeWaits:
         self.idle = PollBackoff(first=first_idle, cap=idle_cap)
         self.local_check = min(check_poll_interval(local_check), self.idle.cap)
         self.replies = replies
+        self._awake_since = time.monotonic()
 
     def sleep(self, seconds: float) -> None:
         """Sleep the shortened wait that stands for Flower's ``seconds``.
@@ -137,17 +143,19 @@ class SupernodeWaits:
         thread a hundred times a second.
         """
         if seconds == _SUPERNODE_IDLE_S:
-            wait = self.idle.next_wait()
+            held = time.monotonic() - self._awake_since >= HELD_PULL_S
+            wait = self.idle.first if held else self.idle.next_wait()
         elif seconds == _SUPERNODE_LOCAL_S:
             self.idle.reset()
-            if self.replies is not None:
-                self.replies.wait(REPLY_SIGNAL_WAIT_S)
-                self.replies.clear()
-                return
             wait = self.local_check
         else:
             wait = min(seconds, self.idle.cap)
-        time.sleep(wait)
+        if seconds == _SUPERNODE_LOCAL_S and self.replies is not None:
+            self.replies.wait(REPLY_SIGNAL_WAIT_S)
+            self.replies.clear()
+        else:
+            time.sleep(wait)
+        self._awake_since = time.monotonic()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(time, name)

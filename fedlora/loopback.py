@@ -18,7 +18,8 @@ On entering it
 
 1. makes a federation PKI under ``ROOT/pki`` (:mod:`fedlora.pki`: CA, a server certificate for
    ``127.0.0.1`` and ``localhost``, one authentication key per site);
-2. starts ``flower-superlink`` with TLS and SuperNode authentication on a free 127.0.0.1 port,
+2. starts the SuperLink (:func:`fedlora.deploy.superlink_argv`: Flower's, with held pulls
+   unless ``pull_hold=0``) with TLS and SuperNode authentication on a free 127.0.0.1 port,
    with a private ``FLWR_HOME`` (``ROOT/flwr-home``), and waits until it serves TLS;
 3. writes the ``flwr`` CLI connection (``fed`` by default) and registers every site's key;
 4. writes each site's ``ROOT/NAME/site.toml`` as an operator would (its own copy of the data
@@ -60,6 +61,7 @@ from fedlora import deploy, pki
 from fedlora.config import DeviceChoice
 from fedlora.errors import ConfigError, FedloraError
 from fedlora.flower_tuning import DEFAULT_POLL_INTERVAL_S
+from fedlora.link_hold import DEFAULT_HOLD_S, check_hold
 from fedlora.site_config import SiteConfig, load_site_config, node_config_value
 
 __all__ = [
@@ -193,6 +195,9 @@ class LocalDeployment:
         The name of the ``flwr`` CLI connection written to ``ROOT/flwr-home/config.toml``.
     start_timeout : float
         Seconds to wait for the SuperLink, and then for every SuperNode, to come up.
+    pull_hold : float
+        Seconds the SuperLink holds a pull that finds no message (:mod:`fedlora.link_hold`);
+        0 starts plain ``flower-superlink``.
 
     Attributes
     ----------
@@ -221,6 +226,7 @@ class LocalDeployment:
         app_dir: Path | None = None,
         connection: str = "fed",
         start_timeout: float = 120.0,
+        pull_hold: float = DEFAULT_HOLD_S,
     ) -> None:
         self.root = Path(root).expanduser().absolute()
         if self.root.exists() and (not self.root.is_dir() or any(self.root.iterdir())):
@@ -235,6 +241,7 @@ class LocalDeployment:
         self.app_dir = _app_dir(app_dir)
         self.connection = connection
         self.start_timeout = start_timeout
+        self.pull_hold = check_hold(pull_hold)
         self.pki_dir = self.root / "pki"
         self.home = self.root / "flwr-home"
         self.logs = self.root / "logs"
@@ -298,7 +305,13 @@ class LocalDeployment:
         self.port = deploy.free_port(_HOST)
         superlink = self.start_process(
             "superlink",
-            deploy.superlink_argv(self.pki_dir, host=_HOST, port=self.port, insecure=not self.tls),
+            deploy.superlink_argv(
+                self.pki_dir,
+                host=_HOST,
+                port=self.port,
+                insecure=not self.tls,
+                pull_hold=self.pull_hold,
+            ),
         )
         self._wait_alive(
             lambda: _serves(self.port, self.pki_dir / "ca.pem" if self.tls else None),

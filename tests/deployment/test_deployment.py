@@ -22,6 +22,7 @@ import pytest
 
 from fedlora import deploy, pki
 from fedlora.cli import main as fedlora_main
+from fedlora.flower_tuning import HELD_PULL_S
 from fedlora.ledger import LEDGER_FILE, read_ledger
 from fedlora.loopback import LocalDeployment, SiteData, wait_for
 from fedlora.testing import write_sft_file
@@ -54,6 +55,24 @@ def _nodes(federation: LocalDeployment) -> list[dict[str, object]]:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return list(json.loads(result.stdout)["nodes"])
+
+
+def _held_pulls(log: str) -> int:
+    """Empty pulls that took ``HELD_PULL_S`` or more: no other fleet request between two."""
+    import datetime
+    import itertools
+
+    fleet_requests = [
+        (line.split(" INFO ")[0], "/fleet/pull-messages" in line)
+        for line in log.splitlines()
+        if "HTTP Request: POST" in line and "/v1/fleet/" in line and "heartbeat" not in line
+    ]
+    held = 0
+    for (before, was_pull), (after, is_pull) in itertools.pairwise(fleet_requests):
+        if was_pull and is_pull:
+            gap = datetime.datetime.fromisoformat(after) - datetime.datetime.fromisoformat(before)
+            held += gap.total_seconds() >= HELD_PULL_S
+    return held
 
 
 @pytest.fixture(scope="module")
@@ -192,6 +211,10 @@ def test_flwr_run_trains_both_sites_with_dp(federation: LocalDeployment) -> None
         assert "runtime/pull-task-input" not in log  # no loopback HTTP between node and worker
         # round-0 evaluation, 2 trains (round 2's carries round 1's evaluation), last evaluation
         assert log.count(": completed in ") == 4
+        # the SuperLink held its empty pulls (its default: 1 s); a node answered at once
+        # (Flower's SuperLink) pulls again within its 0.2 s poll interval
+        assert _held_pulls(log) >= 3, "no pull of this node was held by the SuperLink"
+    assert "empty pulls held up to 1.00 s" in federation.log("superlink")
 
     fetched = federation.root / "operator-runs"
     assert fedlora_main(["deploy", "fetch", "--run-dir", str(run_dir), "--to", str(fetched)]) == 0
