@@ -6,10 +6,11 @@ writes the ``flwr`` CLI's SuperLink connection and fetches finished run director
 
 What runs where (docs/deployment.md):
 
-* coordinator: ``flower-superlink`` (Fleet, Control and Runtime APIs on one HTTPS
-  ``--host/--port``), with the PKI's ``ca.pem``, ``server.pem``, ``server.key`` and
-  ``--enable-supernode-auth``; runtime dependency installation is always off, so a run never
-  re-resolves the project's dependencies (a CUDA torch of several GB);
+* coordinator: Flower's SuperLink (Fleet, Control and Runtime APIs on one HTTPS
+  ``--host/--port``; by default with held pulls, :mod:`fedlora.link_superlink`), with the
+  PKI's ``ca.pem``, ``server.pem``, ``server.key`` and ``--enable-supernode-auth``; runtime
+  dependency installation is always off, so a run never re-resolves the project's
+  dependencies (a CUDA torch of several GB);
 * operator (any machine that reaches the SuperLink): ``flwr supernode register`` for each site
   key and ``flwr run . CONNECTION --stream``, with a connection in ``$FLWR_HOME/config.toml``;
 * each site: Flower's SuperNode with the site's ``site.toml`` (:mod:`fedlora.site_config`),

@@ -8,8 +8,10 @@ runs ``flower-supernode`` (Flower's own entry point, in this process) with two c
   message's objects. Every fedlora round crosses SuperLink, node and ClientApp and back, so
   those waits alone add seconds to a round of a tiny model. Here the idle pulls back off from
   0.02 s after each served message up to ``--poll-interval`` seconds (default 0.2 s: five
-  pulls a second per idle site, each a few milliseconds of SuperLink CPU, about 9 ms on the
-  2-core development machine: a federation of hundreds of sites wants a longer one), the
+  pulls a second per idle site against plain ``flower-superlink``, each a few milliseconds of
+  SuperLink CPU, about 9 ms on the 2-core development machine: a federation of hundreds of
+  sites wants a longer one; after a pull the SuperLink held, :mod:`fedlora.link_superlink`,
+  the node asks again after 0.02 s, about one pull a second while idle), the
   reply checks (a look-up in the node's own memory) wait on the worker's signal (or take
   0.01 s with a worker process) and the first retry comes after 0.01 s
   (:mod:`fedlora.flower_tuning`).

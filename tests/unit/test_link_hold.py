@@ -173,32 +173,40 @@ def _handlers(fleet_pull: Any, runtime_pull: Any) -> tuple[SimpleNamespace, Simp
     return SimpleNamespace(pull_messages=fleet_pull), SimpleNamespace(pull_messages=runtime_pull)
 
 
-def _held_flower_superlink(monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any, Any, int, int]:
-    """Flower's own in-memory LinkState and pull handlers, held: one active node, one run."""
+def _held_flower_superlink(
+    monkeypatch: pytest.MonkeyPatch, database: str
+) -> tuple[Any, Any, Any, int, int]:
+    """Flower's own LinkState and pull handlers, held: one active node, one run.
+
+    ``database`` is Flower's ``--database``: ``:flwr-in-memory:`` or a SQLite file.
+    """
     from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState
-    from flwr.supercore.constant import NOOP_FEDERATION_ID, TaskType
+    from flwr.server.superlink.linkstate.sql_linkstate import SqlLinkState
+    from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME, NOOP_FEDERATION_ID, TaskType
     from flwr.supercore.object_store import ObjectStoreFactory
-    from flwr.supercore.object_store.in_memory_object_store import InMemoryObjectStore
     from flwr.superlink.federation.noop_federation_manager import NoOpFederationManager
     from flwr.superlink.servicer.fleet import fleet_handlers
     from flwr.superlink.servicer.runtime import runtime_handlers
 
+    state_classes = [InMemoryLinkState, SqlLinkState]
+    store_classes = _store_classes()
     # restored after the test: the wrappers are set on Flower's classes themselves
-    for cls, name in (
-        (InMemoryLinkState, "store_message_and_object_tree"),
-        (InMemoryObjectStore, "put"),
-    ):
-        monkeypatch.setattr(cls, name, getattr(cls, name))
+    for cls in state_classes:
+        monkeypatch.setattr(cls, "store_message_and_object_tree", cls.store_message_and_object_tree)
+    for cls in store_classes:
+        monkeypatch.setattr(cls, "put", cls.put)
     fleet, runtime = _handlers(fleet_handlers.pull_messages, runtime_handlers.pull_messages)
     hold = PullHold(MessageSignal(), hold_s=10.0, recheck_s=10.0)  # only stores end it early
     assert hold_pulls(
-        hold,
-        fleet=fleet,
-        runtime=runtime,
-        state_classes=[InMemoryLinkState],
-        store_classes=[InMemoryObjectStore],
+        hold, fleet=fleet, runtime=runtime, state_classes=state_classes, store_classes=store_classes
     )
-    state = InMemoryLinkState(NoOpFederationManager(), ObjectStoreFactory().store())
+    store = ObjectStoreFactory(database).store()
+    state: Any
+    if database == FLWR_IN_MEMORY_DB_NAME:
+        state = InMemoryLinkState(NoOpFederationManager(), store)
+    else:
+        state = SqlLinkState(database, NoOpFederationManager(), store)
+        state.initialize()
     node_id = state.create_node("owner", "owner", b"site-key", 30.0)
     assert state.activate_node(node_id, 30.0)
     run_id = state.create_run(
@@ -222,8 +230,9 @@ def _send(state: Any, message: Any, run_id: int) -> None:
         state.object_store.put(object_id, objects[object_id].deflate())
 
 
+@pytest.mark.parametrize("backend", ["memory", "sqlite"])
 def test_flowers_superlink_answers_held_pulls_when_message_and_objects_are_stored(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any, backend: str
 ) -> None:
     from flwr.app import ConfigRecord, Message, RecordDict
     from flwr.app.message.message import make_message
@@ -233,7 +242,8 @@ def test_flowers_superlink_answers_held_pulls_when_message_and_objects_are_store
     from flwr.proto.node_pb2 import Node
     from flwr.proto.runtime_pb2 import PullAppMessagesRequest
 
-    fleet, runtime, state, node_id, run_id = _held_flower_superlink(monkeypatch)
+    database = ":flwr-in-memory:" if backend == "memory" else str(tmp_path / "superlink.db")
+    fleet, runtime, state, node_id, run_id = _held_flower_superlink(monkeypatch, database)
     metadata = Metadata(
         run_id=run_id,
         message_id="",
