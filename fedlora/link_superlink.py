@@ -22,9 +22,8 @@ import sys
 from collections.abc import Sequence
 
 from fedlora.errors import ConfigError
+from fedlora.flower_entry import LOG_FORMAT, parse_with_flower_args
 from fedlora.link_hold import DEFAULT_HOLD_S, DEFAULT_MAX_HELD, MessageSignal, PullHold, hold_pulls
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -41,12 +40,7 @@ def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument(
         "--max-held-pulls", type=int, default=DEFAULT_MAX_HELD, help="pulls held at a time"
     )
-    parser.add_argument("flower_args", nargs=argparse.REMAINDER)
-    args = parser.parse_args(list(argv))
-    flower_args = list(args.flower_args)
-    if flower_args[:1] == ["--"]:
-        flower_args = flower_args[1:]
-    return args, flower_args
+    return parse_with_flower_args(parser, argv)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -44,6 +44,7 @@ import threading
 from collections.abc import Sequence
 
 from fedlora.errors import ConfigError
+from fedlora.flower_entry import LOG_FORMAT, parse_with_flower_args
 from fedlora.flower_tuning import (
     DEFAULT_POLL_INTERVAL_S,
     check_heartbeat_interval,
@@ -56,9 +57,6 @@ from fedlora.node_local_runtime import LocalRuntimeClient, local_runtime_availab
 from fedlora.node_wake import TaskSignal, notify_on_new_tasks
 
 logger = logging.getLogger(__name__)
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-"""The node's and its worker's log lines: with the time, to the millisecond."""
 
 
 def worker_argv(runtime_address: str, *, poll_interval: float, parent_pid: int) -> list[str]:
@@ -155,12 +153,7 @@ def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument(
         "--worker", action="store_true", help="run fedlora's warm worker (isolation process)"
     )
-    parser.add_argument("flower_args", nargs=argparse.REMAINDER)
-    args = parser.parse_args(list(argv))
-    flower_args = list(args.flower_args)
-    if flower_args[:1] == ["--"]:
-        flower_args = flower_args[1:]
-    return args, flower_args
+    return parse_with_flower_args(parser, argv)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -50,13 +50,13 @@ from flwr.supercore.runtime import RuntimeHttpClient
 from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
 
 from fedlora.errors import FedloraError
+from fedlora.flower_entry import LOG_FORMAT
 from fedlora.flower_tuning import (
     FIRST_TASK_POLL_S,
     NEARBY_PULL_BACKOFF_CAP_S,
     PollBackoff,
     shorten_pull_backoff,
 )
-from fedlora.node_supernode import LOG_FORMAT
 from fedlora.node_wake import TaskSignal
 
 if sys.version_info >= (3, 11):

@@ -21,6 +21,7 @@ from fedlora.link_hold import (
     notify_on_stores,
 )
 from fedlora.link_superlink import _parse
+from tests.flower_messages import train_instruction
 
 
 class _Inbox:
@@ -235,8 +236,6 @@ def test_flowers_superlink_answers_held_pulls_when_message_and_objects_are_store
     monkeypatch: pytest.MonkeyPatch, tmp_path: Any, backend: str
 ) -> None:
     from flwr.app import ConfigRecord, Message, RecordDict
-    from flwr.app.message.message import make_message
-    from flwr.app.metadata import Metadata
     from flwr.common.constant import SUPERLINK_NODE_ID
     from flwr.proto.fleet_pb2 import PullMessagesRequest
     from flwr.proto.node_pb2 import Node
@@ -244,18 +243,9 @@ def test_flowers_superlink_answers_held_pulls_when_message_and_objects_are_store
 
     database = ":flwr-in-memory:" if backend == "memory" else str(tmp_path / "superlink.db")
     fleet, runtime, state, node_id, run_id = _held_flower_superlink(monkeypatch, database)
-    metadata = Metadata(
-        run_id=run_id,
-        message_id="",
-        src_node_id=SUPERLINK_NODE_ID,
-        dst_node_id=node_id,
-        reply_to_message_id="",
-        group_id="1",
-        created_at=time.time(),
-        ttl=600.0,
-        message_type="train",
+    instruction = train_instruction(
+        run_id=run_id, src_node_id=SUPERLINK_NODE_ID, dst_node_id=node_id
     )
-    instruction = make_message(metadata, RecordDict({"round": ConfigRecord({"server-round": 1})}))
     threading.Timer(0.2, _send, args=(state, instruction, run_id)).start()
     started = time.monotonic()
     pulled = fleet.pull_messages(

@@ -10,8 +10,6 @@ from typing import Any, ClassVar
 
 import pytest
 from flwr.app import ConfigRecord, Context, Message, RecordDict
-from flwr.app.message.message import make_message
-from flwr.app.metadata import Metadata
 from flwr.common.constant import Status, SubStatus
 from flwr.proto.runtime_pb2 import AcquireTaskRequest
 from flwr.supercore.constant import TaskType
@@ -23,6 +21,7 @@ from flwr.supernode.nodestate.in_memory_nodestate import InMemoryNodeState
 from fedlora import node_supernode, node_worker
 from fedlora.node_local_runtime import LocalRuntimeClient, RuntimeTaskError, local_runtime_available
 from fedlora.node_wake import TaskSignal, notify_on_new_tasks
+from tests.flower_messages import train_instruction
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN_ID = 7
@@ -104,18 +103,7 @@ def _node_holding_a_message(monkeypatch: pytest.MonkeyPatch) -> tuple[Any, TaskS
         run_id=RUN_ID, node_id=NODE_ID, node_config={}, state=RecordDict(), run_config={}
     )
     state.set_run_series_context(run.series_id, context)
-    metadata = Metadata(
-        run_id=RUN_ID,
-        message_id="",
-        src_node_id=1,
-        dst_node_id=NODE_ID,
-        reply_to_message_id="",
-        group_id="1",
-        created_at=time.time(),
-        ttl=600.0,
-        message_type="train",
-    )
-    message = make_message(metadata, RecordDict({"round": ConfigRecord({"server-round": 1})}))
+    message = train_instruction(run_id=RUN_ID, src_node_id=1, dst_node_id=NODE_ID)
     _insert_message(message, state, state.object_store)
     task_id = state.create_task(task_type=TaskType.CLIENT_APP, run_id=RUN_ID, fab_hash=fab.hash_str)
     assert task_id is not None
