@@ -142,19 +142,18 @@ class SupernodeWaits:
         check every ``local_check`` seconds would take the interpreter from the training
         thread a hundred times a second.
         """
-        if seconds == _SUPERNODE_IDLE_S:
-            held = time.monotonic() - self._awake_since >= HELD_PULL_S
-            wait = self.idle.first if held else self.idle.next_wait()
-        elif seconds == _SUPERNODE_LOCAL_S:
+        if seconds == _SUPERNODE_LOCAL_S:
             self.idle.reset()
-            wait = self.local_check
+            if self.replies is not None:
+                self.replies.wait(REPLY_SIGNAL_WAIT_S)
+                self.replies.clear()
+            else:
+                time.sleep(self.local_check)
+        elif seconds == _SUPERNODE_IDLE_S:
+            held = time.monotonic() - self._awake_since >= HELD_PULL_S
+            time.sleep(self.idle.first if held else self.idle.next_wait())
         else:
-            wait = min(seconds, self.idle.cap)
-        if seconds == _SUPERNODE_LOCAL_S and self.replies is not None:
-            self.replies.wait(REPLY_SIGNAL_WAIT_S)
-            self.replies.clear()
-        else:
-            time.sleep(wait)
+            time.sleep(min(seconds, self.idle.cap))
         self._awake_since = time.monotonic()
 
     def __getattr__(self, name: str) -> Any:
