@@ -12,9 +12,11 @@ answer is the one Flower gives (the handler runs again after each wake-up), only
 also waits (within the same hold) until the message's objects have arrived: a message is
 stored before its sender pushes its objects, and a puller answered at once would retry pulls
 of objects still on their way (measured: the warm workers' ``pulled in`` doubled). Each
-LinkState store of a message with its object tree and each ObjectStore store of an object's
-content wakes the held pulls (:class:`MessageSignal`); a held pull also looks again every
-``recheck_s`` seconds, so a store made some other way is found within that time.
+LinkState store of a message with its object tree wakes the pulls held for its destination
+node, and each ObjectStore store of an object's content the answers waiting for their objects
+(:class:`MessageSignal`); a held pull also looks again every ``recheck_s`` seconds, so an
+answer Flower makes without a store (an error reply for a node gone offline) is found within
+that time.
 
 A held pull keeps one of the SuperLink's request threads (FastAPI runs these handlers in a
 pool of 40), so at most ``max_held`` pulls are held at a time; the rest are answered at once,
@@ -29,7 +31,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from types import ModuleType
 from typing import Any, TypeVar
 
@@ -43,8 +45,11 @@ MAX_HOLD_S = 10.0
 """Longest hold accepted: well inside the 30 s request timeout of Flower's HTTP clients."""
 DEFAULT_MAX_HELD = 16
 """Pulls held at once; the SuperLink's other requests keep the rest of its 40 threads."""
-RECHECK_S = 0.1
-"""A held pull looks again this often even without a wake-up."""
+RECHECK_S = 0.5
+"""A held pull looks again this often even without a wake-up: Flower makes some answers
+without a store (an error reply for a node that has gone offline)."""
+OBJECTS = "objects"
+"""The :class:`MessageSignal` key of every object content stored."""
 
 _Response = TypeVar("_Response")
 
@@ -63,27 +68,33 @@ def check_hold(seconds: float) -> float:
 
 
 class MessageSignal:
-    """Counts the messages the SuperLink has stored and wakes whoever waits for the next."""
+    """Counts what the SuperLink has stored, per addressee, and wakes whoever waits for it.
+
+    A message counts for its destination node (``dst_node_id``: a SuperNode for an
+    instruction, the SuperLink's own node id for a reply to the ServerApp), an object's
+    content for :data:`OBJECTS`. A held pull waits for its own key only, so a store for
+    another node wakes its thread for a counter comparison, not for another pull.
+    """
 
     def __init__(self) -> None:
         self._changed = threading.Condition()
-        self._stored = 0
+        self._stored: dict[Hashable, int] = {}
 
-    def notify(self) -> None:
-        """A message has been stored: wake every held pull."""
+    def notify(self, key: Hashable) -> None:
+        """Something for ``key`` has been stored: wake the pulls that wait for it."""
         with self._changed:
-            self._stored += 1
+            self._stored[key] = self._stored.get(key, 0) + 1
             self._changed.notify_all()
 
-    def count(self) -> int:
-        """Messages stored so far (compare with a later count to see whether one came)."""
+    def count(self, key: Hashable) -> int:
+        """Stores for ``key`` so far (compare with a later count to see whether one came)."""
         with self._changed:
-            return self._stored
+            return self._stored.get(key, 0)
 
-    def wait_after(self, count: int, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for a message stored after ``count``; whether one was."""
+    def wait_after(self, key: Hashable, count: int, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for a store for ``key`` after ``count``; whether one came."""
         with self._changed:
-            return self._changed.wait_for(lambda: self._stored != count, timeout)
+            return self._changed.wait_for(lambda: self._stored.get(key, 0) != count, timeout)
 
 
 class PullHold:
@@ -123,9 +134,11 @@ class PullHold:
         self,
         ask: Callable[[], _Response],
         found: Callable[[_Response], bool],
+        *,
+        waits_for: Hashable,
         ready: Callable[[_Response], bool] | None = None,
     ) -> _Response:
-        """``ask()``; while it finds nothing, wait for a stored message and ask again.
+        """``ask()``; while it finds nothing, wait for a store for ``waits_for`` and ask again.
 
         Parameters
         ----------
@@ -133,6 +146,8 @@ class PullHold:
             The pull itself (Flower's handler); asked again after each wake-up.
         found : callable
             Whether an answer holds what the puller waits for.
+        waits_for : hashable
+            The :class:`MessageSignal` key of what the puller waits for (its node id).
         ready : callable, optional
             Whether what was found can be used at once (its objects are all in the store);
             a found answer is kept until then, within the same hold: the puller would
@@ -144,7 +159,7 @@ class PullHold:
             The first answer that is found and ready, or the last one when the hold ends
             (or at once when no slot is free).
         """
-        stored = self.signal.count()  # before asking, so a message stored meanwhile wakes us
+        stored = self.signal.count(waits_for)  # before asking: a store meanwhile wakes us
         answer = ask()
         is_ready = ready or (lambda _: True)
         if self.hold_s == 0 or (found(answer) and is_ready(answer)):
@@ -154,22 +169,23 @@ class PullHold:
         try:
             deadline = time.monotonic() + self.hold_s
             while not found(answer):
-                if not self._wait(stored, deadline):
+                if not self._wait(waits_for, stored, deadline):
                     return answer
-                stored = self.signal.count()
+                stored = self.signal.count(waits_for)
                 answer = ask()
-            while not is_ready(answer) and self._wait(stored, deadline):
-                stored = self.signal.count()
-            return answer
+            while True:
+                objects = self.signal.count(OBJECTS)
+                if is_ready(answer) or not self._wait(OBJECTS, objects, deadline):
+                    return answer
         finally:
             self._slots.release()
 
-    def _wait(self, stored: int, deadline: float) -> bool:
-        """Wait for a store after ``stored`` (or a recheck); ``False`` once the hold is over."""
+    def _wait(self, key: Hashable, stored: int, deadline: float) -> bool:
+        """Wait for a store for ``key`` after ``stored`` (or a recheck); ``False``: hold over."""
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return False
-        self.signal.wait_after(stored, min(remaining, self.recheck_s))
+        self.signal.wait_after(key, stored, min(remaining, self.recheck_s))
         return True
 
 
@@ -187,23 +203,36 @@ def _object_store_classes() -> list[type[Any]]:
     return [InMemoryObjectStore, SqlObjectStore]
 
 
-def _notify_after(
-    cls: type[Any], name: str, signal: MessageSignal, stored: Callable[[Any], bool]
-) -> None:
+_StoredFor = Callable[[tuple[Any, ...], dict[str, Any], Any], Hashable | None]
+"""From a store's arguments and result: the key it stored for, ``None`` when it refused."""
+
+
+def _notify_after(cls: type[Any], name: str, signal: MessageSignal, key: _StoredFor) -> None:
     method = getattr(cls, name)
     if getattr(method, "__fedlora_notifies__", None) is not None:
         method = method.__wrapped__  # changed before in this process: the new signal replaces it
 
     def call_and_notify(self: Any, *args: Any, **kwargs: Any) -> Any:
         result = method(self, *args, **kwargs)
-        if stored(result):
-            signal.notify()
+        stored_for = key(args, kwargs, result)
+        if stored_for is not None:
+            signal.notify(stored_for)
         return result
 
     call_and_notify.__fedlora_notifies__ = signal  # type: ignore[attr-defined]
     call_and_notify.__doc__ = method.__doc__
     call_and_notify.__wrapped__ = method  # type: ignore[attr-defined]
     setattr(cls, name, call_and_notify)
+
+
+def _addressee(args: tuple[Any, ...], kwargs: dict[str, Any], result: Any) -> Hashable | None:
+    """The destination node of a message the LinkState stored (``None``: it refused it)."""
+    message = args[0] if args else kwargs["message"]
+    return message.metadata.dst_node_id if result[0] else None
+
+
+def _any_object(args: tuple[Any, ...], kwargs: dict[str, Any], result: Any) -> Hashable:
+    return OBJECTS
 
 
 def notify_on_stores(
@@ -215,7 +244,8 @@ def notify_on_stores(
 
     Each LinkState notifies after it stores a message with its object tree (both the
     ServerApp's instructions and the SuperNodes' replies are stored that way in Flower
-    1.41), each ObjectStore after it stores an object's content. Notifying after the store
+    1.41), for the message's destination node; each ObjectStore after it stores an
+    object's content, for :data:`OBJECTS`. Notifying after the store
     returns, not inside it, means a woken pull finds the message's object tree registered:
     Flower deletes a pulled message whose tree it cannot find.
 
@@ -232,9 +262,9 @@ def notify_on_stores(
         logger.warning("this Flower's LinkState stores messages differently; pulls not held")
         return False
     for state_class in states:
-        _notify_after(state_class, "store_message_and_object_tree", signal, lambda r: bool(r[0]))
+        _notify_after(state_class, "store_message_and_object_tree", signal, _addressee)
     for store_class in stores:
-        _notify_after(store_class, "put", signal, lambda _: True)
+        _notify_after(store_class, "put", signal, _any_object)
     return True
 
 
@@ -307,12 +337,14 @@ def hold_pulls(
     if hold.hold_s == 0 or not notify_on_stores(hold.signal, state_classes, store_classes):
         return False
     assert fleet_pull is not None and runtime_pull is not None
+    from flwr.common.constant import SUPERLINK_NODE_ID
 
     def held_fleet_pull(request: Any, state: Any, store: Any) -> Any:
         return hold.pull(
             lambda: fleet_pull(request=request, state=state, store=store),
             lambda answer: len(answer.messages_list) > 0,
-            lambda answer: _objects_stored(store, answer),
+            waits_for=request.node.node_id,
+            ready=lambda answer: _objects_stored(store, answer),
         )
 
     def held_runtime_pull(request: Any, state: Any, task: Any) -> Any:
@@ -321,7 +353,8 @@ def hold_pulls(
         return hold.pull(
             lambda: runtime_pull(request, state, task),
             lambda answer: len(answer.messages_list) > 0,
-            lambda answer: _objects_stored(state.object_store, answer),
+            waits_for=SUPERLINK_NODE_ID,  # every reply to a ServerApp is addressed to it
+            ready=lambda answer: _objects_stored(state.object_store, answer),
         )
 
     held_pulls: list[tuple[ModuleType, Callable[..., Any], Callable[..., Any]]] = [

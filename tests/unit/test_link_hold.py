@@ -14,6 +14,7 @@ from fedlora import deploy
 from fedlora.errors import ConfigError
 from fedlora.flower_tuning import HELD_PULL_S, SupernodeWaits
 from fedlora.link_hold import (
+    OBJECTS,
     MessageSignal,
     PullHold,
     check_hold,
@@ -22,6 +23,8 @@ from fedlora.link_hold import (
 )
 from fedlora.link_superlink import _parse
 from tests.flower_messages import train_instruction
+
+NODE = 7
 
 
 class _Inbox:
@@ -45,7 +48,7 @@ def test_a_pull_that_finds_something_is_answered_at_once() -> None:
     inbox.items.append("message")
     hold = PullHold(MessageSignal(), hold_s=5.0)
 
-    assert hold.pull(inbox.ask, _found) == ["message"]
+    assert hold.pull(inbox.ask, _found, waits_for=NODE) == ["message"]
     assert inbox.asks == 1
 
 
@@ -57,11 +60,11 @@ def test_an_empty_pull_is_answered_when_a_message_is_stored() -> None:
     def store_later() -> None:
         time.sleep(0.2)
         inbox.items.append("message")
-        signal.notify()
+        signal.notify(NODE)
 
     threading.Thread(target=store_later).start()
     started = time.monotonic()
-    answer = hold.pull(inbox.ask, _found)
+    answer = hold.pull(inbox.ask, _found, waits_for=NODE)
 
     assert answer == ["message"]
     assert time.monotonic() - started < 10.0  # woken, not at the end of the hold
@@ -76,22 +79,22 @@ def test_a_message_stored_between_the_ask_and_the_wait_is_not_missed() -> None:
         answer = inbox.ask()
         if inbox.asks == 1:  # stored after the first look, before the hold waits
             inbox.items.append("message")
-            signal.notify()
+            signal.notify(NODE)
         return answer
 
     hold = PullHold(signal, hold_s=10.0, recheck_s=10.0)
     started = time.monotonic()
 
-    assert hold.pull(ask_then_store, _found) == ["message"]
+    assert hold.pull(ask_then_store, _found, waits_for=NODE) == ["message"]
     assert time.monotonic() - started < 10.0
 
 
 def test_a_hold_ends_with_the_empty_answer_when_nothing_comes() -> None:
     inbox = _Inbox()
-    hold = PullHold(MessageSignal(), hold_s=0.3, recheck_s=0.1)
+    hold = PullHold(MessageSignal(), hold_s=0.3, recheck_s=0.1)  # RECHECK_S is longer
     started = time.monotonic()
 
-    assert hold.pull(inbox.ask, _found) == []
+    assert hold.pull(inbox.ask, _found, waits_for=NODE) == []
     assert time.monotonic() - started >= 0.3
     assert 2 <= inbox.asks <= 5  # it looked again every recheck_s (0.1 s) meanwhile
 
@@ -102,8 +105,40 @@ def test_a_held_pull_finds_a_message_stored_without_a_wake_up() -> None:
     threading.Timer(0.2, inbox.items.append, args=("message",)).start()
     started = time.monotonic()
 
-    assert hold.pull(inbox.ask, _found) == ["message"]
+    assert hold.pull(inbox.ask, _found, waits_for=NODE) == ["message"]
     assert time.monotonic() - started < 10.0
+
+
+def test_a_store_for_another_node_does_not_make_a_held_pull_ask_again() -> None:
+    signal = MessageSignal()
+    inbox = _Inbox()
+    hold = PullHold(signal, hold_s=0.5, recheck_s=10.0)
+    threading.Timer(0.1, signal.notify, args=(NODE + 1,)).start()  # another site's message
+    threading.Timer(0.2, signal.notify, args=(OBJECTS,)).start()  # an object's content
+
+    assert hold.pull(inbox.ask, _found, waits_for=NODE) == []
+    # asked at the start and once more as the hold ran out: neither store woke it to pull
+    assert inbox.asks == 2
+
+
+def test_a_found_message_is_answered_once_its_objects_are_stored() -> None:
+    signal = MessageSignal()
+    inbox = _Inbox()
+    inbox.items.append("message")
+    objects: list[str] = []
+    hold = PullHold(signal, hold_s=10.0, recheck_s=10.0)
+
+    def store_objects() -> None:
+        for name in ("record", "record-dict", "message"):
+            time.sleep(0.05)
+            objects.append(name)
+            signal.notify(OBJECTS)
+
+    threading.Thread(target=store_objects).start()
+    answer = hold.pull(inbox.ask, _found, waits_for=NODE, ready=lambda _: len(objects) == 3)
+
+    assert answer == ["message"] and len(objects) == 3
+    assert inbox.asks == 1  # found at once; only its objects were waited for
 
 
 def test_only_max_held_pulls_wait_the_others_are_answered_at_once() -> None:
@@ -111,24 +146,28 @@ def test_only_max_held_pulls_wait_the_others_are_answered_at_once() -> None:
     inbox = _Inbox()
     hold = PullHold(signal, hold_s=10.0, recheck_s=10.0, max_held=1)
     first: list[list[str]] = []
-    held = threading.Thread(target=lambda: first.append(hold.pull(inbox.ask, _found)))
+    held = threading.Thread(
+        target=lambda: first.append(hold.pull(inbox.ask, _found, waits_for=NODE))
+    )
     held.start()
     while inbox.asks == 0:
         time.sleep(0.01)
     time.sleep(0.05)
 
-    assert hold.pull(inbox.ask, _found) == []  # the only slot is taken: Flower's answer
+    assert (
+        hold.pull(inbox.ask, _found, waits_for=NODE) == []
+    )  # the only slot is taken: Flower's answer
     inbox.items.append("message")
-    signal.notify()
+    signal.notify(NODE)
     held.join(5.0)
     assert first == [["message"]]
-    assert hold.pull(inbox.ask, _found) == ["message"]  # the slot was given back
+    assert hold.pull(inbox.ask, _found, waits_for=NODE) == ["message"]  # the slot was given back
 
 
 def test_no_hold_is_flowers_immediate_answer() -> None:
     inbox = _Inbox()
 
-    assert PullHold(MessageSignal(), hold_s=0).pull(inbox.ask, _found) == []
+    assert PullHold(MessageSignal(), hold_s=0).pull(inbox.ask, _found, waits_for=NODE) == []
     assert inbox.asks == 1
 
 
@@ -164,10 +203,13 @@ def test_a_stored_message_notifies_and_a_refused_one_does_not() -> None:
     assert notify_on_stores(signal, [state_class], []) is True  # a second call: one wrapper
     state = state_class([False, True])
 
-    assert state.store_message_and_object_tree("m", "tree", "s") == (False, [])
-    assert signal.count() == 0
-    assert state.store_message_and_object_tree("m", "tree", "s") == (True, [])
-    assert signal.count() == 1
+    message = SimpleNamespace(metadata=SimpleNamespace(dst_node_id=NODE))
+
+    assert state.store_message_and_object_tree(message, "tree", "s") == (False, [])
+    assert signal.count(NODE) == 0
+    assert state.store_message_and_object_tree(message, "tree", "s") == (True, [])
+    assert signal.count(NODE) == 1  # for the message's destination node
+    assert signal.count(NODE + 1) == 0
 
 
 def _handlers(fleet_pull: Any, runtime_pull: Any) -> tuple[SimpleNamespace, SimpleNamespace]:
