@@ -103,7 +103,8 @@ class PullHold:
     Parameters
     ----------
     signal : MessageSignal
-        Notified by the LinkState whenever it stores a message.
+        Notified by the SuperLink's stores: each message for its destination node, each
+        object's content for :data:`OBJECTS` (:func:`notify_on_stores`).
     hold_s : float
         Longest hold of one pull, in seconds (0: none).
     max_held : int
