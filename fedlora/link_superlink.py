@@ -12,18 +12,30 @@ Nodes of any kind work with it: a held pull is an ordinary pull answered later, 
 the 30 s request timeout of Flower's clients. fedlora's warm nodes notice a held pull and ask
 again at once (:class:`fedlora.flower_tuning.SupernodeWaits`); plain ``flower-supernode`` nodes
 keep their own waits. ``fedlora deploy superlink`` starts the coordinator this way.
+
+It also keeps the SuperLink's Control and Runtime APIs to the operator
+(:mod:`fedlora.link_operator`: only the Fleet API answers other hosts), and with ``--roster
+PATH`` exports the roster's path as ``$FEDLORA_ROSTER`` to the processes the SuperLink starts,
+the ServerApp among them (:mod:`fedlora.roster`).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from fedlora.errors import ConfigError
 from fedlora.flower_entry import LOG_FORMAT, parse_with_flower_args
 from fedlora.link_hold import DEFAULT_HOLD_S, DEFAULT_MAX_HELD, MessageSignal, PullHold, hold_pulls
+from fedlora.link_operator import guard_operator_apis, operator_peers
+from fedlora.roster import ROSTER_ENV
+
+_FLOWER_DEFAULT_HOST = "127.0.0.1"
+"""``flower-superlink``'s ``--host`` default in Flower 1.41."""
 
 
 def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -40,11 +52,41 @@ def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument(
         "--max-held-pulls", type=int, default=DEFAULT_MAX_HELD, help="pulls held at a time"
     )
+    parser.add_argument(
+        "--roster",
+        type=Path,
+        metavar="PATH",
+        help="the site roster, exported as $FEDLORA_ROSTER to the ServerApp (absolute path)",
+    )
     return parse_with_flower_args(parser, argv)
 
 
+def flower_host(flower_args: Sequence[str]) -> str:
+    """The ``--host`` that ``flower-superlink`` will listen on, given its arguments."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--host", default=_FLOWER_DEFAULT_HOST)
+    known, _ = parser.parse_known_args(list(flower_args))
+    return str(known.host)
+
+
+def export_roster(roster: Path | None) -> None:
+    """Give the SuperLink's child processes the roster's path (``$FEDLORA_ROSTER``).
+
+    Raises
+    ------
+    ConfigError
+        When ``roster`` is not absolute (the ServerApp runs in another folder).
+    """
+    if roster is None:
+        os.environ.pop(ROSTER_ENV, None)
+        return
+    if not roster.is_absolute():
+        raise ConfigError(f"--roster must be an absolute path, got {roster}")
+    os.environ[ROSTER_ENV] = str(roster)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """Start the SuperLink in this process with held pulls."""
+    """Start the SuperLink in this process: held pulls, operator-only Control API, roster."""
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     fedlora_logger = logging.getLogger("fedlora")
@@ -53,14 +95,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     args, flower_args = _parse(sys.argv[1:] if argv is None else argv)
     try:
         hold = PullHold(MessageSignal(), hold_s=args.pull_hold, max_held=args.max_held_pulls)
+        export_roster(args.roster)
+        # uvicorn trusts X-Forwarded-For from these peers only; never let the environment
+        # widen it, or a remote client could claim to be this host.
+        os.environ["FORWARDED_ALLOW_IPS"] = _FLOWER_DEFAULT_HOST
+        guard_operator_apis(operator_peers(flower_host(flower_args)))
     except ConfigError as error:
         print(f"fedlora: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
-    hold_pulls(hold)
+    if args.roster is not None:
+        fedlora_logger.info("site roster for the ServerApp: %s", args.roster)
+    if args.pull_hold > 0:
+        hold_pulls(hold)
     from flwr.superlink.cli import flower_superlink
 
     sys.argv = ["flower-superlink", *flower_args]
-    flower_superlink()
+    try:
+        flower_superlink()
+    except ConfigError as error:  # the operator guard found this Flower's app unlike 1.41's
+        print(f"fedlora: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

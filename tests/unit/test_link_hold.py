@@ -386,7 +386,8 @@ def test_the_superlink_command_holds_pulls_unless_told_not_to(tmp_path: Any) -> 
     args, flower_args = _parse(held[3:])  # what the module parses after ``-m NAME``
     assert args.pull_hold == 2.5
     assert flower_args[:2] == ["--host", "127.0.0.1"] and flower_args[-1] == "--insecure"
-    assert plain[0].endswith("flower-superlink") and plain[1:3] == ["--host", "127.0.0.1"]
+    # no hold: still fedlora's process (it keeps the Control API to the operator)
+    assert plain[1:5] == ["-m", "fedlora.link_superlink", "--pull-hold", "0"]
     with pytest.raises(ConfigError, match="pull hold"):
         deploy.superlink_argv(tmp_path, insecure=True, pull_hold=-1)
 
