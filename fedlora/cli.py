@@ -283,6 +283,9 @@ def _add_deploy_arguments(commands: argparse._SubParsersAction[argparse.Argument
         "--insecure", action="store_true", help="plaintext, no SuperNode auth (test networks only)"
     )
     superlink.add_argument(
+        "--roster", metavar="FILE", help="site roster (default: DIR/roster.json)"
+    )
+    superlink.add_argument(
         "--pull-hold",
         type=float,
         default=DEFAULT_HOLD_S,
@@ -310,6 +313,7 @@ def _add_deploy_arguments(commands: argparse._SubParsersAction[argparse.Argument
     register.add_argument("site", metavar="SITE", help="site name")
     register.add_argument("--pki", required=True, metavar="DIR", help="the PKI directory")
     register.add_argument("--connection", required=True, metavar="NAME")
+    register.add_argument("--roster", metavar="FILE", help="site roster (default: DIR/roster.json)")
     supernode = steps.add_parser(
         "supernode",
         help="validate a site.toml and start the site's SuperNode",
@@ -656,6 +660,7 @@ def run_deploy(args: argparse.Namespace) -> int:
             insecure=args.insecure,
             database=args.database,
             pull_hold=args.pull_hold,
+            roster=args.roster,
         )
         if args.insecure:
             print(deploy.INSECURE_WARNING, file=sys.stderr)
@@ -671,7 +676,11 @@ def run_deploy(args: argparse.Namespace) -> int:
         print(f"SuperLink connection {args.name!r} ({args.address}) written to {path}")
         return 0
     if command == "register":
-        return _run_in_foreground(deploy.register_argv(args.site, args.pki, args.connection))
+        argv = deploy.register_argv(args.site, args.pki, args.connection)
+        print(f"+ {deploy.command_line(argv)} --format json", flush=True)
+        entry = deploy.register_site(args.site, args.pki, args.connection, roster=args.roster)
+        print(f"site {entry.site} registered as node {entry.node_id} ({entry.key_sha256})")
+        return 0
     if command == "supernode":
         from fedlora.site_config import load_site_config
 

@@ -6,23 +6,28 @@ writes the ``flwr`` CLI's SuperLink connection and fetches finished run director
 
 What runs where (docs/deployment.md):
 
-* coordinator: Flower's SuperLink (Fleet, Control and Runtime APIs on one HTTPS
-  ``--host/--port``; by default with held pulls, :mod:`fedlora.link_superlink`), with the
-  PKI's ``ca.pem``, ``server.pem``, ``server.key`` and ``--enable-supernode-auth``; runtime
-  dependency installation is always off, so a run never re-resolves the project's
-  dependencies (a CUDA torch of several GB);
-* operator (any machine that reaches the SuperLink): ``flwr supernode register`` for each site
-  key and ``flwr run . CONNECTION --stream``, with a connection in ``$FLWR_HOME/config.toml``;
+* coordinator: Flower's SuperLink in a fedlora process (:mod:`fedlora.link_superlink`: Fleet,
+  Control and Runtime APIs on one HTTPS ``--host/--port``, the Control and Runtime APIs only
+  for connections from the coordinator host itself, :mod:`fedlora.link_operator`; by default
+  with held pulls), with the PKI's ``ca.pem``, ``server.pem``, ``server.key`` and
+  ``--enable-supernode-auth``; runtime dependency installation is always off, so a run never
+  re-resolves the project's dependencies (a CUDA torch of several GB);
+* operator (on the coordinator host, or through an SSH tunnel to it): ``flwr supernode
+  register`` for each site key (:func:`register_site`, which also records the site in the
+  roster, :mod:`fedlora.roster`) and ``flwr run . CONNECTION --stream``, with a connection in
+  ``$FLWR_HOME/config.toml``;
 * each site: Flower's SuperNode with the site's ``site.toml`` (:mod:`fedlora.site_config`),
   by default with short polls and fedlora's warm worker (:mod:`fedlora.node_supernode`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -34,7 +39,8 @@ from fedlora.errors import ConfigError, RunDirError
 from fedlora.flower_tuning import DEFAULT_POLL_INTERVAL_S, check_poll_interval
 from fedlora.io import atomic_write_text
 from fedlora.link_hold import DEFAULT_HOLD_S, check_hold
-from fedlora.pki_layout import PkiLayout, check_site_name, superlink_tls_flags
+from fedlora.pki_layout import PkiLayout, check_site_name, ssh_fingerprint, superlink_tls_flags
+from fedlora.roster import RosterEntry, default_roster_path, write_roster_entry
 from fedlora.site_config import SiteConfig
 
 if sys.version_info >= (3, 11):
@@ -56,6 +62,7 @@ __all__ = [
     "free_port",
     "port_is_free",
     "register_argv",
+    "register_site",
     "submit_argv",
     "superlink_argv",
     "supernode_argv",
@@ -63,7 +70,8 @@ __all__ = [
 ]
 
 DEFAULT_PORT = 9093
-"""The SuperLink port fedlora uses (Fleet, Control and Runtime APIs share it in Flower 1.41)."""
+"""The SuperLink port fedlora uses (Fleet, Control and Runtime APIs share it in Flower 1.41;
+only the Fleet API answers other hosts, :mod:`fedlora.link_operator`)."""
 DEFAULT_RUNTIME_PORT = 9094
 """``flower-supernode``'s default local Runtime API port; a second node on a host needs another."""
 CONFIG_FILE = "config.toml"
@@ -144,8 +152,13 @@ def superlink_argv(
     insecure: bool = False,
     database: Path | str | None = None,
     pull_hold: float = DEFAULT_HOLD_S,
+    roster: Path | str | None = None,
 ) -> list[str]:
-    """The ``flower-superlink`` command line of the coordinator.
+    """The SuperLink command line of the coordinator (:mod:`fedlora.link_superlink`).
+
+    Flower's ``flower-superlink`` in a fedlora process: its Control and Runtime APIs answer
+    only connections from this host (``127.0.0.1``, ``::1`` or ``host`` itself), its Fleet API
+    everyone (:mod:`fedlora.link_operator`).
 
     Parameters
     ----------
@@ -160,9 +173,12 @@ def superlink_argv(
         A SQLite file for the SuperLink's state; without it registrations and runs live in
         memory and are lost on restart.
     pull_hold : float
-        Seconds the SuperLink holds a pull that finds no message (:mod:`fedlora.link_superlink`,
-        Flower's SuperLink in a fedlora process); 0: plain ``flower-superlink``, which
-        answers every pull at once.
+        Seconds the SuperLink holds a pull that finds no message (:mod:`fedlora.link_hold`);
+        0: every pull is answered at once, as Flower does.
+    roster : Path or str, optional
+        The site roster the ServerApp reads (``$FEDLORA_ROSTER``, :mod:`fedlora.roster`);
+        default ``PKI_DIR/roster.json``. An ``insecure`` SuperLink has no site keys and no
+        roster.
 
     Raises
     ------
@@ -170,12 +186,13 @@ def superlink_argv(
         For a bad port or pull hold, or a missing TLS file.
     """
     _check_port(port, "--port")
-    if check_hold(pull_hold) == 0:
-        argv = [flower_executable("flower-superlink")]
-    else:
-        argv = [sys.executable, "-m", "fedlora.link_superlink", "--pull-hold", repr(pull_hold)]
-        argv.append("--")
+    argv = [sys.executable, "-m", "fedlora.link_superlink"]
+    argv += ["--pull-hold", repr(check_hold(pull_hold))]
+    if not insecure:
+        target = default_roster_path(pki_dir) if roster is None else roster
+        argv += ["--roster", str(Path(target).expanduser().absolute())]
     argv += [
+        "--",
         "--host",
         host,
         "--port",
@@ -223,6 +240,93 @@ def register_argv(site: str, pki_dir: Path | str, connection: str) -> list[str]:
         "--name",
         site,
     ]
+
+
+def register_site(
+    site: str,
+    pki_dir: Path | str,
+    connection: str,
+    *,
+    roster: Path | str | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 120.0,
+) -> RosterEntry:
+    """Register ``site``'s public key with the SuperLink and record it in the roster.
+
+    Runs :func:`register_argv` with ``--format json``, reads the node id Flower gave the key
+    and writes ``node id -> site, key fingerprint`` to the roster the ServerApp reads
+    (:mod:`fedlora.roster`). Run it on the coordinator host (the SuperLink answers ``flwr
+    supernode register`` only there, and the roster lives there).
+
+    Parameters
+    ----------
+    site, pki_dir, connection : str, Path or str, str
+        As :func:`register_argv`.
+    roster : Path or str, optional
+        The roster file; default ``PKI_DIR/roster.json`` (as :func:`superlink_argv`).
+    env : Mapping[str, str], optional
+        The environment of ``flwr`` (default :func:`flower_environment` of this one).
+    timeout : float
+        Seconds ``flwr`` may take.
+
+    Returns
+    -------
+    RosterEntry
+        The roster entry written.
+
+    Raises
+    ------
+    ConfigError
+        When ``flwr`` fails (the message holds its output) or prints no node id.
+    RosterError
+        When the roster exists but is invalid.
+    """
+    argv = [*register_argv(site, pki_dir, connection), "--format", "json"]
+    public_key = Path(argv[3])
+    try:
+        result = subprocess.run(
+            argv,
+            env=flower_environment(env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise ConfigError(
+            f"flwr supernode register {site} did not answer in {timeout:.0f} s"
+        ) from None
+    node_id, message = _register_answer(result.stdout)
+    if result.returncode != 0 or node_id is None:
+        output = message or " ".join((result.stdout + result.stderr).split())[-2000:]
+        raise ConfigError(f"registering {site} failed (flwr exit {result.returncode}): {output}")
+    return write_roster_entry(
+        default_roster_path(pki_dir) if roster is None else roster,
+        node_id=node_id,
+        site=site,
+        key_sha256=ssh_fingerprint(public_key.read_text(encoding="utf-8")),
+    )
+
+
+def _register_answer(stdout: str) -> tuple[int | None, str | None]:
+    """The node id, or Flower's error message, in ``flwr supernode register --format json``.
+
+    Flower prints one JSON object (``{"success": true, "node-id": N}``, or ``success`` false
+    and an ``error-message``) and exits 0 either way.
+    """
+    start = stdout.find("{")
+    try:
+        answer = json.loads(stdout[start:]) if start >= 0 else None
+    except ValueError:
+        return None, None
+    if not isinstance(answer, dict):
+        return None, None
+    node_id = answer.get("node-id")
+    if answer.get("success") is True and isinstance(node_id, int) and node_id is not True:
+        return node_id, None
+    message = answer.get("error-message")
+    return None, " ".join(message.split()) if isinstance(message, str) else None
 
 
 def supernode_argv(

@@ -21,7 +21,9 @@ On entering it
 2. starts the SuperLink (:func:`fedlora.deploy.superlink_argv`: Flower's, with held pulls
    unless ``pull_hold=0``) with TLS and SuperNode authentication on a free 127.0.0.1 port,
    with a private ``FLWR_HOME`` (``ROOT/flwr-home``), and waits until it serves TLS;
-3. writes the ``flwr`` CLI connection (``fed`` by default) and registers every site's key;
+3. writes the ``flwr`` CLI connection (``fed`` by default) and registers every site's key
+   (:func:`fedlora.deploy.register_site`: each node id and site name go to the SuperLink's
+   roster, ``ROOT/pki/roster.json``, that its ServerApp reads from ``$FEDLORA_ROSTER``);
 4. writes each site's ``ROOT/NAME/site.toml`` as an operator would (its own copy of the data
    files under ``ROOT/NAME/data``, relative paths, its own ``ROOT/NAME/ledger``) and starts its
    ``flower-supernode``, through :func:`fedlora.deploy.supernode_argv` or through the
@@ -52,6 +54,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -62,6 +65,7 @@ from fedlora.config import DeviceChoice
 from fedlora.errors import ConfigError, FedloraError
 from fedlora.flower_tuning import DEFAULT_POLL_INTERVAL_S
 from fedlora.link_hold import DEFAULT_HOLD_S, check_hold
+from fedlora.roster import default_roster_path
 from fedlora.site_config import SiteConfig, load_site_config, node_config_value
 
 __all__ = [
@@ -203,6 +207,9 @@ class LocalDeployment:
     ----------
     root, pki_dir, home, logs : Path
         The deployment's folder, its PKI, its ``FLWR_HOME`` and its process logs.
+    roster : Path
+        The site roster (node id -> site) the SuperLink gives its ServerApp
+        (:mod:`fedlora.roster`); written at registration (TLS deployments only).
     port : int
         The SuperLink's port on 127.0.0.1 (set by :meth:`start`).
     env : dict[str, str]
@@ -245,6 +252,7 @@ class LocalDeployment:
         self.pki_dir = self.root / "pki"
         self.home = self.root / "flwr-home"
         self.logs = self.root / "logs"
+        self.roster = default_roster_path(self.pki_dir)
         self.port = 0
         self.env: dict[str, str] = {}
         self.site_configs: dict[str, SiteConfig] = {}
@@ -325,9 +333,9 @@ class LocalDeployment:
             insecure=not self.tls,
             home=self.home,
         )
-        if self.tls:
-            for name in self.sites:
-                self._register(name)
+        if self.tls:  # each flwr process spends seconds importing: register all at once
+            with ThreadPoolExecutor(max_workers=len(self.sites)) as pool:
+                list(pool.map(self._register, self.sites))
         nodes = {name: self._start_site(name, data) for name, data in self.sites.items()}
         self._wait_alive(
             lambda: all("SuperNode ID:" in self.log(name) for name in nodes),
@@ -343,21 +351,11 @@ class LocalDeployment:
         )
 
     def _register(self, name: str) -> None:
-        result = subprocess.run(
-            deploy.register_argv(name, self.pki_dir, self.connection),
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            stdin=subprocess.DEVNULL,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise LoopbackError(
-                f"registering {name} failed (exit {result.returncode}): "
-                f"{(result.stdout + result.stderr)[-_LOG_TAIL:]}"
-            )
-        logger.info("registered %s with the SuperLink", name)
+        try:
+            entry = deploy.register_site(name, self.pki_dir, self.connection, env=self.env)
+        except ConfigError as exc:
+            raise LoopbackError(str(exc)[-_LOG_TAIL:]) from None
+        logger.info("registered %s with the SuperLink as node %d", name, entry.node_id)
 
     def kill_site(self, name: str) -> None:
         """SIGKILL site ``name``'s node (its SuperNode and warm worker), as a crash would.
