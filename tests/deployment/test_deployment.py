@@ -1,5 +1,8 @@
 """A real deployment on 127.0.0.1: TLS SuperLink, registered SuperNodes, `flwr run`, refusals.
 
+"Another host" is played by :func:`tests.relay.relay`: its connections reach the SuperLink
+from 127.0.0.2, with TLS end to end, as a remote client holding only ``ca.pem`` would.
+
 The federation is a :class:`fedlora.loopback.LocalDeployment`: every process is started in its
 own session and stopped by its process group when the module fixture ends, also when a test
 fails.
@@ -9,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import ssl
@@ -25,7 +29,9 @@ from fedlora.cli import main as fedlora_main
 from fedlora.flower_tuning import HELD_PULL_S
 from fedlora.ledger import LEDGER_FILE, read_ledger
 from fedlora.loopback import LocalDeployment, SiteData, wait_for
+from fedlora.roster import ROSTER_ENV, read_roster
 from fedlora.testing import write_sft_file
+from tests.relay import relay
 
 pytestmark = pytest.mark.deployment
 
@@ -104,13 +110,87 @@ def test_unregistered_site_key_is_refused(federation: LocalDeployment) -> None:
     key = rogue.index("--auth-supernode-private-key") + 1
     rogue[key] = str(federation.pki_dir / "sites" / "rogue.key")
 
-    process = federation.start_process("rogue", rogue)
-    process.wait(timeout=90)
+    with relay(federation.port) as port:  # from another host: the Fleet API answers it
+        rogue[rogue.index("--superlink") + 1] = f"127.0.0.1:{port}"
+        process = federation.start_process("rogue", rogue)
+        process.wait(timeout=90)
 
     assert process.returncode != 0
     assert "Failed to activate SuperNode" in federation.log("rogue")
     assert "No SuperNode found with the given public key" in federation.log("superlink")
+    assert "refused POST /v1/fleet" not in federation.log("superlink")
     assert len(_nodes(federation)) == len(SITES)
+
+
+def _https_post(port: int, path: str, cafile: Path) -> int:
+    """The HTTP status of an empty POST to ``path`` over TLS verified with ``cafile``."""
+    context = ssl.create_default_context(cafile=str(cafile))
+    request = urllib.request.Request(f"https://127.0.0.1:{port}{path}", data=b"", method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30, context=context) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+
+
+def test_only_the_operator_administers_the_federation(federation: LocalDeployment) -> None:
+    rogue_key = federation.pki_dir / "sites" / "rogue.pub"
+    ca = federation.pki_dir / "ca.pem"
+    with relay(federation.port) as port:
+        # an attacker with only the public ca.pem, from another host: the flwr CLI ...
+        deploy.write_connection(
+            "attacker", f"127.0.0.1:{port}", pki_dir=ca.parent, home=federation.home
+        )
+        register = subprocess.run(
+            [deploy.flower_executable("flwr"), "supernode", "register", str(rogue_key), "attacker"],
+            env=federation.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+        )
+        # ... and the routes behind flwr run / stop / ls and a ServerApp's Runtime API
+        refused = {
+            path: _https_post(port, path, ca)
+            for path in ("/v1/control/start-run", "/v1/control/stop-run", "/v1/runtime/get-nodes")
+        }
+
+    assert register.returncode != 0
+    output = register.stdout + register.stderr
+    assert "fedlora: the SuperLink's Control and Runtime APIs" in output, output
+    assert set(refused.values()) == {403}, refused
+    log = federation.log("superlink")
+    assert re.search(r"refused POST /v1/control/register-node from 127\.0\.0\.2:\d+", log)
+    assert re.search(r"refused POST /v1/control/start-run from 127\.0\.0\.2:\d+", log)
+    # nothing reached Flower's RegisterNode but the operator's registration of the sites; the
+    # roster binds each node id it created to its site (as the site's own node reports it)
+    created = {int(node_id) for node_id in re.findall(r"Created node_id=(\d+)", log)}
+    roster = read_roster(federation.roster)
+    assert len(created) == len(SITES) and set(roster) == created
+    for name in SITES:
+        [node_id] = re.findall(r"SuperNode ID: (\d+)", federation.log(name))[:1]
+        assert roster[int(node_id)] == name
+    # and the ServerApp's processes (Flower's SuperExec starts them) are told where it is
+    assert f"{ROSTER_ENV}={federation.roster}" in _superexec_environment(federation)
+
+
+def _superexec_environment(federation: LocalDeployment) -> list[str]:
+    """The environment of the SuperLink's ``flower-superexec`` (it starts the ServerApps)."""
+    proc = Path("/proc")
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            if not any(arg.endswith("flower-superexec") for arg in args[:2]):
+                continue
+            parent = args[args.index("--parent-pid") + 1]
+            parent_args = (proc / parent / "cmdline").read_bytes().decode(errors="replace")
+            if str(federation.pki_dir) in parent_args:
+                return (entry / "environ").read_bytes().decode(errors="replace").split("\0")
+        except (OSError, ValueError, IndexError):
+            continue
+    raise AssertionError("no flower-superexec of this SuperLink found")
 
 
 def test_supernode_without_root_certificates_cannot_connect(federation: LocalDeployment) -> None:
