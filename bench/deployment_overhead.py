@@ -10,8 +10,9 @@ The same 2-site, 3-round tiny workload runs on both sides, one after the other i
     message comes, ``fedlora.link_superlink``), and one SuperNode per site on 127.0.0.1 as
     ``fedlora deploy supernode`` starts it (short polls, one warm worker per site,
     ``fedlora.node_worker``), the run submitted with ``flwr run . CONNECTION --stream``;
-(c) cold deployment, once, for reference (``--cold-runs 0`` skips it): the same with plain
-    ``flower-superlink`` (``pull_hold=0``) and plain ``flower-supernode`` nodes
+(c) cold deployment, once, for reference (``--cold-runs 0`` skips it): the same with Flower's
+    immediate pull answers (``pull_hold=0``; the SuperLink still keeps its Control API to the
+    operator, which costs one address check per request) and plain ``flower-supernode`` nodes
     (``fedlora deploy supernode --cold``): Flower's 3 s idle polls and a fresh
     ``flwr-clientapp`` process per message.
 

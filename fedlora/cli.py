@@ -292,7 +292,7 @@ def _add_deploy_arguments(commands: argparse._SubParsersAction[argparse.Argument
         metavar="S",
         help=(
             "hold a pull that finds no message up to S seconds, answering it when one comes "
-            f"(default: {DEFAULT_HOLD_S:g}; 0: plain flower-superlink)"
+            f"(default: {DEFAULT_HOLD_S:g}; 0: answer at once, as Flower does)"
         ),
     )
     connection = steps.add_parser(

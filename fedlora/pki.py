@@ -22,8 +22,9 @@ identifiers. Certificates are valid from one hour before issue (clock skew) unti
 
 How Flower uses the files (checked against the ``flwr`` 1.41 command line):
 
-* SuperLink: ``flower-superlink --ssl-ca-certfile ca.pem --ssl-certfile server.pem
-  --ssl-keyfile server.key --enable-supernode-auth``
+* SuperLink: ``fedlora deploy superlink --pki DIR`` (Flower's SuperLink with ``--ssl-ca-certfile
+  ca.pem --ssl-certfile server.pem --ssl-keyfile server.key --enable-supernode-auth``, its
+  Control API kept to its own host: :mod:`fedlora.link_operator`)
 * register a site (operator, against the SuperLink's Control API):
   ``flwr supernode register sites/<NAME>.pub [CONNECTION] --name <NAME>``
 * SuperNode: ``flower-supernode --superlink HOST:PORT --root-certificates ca.pem
@@ -65,7 +66,6 @@ from fedlora.pki_layout import (
     make_directory,
     refuse_existing,
     ssh_fingerprint,
-    superlink_tls_flags,
     write_file,
 )
 from fedlora.pki_x509 import ca_certificate, new_key, pkcs8_pem, server_certificate
@@ -317,9 +317,13 @@ def create_site_key(directory: Path | str, name: str, *, force: bool = False) ->
 
 
 def superlink_command(directory: Path | str = DEFAULT_DIR) -> str:
-    """The ``flower-superlink`` command line that serves TLS with the files in ``directory``."""
-    layout = PkiLayout(Path(directory).absolute())
-    return shlex.join(["flower-superlink", *superlink_tls_flags(layout)])
+    """The command that starts the SuperLink with the TLS files in ``directory``.
+
+    ``fedlora deploy superlink``: Flower's SuperLink with these files and SuperNode
+    authentication, its Control API kept to its own host (plain ``flower-superlink`` with the
+    same TLS flags would serve it to anyone holding ``ca.pem``).
+    """
+    return shlex.join(["fedlora", "deploy", "superlink", "--pki", str(Path(directory).absolute())])
 
 
 def register_command(site: SiteKey, connection: str | None = None) -> str:

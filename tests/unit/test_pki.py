@@ -206,7 +206,7 @@ def test_no_private_key_material_is_printed(tmp_path, capsys):
     assert _cli(capsys, "init", "--dir", directory)[0] == 0
     code, out, _ = _cli(capsys, "server", "--dir", directory, "--dns", DNS, "--ip", IP)
     assert code == 0
-    assert "flower-superlink --ssl-ca-certfile" in out and "--enable-supernode-auth" in out
+    assert "fedlora deploy superlink --pki" in out  # never plain flower-superlink
     for name in ("ca.key", "server.key"):
         body = (tmp_path / "pki" / name).read_text().strip().splitlines()[1]
         assert body not in out
