@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 import warnings
 from collections.abc import Sequence
@@ -24,6 +25,25 @@ if TYPE_CHECKING:
 logger = logging.getLogger("fedlora")
 
 EXIT_USER_ERROR = 2
+
+
+def _count(text: str) -> int:
+    """An integer argument, also written as an integral number such as ``1e6``.
+
+    Counts are often typed in scientific notation; accepting it lets :class:`RunConfig`
+    refuse an absurd size with its bound and reason instead of argparse's usage dump.
+    """
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid integer: {text!r}") from None
+    if not (math.isfinite(value) and value.is_integer()):
+        raise argparse.ArgumentTypeError(f"invalid integer: {text!r}")
+    return int(value)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,11 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--scenario", default=defaults.scenario, help="built-in scenario: hospitals or banks"
     )
     data.add_argument("--task", choices=("sft", "classification"), default=defaults.task)
-    data.add_argument("--sites", type=int, help="number of sites (default: the scenario's)")
+    data.add_argument("--sites", type=_count, help="number of sites (default: the scenario's)")
     data.add_argument(
         "--alpha", type=float, default=defaults.alpha, help="Dirichlet non-IID concentration (> 0)"
     )
-    data.add_argument("--examples-per-site", type=int, default=defaults.examples_per_site)
+    data.add_argument("--examples-per-site", type=_count, default=defaults.examples_per_site)
     data.add_argument("--test-fraction", type=float, default=defaults.test_fraction)
     data.add_argument(
         "--data",
@@ -73,18 +93,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.model,
         help="preset (tiny-llama, tiny-gpt2, tiny-bloom, tiny-bert), hub id or local directory",
     )
-    model.add_argument("--lora-r", type=int, default=defaults.lora_r)
-    model.add_argument("--lora-alpha", type=int, default=defaults.lora_alpha)
+    model.add_argument("--lora-r", type=_count, default=defaults.lora_r)
+    model.add_argument("--lora-alpha", type=_count, default=defaults.lora_alpha)
     model.add_argument("--lora-dropout", type=float, default=defaults.lora_dropout)
     model.add_argument(
         "--lora-targets",
         default="",
         help="comma-separated module names (default: per architecture)",
     )
-    model.add_argument("--max-length", type=int, default=defaults.max_length)
+    model.add_argument("--max-length", type=_count, default=defaults.max_length)
 
     train = sim.add_argument_group("training")
-    train.add_argument("--rounds", type=int, default=defaults.rounds)
+    train.add_argument("--rounds", type=_count, default=defaults.rounds)
     train.add_argument(
         "--strategy",
         default=defaults.strategy,
@@ -106,9 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     aggregation.add_argument("--server-beta2", type=float, default=defaults.server_beta2)
     aggregation.add_argument("--server-tau", type=float, default=defaults.server_tau)
     aggregation.add_argument("--trim-fraction", type=float, default=defaults.trim_fraction)
-    aggregation.add_argument("--krum-byzantine", type=int, default=defaults.krum_byzantine)
+    aggregation.add_argument("--krum-byzantine", type=_count, default=defaults.krum_byzantine)
     aggregation.add_argument(
-        "--krum-selected", type=int, default=defaults.krum_selected, help="multi-krum m"
+        "--krum-selected", type=_count, default=defaults.krum_selected, help="multi-krum m"
     )
     aggregation.add_argument(
         "--update-norm-bound",
@@ -117,19 +137,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="reject updates farther than this (L2) from the global adapter; 0: no bound",
     )
     aggregation.add_argument(
-        "--min-fit", type=int, default=defaults.min_fit, help="accepted updates a round needs"
+        "--min-fit", type=_count, default=defaults.min_fit, help="accepted updates a round needs"
     )
     train.add_argument("--lr", type=float, default=defaults.lr)
-    train.add_argument("--local-epochs", type=int, default=defaults.local_epochs)
-    train.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    train.add_argument("--local-epochs", type=_count, default=defaults.local_epochs)
+    train.add_argument("--batch-size", type=_count, default=defaults.batch_size)
     train.add_argument(
         "--max-steps",
-        type=int,
+        type=_count,
         default=defaults.max_steps,
         help="cap on local steps per round (0: none)",
     )
     train.add_argument("--optimizer", choices=("adamw", "sgd"), default=defaults.optimizer)
-    train.add_argument("--seed", type=int, default=defaults.seed)
+    train.add_argument("--seed", type=_count, default=defaults.seed)
     train.add_argument("--device", choices=("auto", "cpu", "cuda"), default=defaults.device)
     train.add_argument("--bf16", choices=("auto", "on", "off"), default=defaults.bf16)
     train.add_argument("--gradient-checkpointing", action="store_true")
@@ -533,6 +553,13 @@ def _resumed_config(given: RunConfig, run_dir: Path) -> RunConfig:
 
 def run_simulate(args: argparse.Namespace) -> int:
     """``fedlora simulate``: run, then print the summary tables."""
+    from simulations.checks import check_run_paths
+
+    # Settings and paths first: a refusal costs no import of torch or Flower.
+    config = config_from_args(args)
+    resume = Path(args.resume) if args.resume else None
+    check_run_paths(config, run_id=args.run_id, resume=resume)
+
     from rich.console import Console
 
     from fedlora.console import ProgressDisplay, summary_table, traffic_table
@@ -540,8 +567,6 @@ def run_simulate(args: argparse.Namespace) -> int:
     from server.rundir import RunDirectory
     from simulations.runner import simulate
 
-    config = config_from_args(args)
-    resume = Path(args.resume) if args.resume else None
     if resume is not None:
         config = _resumed_config(config, resume)
     console = Console(stderr=False)

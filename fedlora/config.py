@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, TypeVar, cast, get_args
@@ -33,6 +34,40 @@ _Value = TypeVar("_Value", int, float)
 """Per-run ε a site aims for when it gives neither a noise multiplier nor a target."""
 
 FlatValue = bool | int | float | str
+
+RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
+"""A run id names one folder under ``out``: a letter or digit first, then letters, digits,
+``. _ + -``, at most 128 characters and never ``..`` -- so it cannot climb out of ``out``, hide
+as a dot file or name a path."""
+
+MAX_SCENARIO_EXAMPLES = 1_000_000
+"""Largest ``sites × examples-per-site`` of a built-in scenario (generated in memory)."""
+
+MAX_LENGTH_LIMIT = 32_768
+"""Largest ``max-length`` (tokens per example)."""
+
+MAX_BATCH_TOKENS = 1 << 24
+"""Largest ``batch-size × max-length``: a batch is padded into one tensor in memory."""
+
+# Upper bounds of the size settings, with the reason each message gives. Sizes beyond these
+# only exhaust memory or disk; refusing them at once beats dying of them later.
+_UPPER_BOUNDS: dict[str, tuple[int, str]] = {
+    "rounds": (100_000, "each round writes an adapter checkpoint to the run directory"),
+    "sites": (1_000, "the coordinator messages every site each round; a simulation runs them all"),
+    "examples_per_site": (1_000_000, "scenario data are generated in memory"),
+    "local_epochs": (1_000, "every epoch is a full pass over the site's data each round"),
+    "batch_size": (65_536, "a batch is padded into one tensor in memory"),
+    "max_steps": (1_000_000, "local steps are run one after another each round"),
+    "lora_r": (4_096, "adapter matrices grow with the rank; beyond this it is not low-rank"),
+    "max_length": (MAX_LENGTH_LIMIT, "examples are tokenised and padded up to this many tokens"),
+    "min_fit": (1_000, "it cannot exceed the number of sites"),
+    "round_retries": (100, "each retry repeats a whole round"),
+    "krum_byzantine": (1_000, "it cannot exceed the number of sites"),
+    "krum_selected": (1_000, "it cannot exceed the number of sites"),
+}
+
+# Float settings for which infinity means something: an even split, waiting without a limit.
+_MAY_BE_INFINITE = frozenset({"alpha", "node_wait_timeout", "round_timeout"})
 
 
 def _split_list(value: str) -> tuple[str, ...]:
@@ -112,6 +147,7 @@ class RunConfig:
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        self._check_numbers()
         _check_choice("task", self.task, Task)
         _check_choice("optimizer", self.optimizer, OptimizerName)
         _check_choice("device", self.device, DeviceChoice)
@@ -158,10 +194,41 @@ class RunConfig:
             )
         if len(set(self.labels)) != len(self.labels):
             raise ConfigError(f"labels contain duplicates: {', '.join(self.labels)}")
+        self._check_sizes()
+        if self.resume:
+            check_run_id(self.resume, key="resume")
         self._check_aggregation()
         self._check_privacy()
         if self.extra:
             raise ConfigError(f"unknown config key(s): {', '.join(sorted(self.extra))}")
+
+    def _check_numbers(self) -> None:
+        """Refuse NaN anywhere and infinity where it makes no sense (every float but a few)."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type != "float" or isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            if math.isnan(value) or (math.isinf(value) and f.name not in _MAY_BE_INFINITE):
+                raise ConfigError(f"{_key(f.name)} must be a finite number, got {value}")
+
+    def _check_sizes(self) -> None:
+        """Upper bounds of the size settings, so absurd sizes fail now, not out of memory."""
+        for name, (maximum, why) in _UPPER_BOUNDS.items():
+            value = getattr(self, name)
+            if isinstance(value, int) and value > maximum:
+                raise ConfigError(f"{_key(name)} must be <= {maximum:,}, got {value:,}: {why}")
+        if self.batch_size * self.max_length > MAX_BATCH_TOKENS:
+            raise ConfigError(
+                f"batch-size × max-length must be <= {MAX_BATCH_TOKENS:,} tokens, got "
+                f"{self.batch_size * self.max_length:,}: a batch is padded into one tensor in "
+                "memory"
+            )
+        scenario_examples = self.sites * self.examples_per_site
+        if not self.uses_own_data and scenario_examples > MAX_SCENARIO_EXAMPLES:
+            raise ConfigError(
+                f"sites × examples-per-site must be <= {MAX_SCENARIO_EXAMPLES:,} for a built-in "
+                f"scenario, got {scenario_examples:,}: scenario data are generated in memory"
+            )
 
     def _check_aggregation(self) -> None:
         # Ranges the strategies need are checked when the strategy is built (before any
@@ -318,6 +385,30 @@ def _coerce(key: str, value: FlatValue, default: Any) -> Any:
         except ValueError:
             raise ConfigError(f"{key} must be a number, got {value!r}") from None
     return str(value)
+
+
+def check_run_id(run_id: str, *, key: str = "run-id") -> str:
+    """Return ``run_id`` when it is a safe run directory name (:data:`RUN_ID_PATTERN`).
+
+    ``fedlora simulate --run-id``, ``--resume`` and the ``resume`` key all name a folder
+    under ``out``; a separator, ``..`` or a leading dot would write elsewhere.
+
+    Raises
+    ------
+    ConfigError
+        Naming the key, the value and what a run id may hold.
+    """
+    if RUN_ID_PATTERN.fullmatch(run_id) is None or ".." in run_id:
+        raise ConfigError(
+            f"{key} {run_id!r} is not a valid run id: use 1-128 letters, digits, '.', '_', "
+            "'+' or '-', starting with a letter or digit, without '..' (it names a folder "
+            "under out)"
+        )
+    return run_id
+
+
+def _key(name: str) -> str:
+    return name.replace("_", "-")
 
 
 def _check_choice(key: str, value: object, choices: object) -> None:

@@ -13,16 +13,18 @@ header as line 1).
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from fedlora.config import Task
+from fedlora.config import MAX_LENGTH_LIMIT, Task
 from fedlora.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -31,6 +33,21 @@ IGNORE_INDEX = -100
 PROMPT_TEMPLATE = "### Instruction:\n{instruction}\n\n### Response:\n"
 ALPACA_INPUT_TEMPLATE = "{instruction}\n\n### Input:\n{input}"
 SUPPORTED_SUFFIXES = (".jsonl", ".csv")
+
+CHARS_PER_TOKEN_BOUND = 64
+"""Generous bound on the characters one token covers. A text is cut to ``max-length ×``
+this many characters before it is tokenised: whatever the text, tokenising costs memory in
+proportion to max-length, and the first max-length tokens are those of the whole text for
+any tokenizer whose tokens span at most this many characters."""
+
+MAX_TEXT_CHARS = MAX_LENGTH_LIMIT * CHARS_PER_TOKEN_BOUND
+"""The most characters of a text the largest max-length (``fedlora.config``) can keep."""
+
+MAX_LINE_CHARS = 16 * 1024 * 1024
+"""Longest line a data file may hold (characters; a CSV field no longer)."""
+
+MAX_FILE_BYTES = 4 * 1024**3
+"""Largest data file: a site's records are held in memory."""
 
 
 @dataclass(frozen=True)
@@ -69,10 +86,14 @@ Example = SftExample | ClassificationExample
 def read_records(path: Path) -> list[Record]:
     """Read a JSONL or CSV file into records.
 
+    The file is read line by line and never more than :data:`MAX_LINE_CHARS` of a line at
+    once, so an absurd file costs no more memory than its records.
+
     Raises
     ------
     DataError
-        For a missing or unreadable file, an unsupported suffix, or a malformed line.
+        For a missing or unreadable file, an unsupported suffix, a file over
+        :data:`MAX_FILE_BYTES`, or a malformed or over-long line (naming its line).
     """
     if path.suffix.lower() not in SUPPORTED_SUFFIXES:
         raise DataError(
@@ -82,37 +103,74 @@ def read_records(path: Path) -> list[Record]:
     if not path.is_file():
         raise DataError(f"{path}: data file not found")
     try:
-        text = path.read_text(encoding="utf-8")
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise DataError(
+                f"{path}: data file is {size:,} bytes, over the {MAX_FILE_BYTES:,}-byte limit "
+                "(a site's records are held in memory; split or sample the file)"
+            )
+        # newline="" for csv (quoted fields may hold line breaks); universal newlines for JSONL.
+        newline = "" if path.suffix.lower() == ".csv" else None
+        with path.open(encoding="utf-8", newline=newline) as handle:
+            lines = _bounded_lines(handle, str(path))
+            if path.suffix.lower() == ".jsonl":
+                return list(_parse_jsonl(lines, str(path)))
+            return list(_parse_csv(lines, str(path)))
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot read data file: {exc}") from exc
-    if path.suffix.lower() == ".jsonl":
-        return list(_parse_jsonl(text, str(path)))
-    return list(_parse_csv(text, str(path)))
 
 
-def _parse_jsonl(text: str, source: str) -> Iterable[Record]:
-    for line_number, line in enumerate(text.splitlines(), start=1):
+def _bounded_lines(handle: TextIO, source: str) -> Iterator[str]:
+    """The lines of ``handle``; a line over :data:`MAX_LINE_CHARS` is an error, read no further."""
+    for line_number in itertools.count(1):
+        line = handle.readline(MAX_LINE_CHARS + 1)
+        if not line:
+            return
+        if len(line) > MAX_LINE_CHARS:
+            raise DataError(
+                f"{source}:{line_number}: line longer than {MAX_LINE_CHARS:,} characters "
+                f"(a record must be shorter; max-length keeps at most "
+                f"{MAX_TEXT_CHARS:,} characters of a text)"
+            )
+        yield line
+
+
+def _parse_jsonl(lines: Iterable[str], source: str) -> Iterable[Record]:
+    for line_number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             value = json.loads(line)
+            if not isinstance(value, dict):
+                raise DataError(
+                    f"{source}:{line_number}: expected a JSON object, got {type(value).__name__}"
+                )
+            fields = {str(k): _as_text(v) for k, v in value.items()}
+        except RecursionError:
+            raise DataError(f"{source}:{line_number}: malformed JSON: nested too deeply") from None
         except json.JSONDecodeError as exc:
             raise DataError(f"{source}:{line_number}: malformed JSON: {exc.msg}") from None
-        if not isinstance(value, dict):
-            raise DataError(
-                f"{source}:{line_number}: expected a JSON object, got {type(value).__name__}"
-            )
-        yield Record({str(k): _as_text(v) for k, v in value.items()}, source, line_number)
+        except DataError:
+            raise
+        except ValueError as exc:  # e.g. an integer past Python's digit limit
+            raise DataError(f"{source}:{line_number}: malformed JSON: {exc}") from None
+        yield Record(fields, source, line_number)
 
 
-def _parse_csv(text: str, source: str) -> Iterable[Record]:
-    reader = csv.DictReader(text.splitlines())
-    if not reader.fieldnames:
-        return
-    for record in reader:
-        if None in record:
-            raise DataError(f"{source}:{reader.line_num}: more values than header columns")
-        yield Record({k: v or "" for k, v in record.items()}, source, reader.line_num)
+def _parse_csv(lines: Iterable[str], source: str) -> Iterable[Record]:
+    reader = csv.DictReader(lines)
+    limit = csv.field_size_limit(MAX_LINE_CHARS)
+    try:
+        if not reader.fieldnames:
+            return
+        for record in reader:
+            if None in record:
+                raise DataError(f"{source}:{reader.line_num}: more values than header columns")
+            yield Record({k: v or "" for k, v in record.items()}, source, reader.line_num)
+    except csv.Error as exc:
+        raise DataError(f"{source}:{reader.line_num}: malformed CSV: {exc}") from None
+    finally:
+        csv.field_size_limit(limit)
 
 
 def _as_text(value: object) -> str:
@@ -242,17 +300,30 @@ def tokenize(
     SFT examples are ``[bos] prompt response [eos]`` with labels masked to
     :data:`IGNORE_INDEX` on the prompt; an example whose response is cut off entirely by
     ``max_length`` is dropped with a warning (it would carry no loss).
+
+    Texts are cut to :func:`text_budget` characters *before* tokenising, so memory stays
+    bounded by ``max_length`` whatever a record holds; a prompt longer than the budget counts
+    as filling ``max_length`` (dropped), and a response cut short gets no ``eos``.
     """
     items: list[dict[str, list[int]]] = []
     dropped = 0
+    budget = text_budget(max_length)
     for example in examples:
         if isinstance(example, ClassificationExample):
-            ids = _with_bos(tokenizer(example.text)["input_ids"], tokenizer)[:max_length]
+            text = example.text[:budget]
+            ids = _with_bos(tokenizer(text)["input_ids"], tokenizer)[:max_length]
             items.append({"input_ids": ids, "labels": [example.label]})
             continue
+        if len(example.prompt) > budget:
+            # Past the budget the prompt alone fills max-length: no response token would fit.
+            dropped += 1
+            continue
         prompt_ids = _with_bos(tokenizer(example.prompt)["input_ids"], tokenizer)
-        response_ids = list(tokenizer(example.response, add_special_tokens=False)["input_ids"])
-        if tokenizer.eos_token_id is not None:
+        room = max(max_length - len(prompt_ids), 1)
+        response = example.response[: text_budget(room)]
+        response_ids = list(tokenizer(response, add_special_tokens=False)["input_ids"])
+        # A cut response does not end where the record does: no end-of-sequence after it.
+        if tokenizer.eos_token_id is not None and len(response) == len(example.response):
             response_ids.append(tokenizer.eos_token_id)
         ids = (prompt_ids + response_ids)[:max_length]
         labels = ([IGNORE_INDEX] * len(prompt_ids) + response_ids)[:max_length]
@@ -265,6 +336,15 @@ def tokenize(
             "%d example(s) dropped: prompt longer than max-length %d", dropped, max_length
         )
     return TokenizedDataset(items)
+
+
+def text_budget(max_tokens: int) -> int:
+    """Characters of a text worth tokenising for ``max_tokens`` tokens.
+
+    ``max_tokens ×`` :data:`CHARS_PER_TOKEN_BOUND`: the text beyond it cannot reach the
+    first ``max_tokens`` tokens.
+    """
+    return max_tokens * CHARS_PER_TOKEN_BOUND
 
 
 def _with_bos(ids: Sequence[int], tokenizer: PreTrainedTokenizerBase) -> list[int]:

@@ -7,11 +7,16 @@ same configuration read the same files.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 import logging
+import secrets
+import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from fedlora.config import DEFAULT_TARGET_EPSILON, RunConfig
 from fedlora.data import collect_labels, load_examples, write_jsonl
@@ -57,8 +62,19 @@ def _scenario(name: str) -> Scenario:
         raise ConfigError(str(exc)) from None
 
 
-def scenario_sites(config: RunConfig, data_root: Path) -> list[SiteSpec]:
-    """Generate (once) and return the built-in scenario's sites for ``config``."""
+SiteCheck = Callable[[list[SiteSpec]], None]
+"""Validates sites before they are kept (:func:`preflight`); raises to refuse them."""
+
+
+def scenario_sites(
+    config: RunConfig, data_root: Path, check: SiteCheck | None = None
+) -> list[SiteSpec]:
+    """Generate (once) and return the built-in scenario's sites for ``config``.
+
+    A scenario's files are generated into a hidden staging folder under ``data_root``,
+    checked with ``check``, and only then renamed into place; a refused or failed generation
+    leaves nothing behind (nor ``data_root`` or the folders above it this call created).
+    """
     settings = {
         "data-version": DATA_VERSION,
         "scenario": config.scenario,
@@ -72,26 +88,66 @@ def scenario_sites(config: RunConfig, data_root: Path) -> list[SiteSpec]:
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     folder = data_root / f"{config.scenario}-{config.task}-{key}"
     scenario = _scenario(config.scenario)
-    splits = None
-    specs = []
-    for index in range(config.sites):
-        name = scenario.site_name(index)
-        train_file, test_file = folder / name / "train.jsonl", folder / name / "test.jsonl"
-        if not (train_file.exists() and test_file.exists()):
-            if splits is None:
-                splits = _build(
-                    scenario,
-                    task=config.task,
-                    num_sites=config.sites,
-                    alpha=config.alpha,
-                    seed=config.seed,
-                    examples_per_site=config.examples_per_site,
-                    test_fraction=config.test_fraction,
-                )
-            write_jsonl(train_file, splits[index].train)
-            write_jsonl(test_file, splits[index].test)
-        specs.append(SiteSpec(name, train_file, test_file))
+    names = [scenario.site_name(index) for index in range(config.sites)]
+    specs = _site_files(folder, names)
+    if _complete(specs):
+        if check is not None:
+            check(specs)
+        return specs
+    splits = _build(
+        scenario,
+        task=config.task,
+        num_sites=config.sites,
+        alpha=config.alpha,
+        seed=config.seed,
+        examples_per_site=config.examples_per_site,
+        test_fraction=config.test_fraction,
+    )
+    # data_root and the folders above it that this call creates, deepest first
+    created = [path for path in (data_root, *data_root.parents) if not path.exists()]
+    staging = data_root / f".{folder.name}.{secrets.token_hex(4)}"
+    try:
+        staging.mkdir(parents=True)
+        staged = _site_files(staging, names)
+        for spec, split in zip(staged, splits, strict=True):
+            write_jsonl(spec.train_file, split.train)
+            write_jsonl(cast(Path, spec.test_file), split.test)
+        if check is not None:
+            check(staged)
+        _publish(staging, folder, specs)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        for path in created:
+            with contextlib.suppress(OSError):
+                path.rmdir()  # only when empty: another run may have written there meanwhile
+        raise
     return specs
+
+
+def _site_files(folder: Path, names: list[str]) -> list[SiteSpec]:
+    return [
+        SiteSpec(name, folder / name / "train.jsonl", folder / name / "test.jsonl")
+        for name in names
+    ]
+
+
+def _complete(specs: list[SiteSpec]) -> bool:
+    return all(
+        spec.train_file.exists() and spec.test_file is not None and spec.test_file.exists()
+        for spec in specs
+    )
+
+
+def _publish(staging: Path, folder: Path, specs: list[SiteSpec]) -> None:
+    """Rename the staged files into place (the same settings always generate the same files)."""
+    if folder.exists() and not _complete(specs):
+        shutil.rmtree(folder)  # an older, interrupted generation
+    try:
+        staging.rename(folder)
+    except OSError:
+        if not _complete(specs):
+            raise
+        shutil.rmtree(staging)  # another process published the same files meanwhile
 
 
 def _build(scenario: Scenario, **kwargs: Any) -> list[SiteSplit]:
@@ -101,11 +157,33 @@ def _build(scenario: Scenario, **kwargs: Any) -> list[SiteSplit]:
         raise ConfigError(str(exc)) from None
 
 
-def simulated_sites(config: RunConfig) -> list[SiteSpec]:
-    """The sites of a resolved configuration: the user's files or the built-in scenario's."""
+def simulated_sites(config: RunConfig, check: SiteCheck | None = None) -> list[SiteSpec]:
+    """The sites of a resolved configuration: the user's files or the built-in scenario's.
+
+    ``check`` validates them before they are returned; a built-in scenario's generated files
+    are only kept when it passes (see :func:`scenario_sites`).
+    """
     if config.uses_own_data:
-        return sites_from_files(config.data_files, config.test_files)
-    return scenario_sites(config, Path(config.out) / ".scenario-data")
+        sites = sites_from_files(config.data_files, config.test_files)
+        if check is not None:
+            check(sites)
+        return sites
+    return scenario_sites(config, Path(config.out) / ".scenario-data", check)
+
+
+def prepare_sites(config: RunConfig) -> list[SiteSpec]:
+    """The model check, then the sites of ``config`` read and validated (:func:`preflight`).
+
+    Raises
+    ------
+    ModelError
+        When the model names no preset, existing directory or hub id.
+    DataError, ConfigError
+        For a bad data file or a site whose privacy target is out of reach; nothing is
+        left on disk.
+    """
+    check_model_spec(config.model)
+    return simulated_sites(config, functools.partial(preflight, config))
 
 
 def preflight(config: RunConfig, sites: list[SiteSpec]) -> None:
@@ -115,10 +193,9 @@ def preflight(config: RunConfig, sites: list[SiteSpec]) -> None:
     ------
     DataError
         Naming the file (and line) of the first problem.
-    ModelError
-        When the model names no preset, existing directory or hub id.
+    ConfigError
+        When a site cannot reach the privacy target.
     """
-    check_model_spec(config.model)
     for site in sites:
         train = load_examples(site.train_file, config.task, config.labels)
         if site.test_file is not None:

@@ -19,13 +19,14 @@ from flwr.serverapp import Grid, ServerApp
 
 from clients.app import make_client_app
 from fedlora.config import RunConfig
-from fedlora.errors import BudgetExhaustedError, FedloraError, RunDirError
+from fedlora.errors import BudgetExhaustedError, FedloraError
 from fedlora.progress import RoundObserver
 from fedlora.sites import SiteSpec
 from server.federation import run_federation
 from server.rundir import RunDirectory, new_run_id
+from simulations.checks import check_run_paths
 from simulations.inprocess_grid import InProcessGrid
-from simulations.materialize import preflight, resolve_config, simulated_sites
+from simulations.materialize import prepare_sites, resolve_config
 from strategies import build_strategy
 from strategies.registry import wrap_with_central_dp
 
@@ -44,15 +45,6 @@ def _client_gpus(config: RunConfig) -> float:
     # Share each GPU among as many sites as there are CPU slots, so all train at once.
     concurrent = max(1, int((os.cpu_count() or 1) // config.client_cpus))
     return max(1.0 / min(concurrent, config.sites), 0.05)
-
-
-def _check_writable(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise RunDirError(f"cannot create output folder {out}: {exc.strerror or exc}") from exc
-    if not os.access(out, os.W_OK):
-        raise RunDirError(f"output folder {out} is not writable")
 
 
 def simulate(
@@ -98,18 +90,15 @@ def simulate(
     FedloraError
         For bad input, or when the run stops before completing.
     """
-    config = resolve_config(config)
     out = Path(config.out)
     if resume is not None:
         out, run_id = resume.parent, resume.name
         config = dataclasses.replace(config, out=str(out))
-    _check_writable(out)
-    if resume is not None and not os.access(resume, os.W_OK):
-        raise RunDirError(f"run directory {resume} is not writable")
+    check_run_paths(config, run_id=run_id, resume=resume)
+    config = resolve_config(config)
     # Strategy settings first: a bad one must not cost a scenario's data generation.
     wrap_with_central_dp(build_strategy(config), config, config.sites)
-    sites = simulated_sites(config)
-    preflight(config, sites)
+    sites = prepare_sites(config)
     run_id = run_id or new_run_id()
 
     server_app = ServerApp()

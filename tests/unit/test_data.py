@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 
+from fedlora import data
 from fedlora.data import (
     IGNORE_INDEX,
     PROMPT_TEMPLATE,
@@ -152,3 +153,163 @@ def test_collate_classification_labels_are_one_per_example():
         task="classification",
     )
     assert batch["labels"].tolist() == [1, 0]
+
+
+@pytest.mark.parametrize(
+    "line", ["[" * 100_000 + "]" * 100_000, '{"prompt": ' + "[" * 100_000 + "]" * 100_000 + "}"]
+)
+def test_deeply_nested_json_is_a_data_error_with_its_line(tmp_path: Path, line):
+    path = tmp_path / "site.jsonl"
+    path.write_text('{"prompt": "a", "response": "b"}\n' + line + "\n")
+    with pytest.raises(DataError, match=r"site.jsonl:2: malformed JSON: nested too deeply"):
+        load_examples(path, "sft")
+
+
+def test_json_integer_past_the_digit_limit_is_a_data_error(tmp_path: Path):
+    path = tmp_path / "site.jsonl"
+    path.write_text('{"prompt": "a", "response": ' + "9" * 5000 + "}\n")
+    with pytest.raises(DataError, match=r"site.jsonl:1: malformed JSON: .*digits"):
+        load_examples(path, "sft")
+
+
+def test_over_long_line_is_refused_with_its_line(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(data, "MAX_LINE_CHARS", 1000)
+    path = tmp_path / "site.jsonl"
+    rows = [{"prompt": "q", "response": "a"}, {"prompt": "q" * 2000, "response": "a"}]
+    write_jsonl(path, rows)
+    with pytest.raises(DataError, match=r"site.jsonl:2: line longer than 1,000 characters"):
+        load_examples(path, "sft")
+
+
+def test_over_long_line_is_not_read_whole(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(data, "MAX_LINE_CHARS", 1000)
+    path = tmp_path / "site.jsonl"
+    path.write_text("x" * 100_000)
+    reads: list[int] = []
+    real_open = Path.open
+
+    def spy_open(self, *args, **kwargs):
+        handle = real_open(self, *args, **kwargs)
+        readline = handle.readline
+
+        class Spy:
+            def __getattr__(self, name):
+                return getattr(handle, name)
+
+            def readline(self, size=-1):
+                line = readline(size)
+                reads.append(len(line))
+                return line
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                handle.close()
+
+        return Spy()
+
+    monkeypatch.setattr(Path, "open", spy_open)
+    with pytest.raises(DataError, match="line longer than"):
+        load_examples(path, "sft")
+    assert max(reads) <= 1001
+
+
+def test_file_over_the_size_limit_is_refused(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(data, "MAX_FILE_BYTES", 100)
+    path = write_jsonl(tmp_path / "site.jsonl", [{"prompt": "q", "response": "a"}] * 10)
+    with pytest.raises(DataError, match=r"site.jsonl: data file is \d+ bytes, over the 100-byte"):
+        load_examples(path, "sft")
+
+
+def test_csv_text_longer_than_the_csv_default_field_limit_is_read(tmp_path: Path):
+    text = "word " * 40_000  # 200,000 characters, past csv's default 131,072
+    (tmp_path / "site.csv").write_text(f'text,label\n"{text}",a\n')
+    [example] = load_examples(tmp_path / "site.csv", "classification", labels=("a",))
+    assert example.text == text
+
+
+def test_csv_field_past_the_line_limit_is_a_data_error(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(data, "MAX_LINE_CHARS", 100)
+    field = "\n".join(["y" * 60] * 3)  # every line short, the quoted field too long
+    (tmp_path / "site.csv").write_text(f'text,label\nok,a\n"{field}",a\n')
+    with pytest.raises(DataError, match=r"site.csv:\d: malformed CSV: field larger"):
+        load_examples(tmp_path / "site.csv", "classification", labels=("a",))
+    import csv
+
+    assert csv.field_size_limit() == 131_072  # restored
+
+
+class _SpyTokenizer:
+    """The tiny tokenizer, recording the length of every text it is given."""
+
+    def __init__(self) -> None:
+        self.inner = byte_level_tokenizer()
+        self.lengths: list[int] = []
+
+    def __call__(self, text, **kwargs):
+        self.lengths.append(len(text))
+        return self.inner(text, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+HUGE = 50 * 1024 * 1024  # the 50 MB line of issue 14
+
+
+def test_huge_texts_are_cut_before_they_are_tokenised():
+    tokenizer = _SpyTokenizer()
+    huge = "z" * HUGE
+    examples = [
+        ClassificationExample(huge, 0),
+        SftExample("Q: ", huge),
+        SftExample(huge, "a"),
+    ]
+    dataset = tokenize(examples, tokenizer, max_length=128)
+    assert max(tokenizer.lengths) <= data.text_budget(128)
+    assert [len(item["input_ids"]) for item in dataset] == [128, 128]  # the long prompt: dropped
+
+
+def test_a_cut_text_gives_the_tokens_of_the_whole_text():
+    tokenizer = byte_level_tokenizer()
+    text = "the patient reports chest pain and shortness of breath. " * 2000
+    [cut] = tokenize([ClassificationExample(text, 0)], tokenizer, max_length=64)
+    whole = ([tokenizer.bos_token_id] + tokenizer(text)["input_ids"])[:64]
+    assert cut["input_ids"] == whole
+
+
+def test_a_cut_response_gets_no_end_of_sequence():
+    tokenizer = byte_level_tokenizer()
+    [item] = tokenize([SftExample("Q: ", "\u2028" * 100_000)], tokenizer, max_length=16)
+    assert tokenizer.eos_token_id not in item["input_ids"]
+
+
+_MEMORY_PROBE = """
+import resource, sys
+from fedlora.data import ClassificationExample, SftExample, tokenize
+from fedlora.tokenizer import tiny_tokenizer
+
+tokenizer = tiny_tokenizer()
+tokenize([SftExample("warm-up", "up")], tokenizer, max_length=128)
+text = "lorem ipsum dolor sit amet " * (2_000_000 // 27)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+tokenize(
+    [ClassificationExample(text, 0), SftExample("Q: " + text, text), SftExample("Q: ", text)],
+    tokenizer,
+    max_length=128,
+)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+"""
+
+
+def test_tokenising_a_huge_record_keeps_memory_bounded():
+    # Tokenising 2 MB of text whole grows the peak RSS by ~430 MB; cut first, by ~nothing.
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", _MEMORY_PROBE], capture_output=True, text=True, check=True
+    )
+    grown_mb = int(result.stdout.strip().splitlines()[-1])
+    assert grown_mb < 100, f"peak RSS grew by {grown_mb} MB"
