@@ -1,8 +1,10 @@
 """One DP training round at a site: policy, ledger, budget guard, DP-SGD, durable record.
 
-Order matters: the ledger is opened and validated before anything trains, the guard decides
-with the exact accountant value, and the round is appended (fsynced) to the ledger *before*
-the update leaves the site, so a crash can over-count a site's spend but never under-count it.
+Order matters: the ledger is locked, opened and validated before anything trains, the guard
+decides with the exact accountant value, and the round is appended (fsynced) to the ledger
+*before* the update leaves the site, so a crash can over-count a site's spend but never
+under-count it. The ledger's lock is held from the read to the append: a second run on the same
+data waits for it (bounded) and then sees the first run's spend.
 """
 
 from __future__ import annotations
@@ -17,7 +19,14 @@ from flwr.app import ConfigRecord, Context
 from peft import PeftModel
 
 from clients.dp_training import DpSettings, dp_train_locally
-from clients.site_privacy import RoundDecision, SitePolicy, decide_round, site_policy
+from clients.site_privacy import (
+    RoundDecision,
+    SitePolicy,
+    decide_round,
+    ledger_delta,
+    new_ledger_delta,
+    site_policy,
+)
 from clients.training import TrainResult
 from fedlora.config import RunConfig
 from fedlora.data import TokenizedDataset
@@ -121,63 +130,58 @@ def train_with_privacy(
     policy = site_policy(
         config, context.node_config, site, records=records, data_fingerprint=fingerprint
     )
-    ledger = SiteLedger.open(
+    with SiteLedger.locked(
         policy.ledger_dir,
         site=site.name,
         data_fingerprint=fingerprint,
         records=records,
+        delta=new_ledger_delta(policy, site.train_file, fingerprint),
         start_new=policy.start_new_ledger,
-    )
-    _sync_state(context, ledger)
-    calibrations = context.state.config_records.setdefault(CALIBRATION_KEY, ConfigRecord())
-    decision = decide_round(config, policy, ledger, records=records, calibrations=calibrations)
-    if not decision.allowed:
-        return _decline(site, policy, decision)
-    settings = DpSettings(
-        noise_multiplier=decision.noise_multiplier,
-        max_grad_norm=config.max_grad_norm,
-        sample_rate=decision.plan.sample_rate,
-        steps=decision.plan.steps,
-        mode=config.dp_mode,
-        secure_rng=policy.secure_rng,
-    )
-    result = dp_train_locally(
-        model,
-        train_set,
-        config=config,
-        settings=settings,
-        pad_id=pad_id,
-        device=device,
-        bf16=bf16,
-    )
-    release = Release(settings.noise_multiplier, settings.sample_rate, settings.steps)
-    lifetime = _epsilons_after(ledger.releases(), release, policy.delta, decision, config)
-    if ledger.releases(run_id) == ledger.releases():
-        this_run = lifetime  # the data's whole history is this run's
-    else:
-        this_run = epsilons([*ledger.releases(run_id), release], delta=policy.delta)
-    entry = LedgerEntry(
-        run_id=run_id,
-        round=server_round,
-        steps=settings.steps,
-        sample_rate=settings.sample_rate,
-        noise_multiplier=settings.noise_multiplier,
-        max_grad_norm=settings.max_grad_norm,
-        delta=policy.delta,
-        accountant=config.accountant,
-        epsilon_prv=lifetime["prv"],
-        epsilon_rdp=lifetime["rdp"],
-        time=dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
-    )
-    ledger.append(entry)
-    _remember(context, ledger)
-    spent = lifetime[config.accountant]
+        holder=f"run {run_id} round {server_round}",
+    ) as ledger:
+        _sync_state(context, ledger)
+        calibrations = context.state.config_records.setdefault(CALIBRATION_KEY, ConfigRecord())
+        decision = decide_round(
+            config,
+            policy,
+            ledger,
+            records=records,
+            run_id=run_id,
+            server_round=server_round,
+            calibrations=calibrations,
+        )
+        if not decision.allowed:
+            return _decline(site, policy, decision)
+        settings = DpSettings(
+            noise_multiplier=decision.noise_multiplier,
+            max_grad_norm=config.max_grad_norm,
+            sample_rate=decision.plan.sample_rate,
+            steps=decision.plan.steps,
+            mode=config.dp_mode,
+            secure_rng=policy.secure_rng,
+        )
+        result = dp_train_locally(
+            model,
+            train_set,
+            config=config,
+            settings=settings,
+            pad_id=pad_id,
+            device=device,
+            bf16=bf16,
+        )
+        delta = ledger_delta(policy, ledger, site.name)
+        entry = _record(ledger, settings, decision, delta, config, run_id, server_round)
+        _remember(context, ledger)
+    this_run = _run_epsilons(ledger, entry, run_id, delta)
+    spent = entry.epsilon_prv if config.accountant == "prv" else entry.epsilon_rdp
     privacy = {
         **entry.to_json(),
         "site": site.name,
         "records": records,
         "data-fingerprint": fingerprint,
         "ledger": str(policy.ledger_dir.resolve()),
+        "ledger-lines": ledger.lines,
+        "ledger-head": ledger.head,
         "budget-epsilon": policy.budget_epsilon,
         "run-epsilon-prv": this_run["prv"],
         "run-epsilon-rdp": this_run["rdp"],
@@ -199,6 +203,44 @@ def train_with_privacy(
     return PrivateRound(result=result, privacy=privacy)
 
 
+def _record(
+    ledger: SiteLedger,
+    settings: DpSettings,
+    decision: RoundDecision,
+    delta: float,
+    config: RunConfig,
+    run_id: str,
+    server_round: int,
+) -> LedgerEntry:
+    """Append the trained round to the ledger (fsynced) and return its entry."""
+    release = Release(settings.noise_multiplier, settings.sample_rate, settings.steps)
+    lifetime = _epsilons_after(ledger.releases(), release, delta, decision, config)
+    entry = LedgerEntry(
+        run_id=run_id,
+        round=server_round,
+        steps=settings.steps,
+        sample_rate=settings.sample_rate,
+        noise_multiplier=settings.noise_multiplier,
+        max_grad_norm=settings.max_grad_norm,
+        delta=delta,
+        accountant=config.accountant,
+        epsilon_prv=lifetime["prv"],
+        epsilon_rdp=lifetime["rdp"],
+        time=dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
+    )
+    ledger.append(entry)
+    return entry
+
+
+def _run_epsilons(
+    ledger: SiteLedger, entry: LedgerEntry, run_id: str, delta: float
+) -> dict[AccountantName, float]:
+    """ε of this run's rounds alone (the ledger already holds ``entry``)."""
+    if ledger.releases(run_id) == ledger.releases():
+        return {"prv": entry.epsilon_prv, "rdp": entry.epsilon_rdp}  # the whole history
+    return epsilons(ledger.releases(run_id), delta=delta)
+
+
 def _epsilons_after(
     history: list[Release],
     release: Release,
@@ -215,17 +257,31 @@ def _epsilons_after(
 
 
 def _decline(site: SiteSpec, policy: SitePolicy, decision: RoundDecision) -> Declined:
-    reason = (
-        f"site {site.name}: training this round would bring epsilon from {decision.spent:.6g} "
-        f"to {decision.after:.6g}, above its budget {policy.budget_epsilon:g}"
-    )
+    budget = policy.budget_epsilon
+    left = budget - decision.spent
+    if decision.after > budget:
+        reason = (
+            f"site {site.name}: training this round would bring epsilon from "
+            f"{decision.spent:.6g} to {decision.after:.6g}, above its budget {budget:g}"
+        )
+    else:
+        reason = (
+            f"site {site.name}: the run's {decision.rounds_left} remaining round(s) at noise "
+            f"multiplier {decision.noise_multiplier:.4g} would bring epsilon from "
+            f"{decision.spent:.6g} to {decision.planned:.6g}, above its budget {budget:g} "
+            f"({left:.6g} left); not starting what cannot finish: lower target-epsilon, run "
+            "fewer rounds, or set fit-budget to raise the noise until the run fits"
+        )
     logger.warning("%s; not training", reason)
     return Declined(
         status=BUDGET_EXHAUSTED,
         detail={
             "epsilon-spent": decision.spent,
             "epsilon-next": decision.after,
-            "budget-epsilon": policy.budget_epsilon,
+            "epsilon-planned": decision.planned,
+            "rounds-planned": decision.rounds_left,
+            "budget-epsilon": budget,
+            "budget-left": left,
             "reason": reason,
         },
     )

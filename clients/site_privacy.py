@@ -10,10 +10,16 @@ Node config keys: ``budget-epsilon``, ``delta``, ``noise-multiplier``, ``target-
 
 A *deployed* site (its node config names its ``train-file``) takes nothing that bounds its spend
 from the coordinator: it must name its own ``budget-epsilon`` and ``ledger-dir``, its δ is its
-own (node ``delta`` or 0.1 / records, never the run config's: a large δ would shrink ε), only
-its node config can retire its ledger (``new-ledger``), and it refuses a run without DP unless
-its node config says ``allow-no-dp``. Simulated sites, which
-have no node config of their own, take these from the run config.
+own (node ``delta``, else its ledger's, else 0.1 / the records of its whole data file; never the
+run config's, and never dependent on the coordinator's ``test-fraction``: a large δ would shrink
+ε), only its node config can retire its ledger (``new-ledger``), and it refuses a run without
+DP unless its node config says ``allow-no-dp``. Simulated sites, which have no node config of
+their own, take these from the run config.
+
+δ is fixed by the ledger (:mod:`fedlora.ledger`): a site whose configured δ differs from its
+ledger's is refused, whoever configured it. The guard also refuses to *start* what it cannot
+finish: a round is declined when the run's remaining planned rounds at this σ would take the
+data past its budget (``fit-budget`` instead raises σ until they fit).
 """
 
 from __future__ import annotations
@@ -27,13 +33,16 @@ from pathlib import Path
 from typing import Any
 
 from fedlora.config import DEFAULT_TARGET_EPSILON, RunConfig
-from fedlora.errors import ConfigError
-from fedlora.ledger import SiteLedger
+from fedlora.data import read_records
+from fedlora.errors import ConfigError, LedgerError
+from fedlora.ledger import SiteLedger, default_ledger_root
 from fedlora.privacy import (
+    MAX_CALIBRATED_NOISE,
     AccountantName,
     Release,
     StepPlan,
     calibrate_noise,
+    calibrate_noise_to_fit,
     check_delta,
     default_delta,
     epsilon,
@@ -58,10 +67,14 @@ DEPLOYED_REQUIRED = ("budget-epsilon", "ledger-dir")
 
 @dataclass(frozen=True)
 class SitePolicy:
-    """What a site enforces: its budget, δ, its noise choice and where its ledger lives."""
+    """What a site enforces: its budget, δ, its noise choice and where its ledger lives.
+
+    ``delta`` is the δ the site's configuration names (``None``: unset, the ledger's own or,
+    for a new ledger, :func:`new_ledger_delta`).
+    """
 
     budget_epsilon: float
-    delta: float
+    delta: float | None
     noise_multiplier: float | None
     target_epsilon: float
     ledger_dir: Path
@@ -71,18 +84,28 @@ class SitePolicy:
 
 @dataclass(frozen=True)
 class RoundDecision:
-    """The guard's verdict on a proposed round."""
+    """The guard's verdict on a proposed round.
+
+    ``after`` is the lifetime ε after this round; ``planned`` after this round and every
+    later round the run plans (``rounds_left`` rounds in all, this one included) at the same σ.
+    """
 
     plan: StepPlan
     noise_multiplier: float
     spent: float
     after: float
     budget: float
+    planned: float
+    rounds_left: int
 
     @property
     def allowed(self) -> bool:
-        """True when ε after the round stays within the budget (exact values, no margin)."""
-        return self.after <= self.budget
+        """True when the whole remaining run stays within the budget (exact values, no margin).
+
+        A run that could train this round but not finish would spend privacy on a model it
+        never completes, so the remaining plan must fit, not only the next round.
+        """
+        return self.after <= self.budget and self.planned <= self.budget
 
 
 def _node_float(node: Mapping[str, Any], key: str) -> float | None:
@@ -157,9 +180,10 @@ def site_policy(
     if not (budget > 0 and not math.isnan(budget)):
         raise ConfigError(f"budget-epsilon of site {site.name} must be > 0, got {budget}")
     delta = _node_float(node, "delta")
-    if delta is None:
-        delta = default_delta(records) if deployed else config.delta or default_delta(records)
-    check_delta(delta)
+    if delta is None and not deployed and config.delta:
+        delta = config.delta
+    if delta is not None:
+        check_delta(delta)
     sigma = _node_float(node, "noise-multiplier")
     target = _node_float(node, "target-epsilon")
     if sigma is not None and target is not None:
@@ -175,7 +199,7 @@ def site_policy(
     if "ledger-dir" in node:
         ledger_dir = Path(str(node["ledger-dir"]))
     else:
-        root = Path(config.ledger_root) if config.ledger_root else Path(config.out) / "ledgers"
+        root = Path(config.ledger_root) if config.ledger_root else default_ledger_root()
         ledger_dir = root / f"{site.name}-{data_fingerprint[:12]}"
     return SitePolicy(
         budget_epsilon=budget,
@@ -210,28 +234,77 @@ def _calibrated(
     return sigma
 
 
+def new_ledger_delta(policy: SitePolicy, train_file: Path, fingerprint: str) -> float:
+    """The δ a new ledger is fixed at: the configured one, else 0.1 / the data file's records.
+
+    The records are those of the whole file, not of the training split that the run config's
+    ``test-fraction`` carves out of it, so nothing the coordinator sends moves a site's δ.
+    """
+    if policy.delta is not None:
+        return policy.delta
+    return default_delta(_file_records(train_file, fingerprint))
+
+
+@functools.lru_cache(maxsize=64)
+def _file_records(path: Path, _fingerprint: str) -> int:
+    """Records in the whole data file (cached per content: the fingerprint is in the key)."""
+    return len(read_records(path))
+
+
+def ledger_delta(policy: SitePolicy, ledger: SiteLedger, site: str) -> float:
+    """The δ every check of this ledger uses: the one it was fixed at when it opened.
+
+    Raises
+    ------
+    LedgerError
+        When the site's configuration names another δ: composing the history at a larger δ
+        would shrink its ε and refund budget already spent.
+    """
+    fixed = ledger.delta
+    if fixed is None:
+        if policy.delta is None:
+            raise LedgerError(f"privacy ledger {ledger.path} has no delta and none is configured")
+        return policy.delta
+    if policy.delta is not None and policy.delta != fixed:
+        raise LedgerError(
+            f"site {site}: its privacy ledger {ledger.path} is fixed at delta {fixed!r}, but "
+            f"this run sets delta {policy.delta!r}; a ledger's delta never changes (accounting "
+            "its history at another delta would refund spent budget): set delta to "
+            f"{fixed!r} or leave it unset"
+        )
+    return fixed
+
+
 def decide_round(
     config: RunConfig,
     policy: SitePolicy,
     ledger: SiteLedger,
     *,
     records: int,
+    run_id: str,
+    server_round: int,
     calibrations: MutableMapping[str, Any] | None = None,
 ) -> RoundDecision:
-    """Plan this round's steps, fix σ, and compute ε before and after it.
+    """Plan this round's steps, fix σ, and compute ε before and after it and after the run.
 
     σ comes from the policy, or is calibrated so that the whole planned run (``rounds`` ×
-    steps per round) reaches the target ε. The budget is compared with the dataset's lifetime ε
-    (every ledger entry plus this round) by the run's accountant.
+    steps per round) reaches the target ε; with ``fit-budget``, σ is raised further (never
+    lowered) until the run's planned rounds fit what the data's budget has left after the
+    other runs in its ledger. The budget is compared with the dataset's lifetime ε (every
+    ledger entry plus this round, and plus the rounds after it up to ``rounds``) by the run's
+    accountant, at the ledger's δ.
 
     Raises
     ------
     ConfigError
         When the target ε cannot be reached for the planned steps.
+    LedgerError
+        When the configured δ is not the ledger's.
 
     ``calibrations`` (the node's ``Context.state`` record) keeps calibrated σ between rounds:
     a calibration is deterministic but costs seconds of PRV evaluations.
     """
+    delta = ledger_delta(policy, ledger, ledger.site)
     plan = plan_steps(
         records=records,
         batch_size=config.batch_size,
@@ -243,27 +316,94 @@ def decide_round(
     else:
         inputs = (
             policy.target_epsilon,
-            policy.delta,
+            delta,
             plan.sample_rate,
             plan.steps * config.rounds,
             config.accountant,
         )
-        key = "|".join(repr(value) for value in inputs)
-        if calibrations is not None and key in calibrations:
-            sigma = float(calibrations[key])
-        else:
-            sigma = _calibrated(*inputs)
-            if calibrations is not None:
-                calibrations[key] = sigma
+        sigma = _remembered(calibrations, inputs, lambda: _calibrated(*inputs))
+    # Rounds before this one are in the ledger (a resumed or retried round included).
+    rounds_left = max(1, config.rounds - server_round + 1)
+    if config.fit_budget:
+        fitted = _fit_to_budget(config, policy, ledger, plan, delta, run_id, calibrations)
+        # Nothing fits: the loosest σ shows by how much, and the guard declines.
+        sigma = max(sigma, MAX_CALIBRATED_NOISE if fitted is None else fitted)
     history = ledger.releases()
-    proposed = [*history, Release(sigma, plan.sample_rate, plan.steps)]
+    this_round = Release(sigma, plan.sample_rate, plan.steps)
+    after = epsilon([*history, this_round], delta=delta, accountant=config.accountant)
+    planned = after
+    if rounds_left > 1:
+        remaining = Release(sigma, plan.sample_rate, plan.steps * rounds_left)
+        planned = epsilon([*history, remaining], delta=delta, accountant=config.accountant)
     return RoundDecision(
         plan=plan,
         noise_multiplier=sigma,
-        spent=_spent(ledger, policy.delta, config.accountant),
-        after=epsilon(proposed, delta=policy.delta, accountant=config.accountant),
+        spent=_spent(ledger, delta, config.accountant),
+        after=after,
         budget=policy.budget_epsilon,
+        planned=planned,
+        rounds_left=rounds_left,
     )
+
+
+def _remembered(
+    calibrations: MutableMapping[str, Any] | None,
+    inputs: tuple[object, ...],
+    compute: Any,
+) -> Any:
+    key = "|".join(repr(value) for value in inputs)
+    if calibrations is not None and key in calibrations:
+        return float(calibrations[key])
+    value = compute()
+    if calibrations is not None and value is not None:
+        calibrations[key] = value
+    return value
+
+
+def _fit_to_budget(
+    config: RunConfig,
+    policy: SitePolicy,
+    ledger: SiteLedger,
+    plan: StepPlan,
+    delta: float,
+    run_id: str,
+    calibrations: MutableMapping[str, Any] | None,
+) -> float | None:
+    """σ at which the run's ``rounds`` rounds fit the budget after the other runs' spend.
+
+    Keyed on the other runs' history, not this run's own rounds, so every round of the run
+    finds the same σ; ``None`` when no σ up to the calibration limit fits.
+    """
+    others = [e.release for e in ledger.entries if e.run_id != run_id]
+    inputs = (
+        "fit",
+        policy.budget_epsilon,
+        delta,
+        plan.sample_rate,
+        plan.steps * config.rounds,
+        config.accountant,
+        tuple(others),
+    )
+
+    def compute() -> float | None:
+        sigma = calibrate_noise_to_fit(
+            budget_epsilon=policy.budget_epsilon,
+            delta=delta,
+            history=others,
+            sample_rate=plan.sample_rate,
+            steps=plan.steps * config.rounds,
+            accountant=config.accountant,
+        )
+        if sigma is not None:
+            logger.info(
+                "fit-budget: noise multiplier %.6g fits %d rounds within budget %g",
+                sigma,
+                config.rounds,
+                policy.budget_epsilon,
+            )
+        return sigma
+
+    return _remembered(calibrations, inputs, compute)  # type: ignore[no-any-return]
 
 
 def _spent(ledger: SiteLedger, delta: float, accountant: AccountantName) -> float:

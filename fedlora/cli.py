@@ -426,12 +426,18 @@ def _add_privacy_arguments(sim: argparse.ArgumentParser, defaults: RunConfig) ->
         "--ledger-root",
         default=defaults.ledger_root,
         metavar="DIR",
-        help="where simulated sites keep their privacy ledgers (default: OUT/ledgers)",
+        help="where simulated sites keep their privacy ledgers (default: $FEDLORA_HOME/ledgers, "
+        "else $XDG_DATA_HOME/fedlora/ledgers, else ~/.local/share/fedlora/ledgers)",
     )
     privacy.add_argument(
         "--new-ledger",
         action="store_true",
         help="retire a ledger whose data changed and start a new one",
+    )
+    privacy.add_argument(
+        "--fit-budget",
+        action="store_true",
+        help="raise each site's noise until the whole planned run fits its remaining budget",
     )
     privacy.add_argument(
         "--central-dp",
@@ -466,6 +472,7 @@ def _privacy_settings(args: argparse.Namespace) -> dict[str, object]:
         "secure_rng": args.secure_rng,
         "ledger_root": args.ledger_root,
         "new_ledger": args.new_ledger,
+        "fit_budget": args.fit_budget,
         "central_dp": args.central_dp,
         "central_noise_multiplier": args.central_noise_multiplier,
         "central_clip_norm": args.central_clip_norm,

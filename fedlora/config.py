@@ -131,6 +131,7 @@ class RunConfig:
     secure_rng: bool = False
     ledger_root: str = ""
     new_ledger: bool = False
+    fit_budget: bool = False
     central_dp: CentralDpMode = "off"
     central_noise_multiplier: float = 1.0
     central_clip_norm: float = 0.1

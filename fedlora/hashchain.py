@@ -6,6 +6,9 @@ Every line is one JSON object carrying ``prev`` (the ``hash`` of the line before
 breaks the chain at that line; lines removed from the end leave a valid, shorter chain, which
 only a remembered head hash can detect.
 
+An append that fails (a full disk, an I/O error) is undone: the file is cut back to its length
+before the append and flushed, so a failed write never leaves a torn line behind.
+
 :func:`read_chain` validates a whole file and :func:`append_chained` adds one line durably. What
 the lines mean (an ``open`` line, ``round`` lines) is up to the ledger that uses them:
 :mod:`fedlora.ledger` and :mod:`strategies.server_ledger`.
@@ -14,16 +17,17 @@ the lines mean (an ``open`` line, ``round`` lines) is up to the ledger that uses
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import hashlib
 import json
 import math
+import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from fedlora.errors import LedgerError
-from fedlora.io import append_line
 
 GENESIS = "0" * 64
 """The ``prev`` of a chain's first line."""
@@ -192,14 +196,54 @@ def append_chained(path: Path, payload: Mapping[str, Any], prev_hash: str, *, la
     Raises
     ------
     LedgerError
-        When the line cannot be written (``"cannot append to {label} {path}: ..."``).
+        When the line cannot be written (``"cannot append to {label} {path}: ..."``). The
+        file is then byte-identical to what it was before the call (see
+        :func:`append_whole_line`), so the chain stays valid and the next append works.
     ValueError
         For a NaN or infinite float in ``payload``.
     """
     line = {**payload, "prev": prev_hash}
     line["hash"] = line_hash(line)
     try:
-        append_line(path, canonical_json(line))
+        append_whole_line(path, canonical_json(line))
     except OSError as exc:
         raise LedgerError(f"cannot append to {label} {path}: {exc}") from exc
     return str(line["hash"])
+
+
+def append_whole_line(path: Path, line: str) -> None:
+    """Append ``line`` and a newline to ``path`` and fsync it, or leave the file as it was.
+
+    The length before the append is remembered; when a write or the fsync fails (``ENOSPC``
+    part-way through the line, ``EIO``), the file is truncated back to that length and flushed
+    before the error is raised. Only a crash of the machine between the write and the
+    truncation can leave a torn last line, which :func:`read_chain` reports.
+
+    Raises
+    ------
+    OSError
+        The write's own error, after the file was restored; or, when even the truncation
+        failed, an ``OSError`` saying the file may end in a torn line.
+    """
+    data = (line.rstrip("\n") + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+    try:
+        before = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        except OSError as exc:
+            try:
+                os.ftruncate(fd, before)
+                os.fsync(fd)
+            except OSError as undo:
+                raise OSError(
+                    undo.errno or errno.EIO,
+                    f"{exc}; restoring its previous {before} bytes failed too ({undo}): "
+                    "it may end in a torn line",
+                ) from exc
+            raise
+    finally:
+        os.close(fd)

@@ -176,6 +176,51 @@ def calibrate_noise(
     return float(sigma)
 
 
+def calibrate_noise_to_fit(
+    *,
+    budget_epsilon: float,
+    delta: float,
+    history: Sequence[Release],
+    sample_rate: float,
+    steps: int,
+    accountant: AccountantName,
+) -> float | None:
+    """Smallest noise multiplier (to :data:`CALIBRATION_TOLERANCE`) whose ``steps`` fit a budget.
+
+    The budget bounds the composition of ``history`` (what the data already spent) and the
+    ``steps`` planned at the returned σ, by the exact accountant value: ε(history + planned)
+    ≤ ``budget_epsilon``. The search is Opacus ``get_noise_multiplier``'s (double the upper
+    bound, then bisect) with the history composed in.
+
+    Returns
+    -------
+    float or None
+        The noise multiplier, or ``None`` when even :data:`MAX_CALIBRATED_NOISE` does not fit
+        (the history alone may already be at the budget).
+    """
+    history = list(history)
+
+    def spent(sigma: float) -> float:
+        planned = Release(sigma, sample_rate, steps)
+        return epsilon([*history, planned], delta=delta, accountant=accountant)
+
+    if spent(MAX_CALIBRATED_NOISE) > budget_epsilon:
+        return None
+    low, high = 0.0, min(10.0, MAX_CALIBRATED_NOISE)
+    eps_high = spent(high)
+    while eps_high > budget_epsilon:
+        low, high = high, min(2 * high, MAX_CALIBRATED_NOISE)
+        eps_high = spent(high)
+    while budget_epsilon - eps_high > CALIBRATION_TOLERANCE and high - low > 1e-4 * high:
+        middle = (low + high) / 2
+        eps = spent(middle)
+        if eps <= budget_epsilon:
+            high, eps_high = middle, eps
+        else:
+            low = middle
+    return high
+
+
 def check_target_reachable(
     *,
     target_epsilon: float,

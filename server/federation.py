@@ -67,6 +67,7 @@ from server.checkpoint import (
 )
 from server.reply_polls import ReplyPolls
 from server.rundir import RunDirectory
+from server.site_receipts import SiteReceipts
 from strategies import SiteUpdate, build_strategy
 from strategies.central_dp import CentralDP
 from strategies.ffa_lora import trained_state
@@ -154,6 +155,8 @@ class Federation:
         """The last aggregated round's metrics line while its evaluation is owed."""
         self.fastest_train_s: float | None = None
         """The fastest train exchange so far (push to last reply): when replies are due."""
+        self.receipts = SiteReceipts()
+        """Each site's last reported ledger length: a ledger that shrank is refused."""
 
     def resolved_config(self, sites: Iterable[str] = ()) -> dict[str, Any]:
         """What ``config.json`` records: the flat config plus provenance."""
@@ -232,6 +235,7 @@ class Federation:
         self.first_round = checkpoint.server_round + 1
         kept = [r for r in run_dir.read_metrics() if int(r["round"]) <= checkpoint.server_round]
         run_dir.rewrite_metrics(kept)
+        self.receipts = SiteReceipts.from_metrics(kept)
         if kept and int(kept[-1]["round"]) == checkpoint.server_round and kept[-1]["eval"] is None:
             self.pending = kept[-1]  # the resumed run's first message evaluates its adapter
         run_dir.mark("running")
@@ -442,8 +446,18 @@ class Federation:
             result.refused[site] = status
             self.observer.on_reply(server_round=server_round, phase=phase, site=site, metrics=None)
             return
-        result.replies[site] = reply
         privacy = read_privacy(reply)
+        rolled_back = self.receipts.check(site, privacy, server_round)
+        if rolled_back is not None:
+            logger.warning(
+                "round %d: site %s: update rejected: %s", server_round, site, rolled_back
+            )
+            result.rejected[site] = rolled_back
+            if privacy is not None:
+                result.privacy[site] = privacy  # the site did spend: keep its record
+            self.observer.on_reply(server_round=server_round, phase=phase, site=site, metrics=None)
+            return
+        result.replies[site] = reply
         if privacy is not None:
             result.privacy[site] = privacy
         metrics = reply_metrics(reply)

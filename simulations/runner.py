@@ -20,6 +20,7 @@ from flwr.serverapp import Grid, ServerApp
 from clients.app import make_client_app
 from fedlora.config import RunConfig
 from fedlora.errors import BudgetExhaustedError, FedloraError
+from fedlora.ledger import default_ledger_root
 from fedlora.progress import RoundObserver
 from fedlora.sites import SiteSpec
 from server.federation import run_federation
@@ -94,6 +95,10 @@ def simulate(
     if resume is not None:
         out, run_id = resume.parent, resume.name
         config = dataclasses.replace(config, out=str(out))
+    elif not config.ledger_root:
+        # Named here, in the driver, so every site process uses the same per-user folder
+        # (whatever environment a Ray worker has) and config.json records where it is.
+        config = dataclasses.replace(config, ledger_root=str(default_ledger_root()))
     check_run_paths(config, run_id=run_id, resume=resume)
     config = resolve_config(config)
     # Strategy settings first: a bad one must not cost a scenario's data generation.

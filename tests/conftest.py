@@ -17,6 +17,19 @@ os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 
+@pytest.fixture(autouse=True)
+def _ledgers_in_tmp(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """Simulated sites keep ledgers in the per-user ``$FEDLORA_HOME``: a fresh one per test.
+
+    No test may read or write the ledgers in the user's home (``~/.local/share/fedlora``).
+    """
+    home = tmp_path_factory.mktemp("fedlora-home")
+    monkeypatch.setenv("FEDLORA_HOME", str(home))
+    return home
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if torch.cuda.is_available():
         return

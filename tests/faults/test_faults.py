@@ -23,7 +23,7 @@ from flwr.app import Context, Message, RecordDict
 from opacus.accountants import RDPAccountant
 
 from fedlora.config import RunConfig
-from fedlora.ledger import LEDGER_FILE, read_ledger
+from fedlora.ledger import LEDGER_FILE, default_ledger_root, read_ledger
 from server.federation import run_federation
 from simulations.inprocess_grid import InProcessGrid
 from simulations.materialize import resolve_config, simulated_sites
@@ -53,10 +53,10 @@ def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _ledgers(out: Path) -> dict[str, list[tuple[int, float]]]:
+def _ledgers() -> dict[str, list[tuple[int, float]]]:
     """Each site's ledger as (round, ε RDP) in order."""
     found = {}
-    for path in sorted((out / "ledgers").glob(f"*/{LEDGER_FILE}")):
+    for path in sorted(default_ledger_root().glob(f"*/{LEDGER_FILE}")):
         ledger = read_ledger(path)
         found[ledger.site] = [(entry.round, entry.epsilon_rdp) for entry in ledger.entries]
     return found
@@ -80,7 +80,7 @@ def test_coordinator_killed_in_round_3_resumes_and_loses_nothing(tmp_path, recor
     try:
         deadline = time.monotonic() + 300
         # Kill once a site has spent privacy on round 3: the round is cut short mid-way.
-        while not any(r == 3 for entries in _ledgers(out).values() for r, _ in entries):
+        while not any(r == 3 for entries in _ledgers().values() for r, _ in entries):
             assert process.poll() is None, "the run ended before round 3"
             assert time.monotonic() < deadline, "round 3 never started"
             time.sleep(0.05)
@@ -90,7 +90,7 @@ def test_coordinator_killed_in_round_3_resumes_and_loses_nothing(tmp_path, recor
             process.kill()
         process.wait(timeout=30)
     assert _rounds(run_dir) == [0, 1, 2]
-    before = _ledgers(out)
+    before = _ledgers()
     adapters = run_dir / "adapters"
     kept = {n: adapters / n / "adapter_model.safetensors" for n in ("round-001", "round-002")}
     kept_bytes = {n: (p.read_bytes(), p.stat().st_mtime_ns) for n, p in kept.items()}
@@ -109,7 +109,7 @@ def test_coordinator_killed_in_round_3_resumes_and_loses_nothing(tmp_path, recor
         load_base_model("tiny-llama", task="sft").model, run_dir / "adapters" / "final"
     )
     assert any("lora_" in name for name, _ in model.named_parameters())
-    after = _ledgers(out)
+    after = _ledgers()
     lost = 0
     for site, entries in after.items():
         lost += sum(1 for entry in before.get(site, []) if entry not in entries)
@@ -118,7 +118,7 @@ def test_coordinator_killed_in_round_3_resumes_and_loses_nothing(tmp_path, recor
         epsilons = [e for _, e in entries]
         assert epsilons == sorted(epsilons)  # continuous: never reset
         # ε equals the accountant over all the site's steps, the cut round's included
-        ledger = read_ledger(next((out / "ledgers").glob(f"{site}-*")) / LEDGER_FILE)
+        ledger = read_ledger(next(default_ledger_root().glob(f"{site}-*")) / LEDGER_FILE)
         accountant = RDPAccountant()
         accountant.history = [(e.noise_multiplier, e.sample_rate, e.steps) for e in ledger.entries]
         assert accountant.get_epsilon(ledger.entries[-1].delta) == pytest.approx(
@@ -169,7 +169,7 @@ def test_a_site_killed_mid_round_rejoins_with_its_ledger(tmp_path, record_fault)
     assert records[2]["train"]["num-sites"] == 3  # round 2 completed with the other three
     assert any(e["site"] == crashed and "killed" in e["reason"] for e in records[2]["errors"])
     assert records[3]["train"]["num-sites"] == 4  # it rejoined in round 3
-    rounds = [r for r, _ in _ledgers(Path(config.out))[crashed]]
+    rounds = [r for r, _ in _ledgers()[crashed]]
     assert rounds == [1, 2, 3]  # round 2's spend happened before the crash and is kept
     record_fault("one of 4 sites killed mid round 2 (rejoins round 3)", True, 0, 0)
 
@@ -309,7 +309,7 @@ def test_a_short_round_is_retried_when_configured(tmp_path, record_fault) -> Non
     [_, record] = [json.loads(x) for x in federation.run_dir.metrics_path.read_text().splitlines()]
     assert record["train"]["num-sites"] == 3  # the retry had all three
     assert any("attempt 1 retried" in e["reason"] for e in record["errors"])
-    ledgers = _ledgers(Path(config.out))
+    ledgers = _ledgers()
     # the two sites that trained in the failed attempt spent twice; nothing is forgotten
     assert sorted(len(entries) for entries in ledgers.values()) == [1, 2, 2]
     record_fault("a site crashes in round 1, min-fit 3, round retried once", True, 0, 0)

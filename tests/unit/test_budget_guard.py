@@ -87,15 +87,15 @@ def _site(tmp_path: Path) -> SiteSpec:
 
 def test_guard_refuses_exactly_when_the_next_round_would_exceed_the_budget(tmp_path: Path):
     budget = (_expected_epsilon(3) + _expected_epsilon(4)) / 2
-    config = _config(tmp_path, budget)
+    config = _config(tmp_path, budget).replace(rounds=1)  # one-round runs, one after another
     site = _site(tmp_path)
     app = make_client_app(lambda _context, _config: site)
     node = {"ledger-dir": str(tmp_path / "ledger")}
     context = _context(node)
 
     outcomes = []
-    for server_round in range(1, 11):
-        reply = app(_train_message(config, server_round), context)
+    for run in range(1, 11):
+        reply = app(_train_message(config, 1, run_id=f"run-{run}"), context)
         assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
         status = read_status(reply)
         outcomes.append("trained" if status is None else status["status"])
@@ -106,19 +106,20 @@ def test_guard_refuses_exactly_when_the_next_round_would_exceed_the_budget(tmp_p
 
     assert outcomes == ["trained"] * 3 + [BUDGET_EXHAUSTED] * 7
     ledger = read_ledger(tmp_path / "ledger")
-    assert [entry.round for entry in ledger.entries] == [1, 2, 3]
+    assert [entry.run_id for entry in ledger.entries] == ["run-1", "run-2", "run-3"]
     for rounds, entry in enumerate(ledger.entries, start=1):
         assert entry.epsilon_rdp == pytest.approx(_expected_epsilon(rounds), rel=1e-12)
         assert entry.epsilon_rdp <= budget
 
 
 def test_a_budget_equal_to_the_exact_epsilon_is_not_exceeded(tmp_path: Path):
-    config = _config(tmp_path, _expected_epsilon(2))
+    config = _config(tmp_path, _expected_epsilon(2)).replace(rounds=2)
     site = _site(tmp_path)
     app = make_client_app(lambda _context, _config: site)
     context = _context({"ledger-dir": str(tmp_path / "ledger")})
 
-    statuses = [read_status(app(_train_message(config, r), context)) for r in (1, 2, 3)]
+    messages = [(1, "run-a"), (2, "run-a"), (1, "run-b")]
+    statuses = [read_status(app(_train_message(config, r, run), context)) for r, run in messages]
 
     assert statuses[0] is None and statuses[1] is None
     assert statuses[2] is not None and statuses[2]["status"] == BUDGET_EXHAUSTED
@@ -170,14 +171,15 @@ def test_a_second_run_on_the_same_data_cannot_reset_the_spend(tmp_path: Path):
 
 
 def test_node_config_budget_overrides_the_coordinator(tmp_path: Path):
-    config = _config(tmp_path, 1000.0)  # the coordinator proposes a generous budget
+    config = _config(tmp_path, 1000.0).replace(rounds=1)  # a generous budget
     site = _site(tmp_path)
     app = make_client_app(lambda _context, _config: site)
     node = {"ledger-dir": str(tmp_path / "ledger"), "budget-epsilon": _expected_epsilon(1)}
 
     context = _context(node)
-    assert read_status(app(_train_message(config, 1), context)) is None
-    assert read_status(app(_train_message(config, 2), context))["status"] == BUDGET_EXHAUSTED
+    assert read_status(app(_train_message(config, 1, "run-a"), context)) is None
+    refused = read_status(app(_train_message(config, 1, "run-b"), context))
+    assert refused["status"] == BUDGET_EXHAUSTED
 
 
 def test_tampered_ledger_refuses_to_train_naming_the_line(tmp_path: Path):

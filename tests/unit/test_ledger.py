@@ -179,11 +179,21 @@ def test_swapped_lines_are_refused(tmp_path: Path):
     assert_refused(tmp_path, r"line 3 was altered")
 
 
-def test_removed_tail_is_visible_only_through_head(tmp_path: Path):
-    # A hash chain cannot tell a removed tail from a shorter history: the head can.
+def test_removed_tail_is_refused_by_the_high_water_mark(tmp_path: Path):
+    # A hash chain cannot tell a removed tail from a shorter history: the mark beside it can.
+    written_ledger(tmp_path)
+    path = tmp_path / LEDGER_FILE
+    path.write_text("".join(lines_of(path)[:-1]), encoding="utf-8")
+    assert_refused(tmp_path, r"has 3 lines but its high-water mark records 4")
+
+
+def test_removed_tail_and_mark_are_visible_only_through_head(tmp_path: Path):
+    # Whoever controls the disk can remove both: then only a remembered head shows it.
     head = written_ledger(tmp_path).head
     path = tmp_path / LEDGER_FILE
     path.write_text("".join(lines_of(path)[:-1]), encoding="utf-8")
+    for mark in tmp_path.glob("privacy-ledger.high-water-*.json"):
+        mark.unlink()
     shortened = read_ledger(tmp_path)
     assert shortened.entries == ENTRIES[:2]
     assert shortened.head != head
@@ -227,7 +237,7 @@ def test_ledger_of_other_data_is_refused(tmp_path: Path):
     with pytest.raises(LedgerError, match="new-ledger"):
         open_ledger(tmp_path, FP_B)
     assert (tmp_path / LEDGER_FILE).read_bytes() == content
-    assert sorted(p.name for p in tmp_path.iterdir()) == [LEDGER_FILE]
+    assert sorted(p.name for p in tmp_path.glob("*.jsonl")) == [LEDGER_FILE]
 
 
 def test_start_new_retires_the_old_ledger(tmp_path: Path):
@@ -242,7 +252,7 @@ def test_start_new_retires_the_old_ledger(tmp_path: Path):
     assert json.loads(line)["prev"] == GENESIS
 
     retired = tmp_path / f"privacy-ledger.retired-{FP_A}.jsonl"
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([LEDGER_FILE, retired.name])
+    assert sorted(p.name for p in tmp_path.glob("*.jsonl")) == sorted([LEDGER_FILE, retired.name])
     assert retired.read_bytes() == content
     assert read_ledger(retired).entries == ENTRIES
 
@@ -271,7 +281,7 @@ def test_start_new_keeps_a_ledger_of_the_same_data(tmp_path: Path):
     same = open_ledger(tmp_path, start_new=True)
     assert same.entries == ENTRIES
     assert same.head == head
-    assert sorted(p.name for p in tmp_path.iterdir()) == [LEDGER_FILE]
+    assert sorted(p.name for p in tmp_path.glob("*.jsonl")) == [LEDGER_FILE]
 
 
 def test_data_fingerprint_is_sha256_of_the_bytes(tmp_path: Path):
