@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
@@ -211,7 +211,7 @@ def check_model_spec(spec: str) -> Literal["preset", "directory", "hub"]:
     return "hub"
 
 
-def _label_kwargs(labels: Sequence[str]) -> dict[str, object]:
+def _label_kwargs(labels: Sequence[str]) -> dict[str, Any]:
     return {
         "num_labels": len(labels),
         "id2label": dict(enumerate(labels)),

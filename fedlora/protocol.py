@@ -21,7 +21,9 @@ JSON of the site's ledger entry and spend) and, when the instruction asked for i
 ``metrics``). A site that declines to train under its own policy (its privacy budget)
 replies with ``status`` and a JSON ``status-detail``, its ``evaluation`` when asked, and no
 adapter. A site that fails replies with a Flower ``Error`` whose code is the ``error_code``
-of the fedlora error.
+of the fedlora error. The coordinator checks every field of a reply against one schema,
+:func:`fedlora.replies.parse_reply`, once on arrival; the ``reply_*`` / ``read_*`` readers
+below are lenient views for a site's own tests and tools, not a validation.
 
 An adapter of more than :data:`INLINE_ADAPTER_MAX_BYTES` travels as an ``ArrayRecord``
 named ``adapter`` instead (Flower cuts it into chunks and moves them in parallel); the
@@ -84,7 +86,7 @@ def _content(record_name: str, values: dict[str, RecordValue], adapter: bytes | 
     return content
 
 
-def _adapter(content: RecordDict, record_name: str) -> bytes | None:
+def message_adapter(content: RecordDict, record_name: str) -> bytes | None:
     """The packed adapter of a message, inline in ``record_name`` or as its own record.
 
     Raises
@@ -142,7 +144,7 @@ def read_instruction(message: Message) -> Instruction:
     if ROUND not in content.config_records:
         raise AdapterError(f"instruction has no {ROUND!r} record; is the coordinator fedlora?")
     round_record = content.config_records[ROUND]
-    adapter = _adapter(content, ROUND)
+    adapter = message_adapter(content, ROUND)
     if adapter is None:
         raise AdapterError("instruction carries no adapter; is the coordinator fedlora?")
     try:
@@ -239,7 +241,7 @@ def reply_adapter(message: Message) -> bytes | None:
     AdapterError
         When the adapter is there but not in a form :func:`make_reply` writes.
     """
-    return _adapter(message.content, SITE)
+    return message_adapter(message.content, SITE)
 
 
 def read_privacy(message: Message) -> dict[str, Any] | None:

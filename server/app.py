@@ -12,6 +12,7 @@ from fedlora.config import RunConfig
 from fedlora.errors import BudgetExhaustedError, FedloraError
 from fedlora.flower_tuning import NEARBY_PULL_BACKOFF_CAP_S, shorten_pull_backoff
 from fedlora.report import write_report
+from fedlora.roster import read_roster, roster_path_from_env
 from server.federation import run_federation
 
 logger = logging.getLogger(__name__)
@@ -32,14 +33,18 @@ def main(grid: Grid, context: Context) -> None:
 
     resolved = resolve_config(config)
     out = Path(resolved.out)
+    # A deployment's SuperLink names the roster written at registration: each reply then
+    # counts only for the site enrolled with the node it came from (docs/security.md).
+    roster_path = roster_path_from_env()
+    roster = read_roster(roster_path) if roster_path is not None else None
     try:
         if resolved.resume:
             # flwr run --run-config 'resume="RUN_ID"': continue out/RUN_ID from its checkpoint.
             federation = run_federation(
-                grid, resolved, out=out, run_id=resolved.resume, resume=True
+                grid, resolved, out=out, run_id=resolved.resume, resume=True, roster=roster
             )
         else:
-            federation = run_federation(grid, resolved, out=out)
+            federation = run_federation(grid, resolved, out=out, roster=roster)
     except BudgetExhaustedError as stopped:
         # The stopped run's adapters and ledgers are valid: report them before stopping.
         _report(stopped.run_dir)

@@ -13,6 +13,14 @@ aggregated (with ``"eval": null``, before the round's checkpoint, so that a resu
 the evaluation is still owed) and again, complete, when the evaluation arrives. Replies that
 are errors (a site refusing, crashing or timing out) are logged with the site and reason,
 recorded in ``metrics.jsonl``, and left out of the aggregate.
+
+Every reply is parsed once, on arrival, against the reply schema
+(:func:`fedlora.replies.parse_reply`) and bound to the node it came from
+(:class:`server.site_binding.SiteBinding`); a reply that breaks the schema or speaks for
+another site is dropped from the round (logged, and recorded under ``errors``) and the run
+goes on. Everything after that reads the parsed :class:`~fedlora.replies.SiteReply` only.
+Updates are validated before any strategy sees them, and the aggregate before it is saved
+(:mod:`strategies.validation`).
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ import importlib.metadata
 import logging
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +45,6 @@ from fedlora.adapters import (
     check_compatible,
     pack_adapter,
     save_peft_dir,
-    unpack_adapter,
 )
 from fedlora.config import RunConfig
 from fedlora.errors import (
@@ -49,15 +56,8 @@ from fedlora.errors import (
 )
 from fedlora.models import apply_lora, check_fingerprint, load_base_model
 from fedlora.progress import Phase, RoundObserver
-from fedlora.protocol import (
-    make_instruction,
-    read_privacy,
-    read_status,
-    reply_adapter,
-    reply_evaluation,
-    reply_metrics,
-    reply_site,
-)
+from fedlora.protocol import make_instruction
+from fedlora.replies import ReplyRejectedError, SiteReply, parse_reply
 from server.checkpoint import (
     Checkpoint,
     StatefulStrategy,
@@ -67,6 +67,7 @@ from server.checkpoint import (
 )
 from server.reply_polls import ReplyPolls
 from server.rundir import RunDirectory
+from server.site_binding import SiteBinding
 from server.site_receipts import SiteReceipts
 from strategies import SiteUpdate, build_strategy
 from strategies.central_dp import CentralDP
@@ -74,7 +75,14 @@ from strategies.ffa_lora import trained_state
 from strategies.hetero_rank import HeteroRank, site_state_for_config
 from strategies.lora_factors import is_lora_a
 from strategies.registry import wrap_with_central_dp
-from strategies.validation import UpdateRejectedError, validate_update
+from strategies.validation import (
+    AggregateRejectedError,
+    UpdateRejectedError,
+    check_weighted_norm,
+    effective_bound,
+    validate_aggregate,
+    validate_update,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -83,9 +91,8 @@ _PACKAGES = ("fedlora", "flwr", "torch", "transformers", "peft", "opacus", "nump
 
 @dataclass
 class _PhaseResult:
-    replies: dict[str, Message] = field(default_factory=dict)
-    adapters: dict[str, bytes] = field(default_factory=dict)
-    """The packed adapter of each train reply that carried one, read once on arrival."""
+    replies: dict[str, SiteReply] = field(default_factory=dict)
+    """The parsed replies that did not decline, by the site bound to their node."""
     errors: list[dict[str, str]] = field(default_factory=list)
     bytes_sent: dict[str, int] = field(default_factory=dict)
     bytes_received: dict[str, int] = field(default_factory=dict)
@@ -135,6 +142,7 @@ class Federation:
         grid: Grid,
         config: RunConfig,
         observer: RoundObserver | None = None,
+        roster: Mapping[int, str] | None = None,
     ) -> None:
         self.grid = grid
         self.config = config
@@ -149,7 +157,11 @@ class Federation:
         if isinstance(self.strategy, HeteroRank):
             # Checks lora-r against every module's dimensions before any training.
             self.strategy.set_global(self.global_state)
-        self.site_names: dict[int, str] = {}
+        self.binding = SiteBinding(roster)
+        """Which site each node speaks for (``roster``: node id -> enrolled site name)."""
+        self._saved_binding: dict[str, str] = {}
+        """A resumed run's ``site-nodes``, restored once the nodes are connected."""
+        self._new_binding = False
         self.first_round = 1
         self.pending: dict[str, Any] | None = None
         """The last aggregated round's metrics line while its evaluation is owed."""
@@ -167,6 +179,7 @@ class Federation:
             "model-type": self.base.model_type,
             "strategy": self.strategy.name,
             "sites": list(sites),
+            "site-nodes": self.binding.to_json(),
             "adapter-tensors": {name: list(t.shape) for name, t in self.global_state.items()},
             "versions": package_versions(),
         }
@@ -233,6 +246,9 @@ class Federation:
         self.global_state = checkpoint.global_state
         torch.random.set_rng_state(checkpoint.rng_state)
         self.first_round = checkpoint.server_round + 1
+        bindings = run_dir.read_config().get("site-nodes")
+        if isinstance(bindings, dict):
+            self._saved_binding = {str(node): str(site) for node, site in bindings.items()}
         kept = [r for r in run_dir.read_metrics() if int(r["round"]) <= checkpoint.server_round]
         run_dir.rewrite_metrics(kept)
         self.receipts = SiteReceipts.from_metrics(kept)
@@ -246,17 +262,18 @@ class Federation:
         if self.first_round == 1:
             self.run_dir.write_config(self.resolved_config())
         node_ids = wait_for_nodes(self.grid, config.sites, config.node_wait_timeout)
+        self.binding.restore(self._saved_binding, node_ids)
         self.observer.on_start(rounds=config.rounds, sites=len(node_ids))
         if self.first_round == 1:
             started = time.monotonic()
             initial = self._exchange(node_ids, 0, "evaluate")
-            self.run_dir.write_config(self.resolved_config(sorted(self.site_names.values())))
+            self.run_dir.write_config(self.resolved_config(sorted(self.binding.names.values())))
             record = self._round_record(0, started, None)
             self._finish(_with_evaluation(record, initial, time.monotonic() - started))
         for server_round in range(self.first_round, config.rounds + 1):
             started = time.monotonic()
             trained, updates = self._train_phase(node_ids, server_round, started)
-            self.global_state = self.strategy.aggregate(self.global_state, updates)
+            self.global_state = self._aggregate(server_round, started, trained, updates)
             save_peft_dir(self.peft, self.global_state, self.run_dir.adapter_path(server_round))
             self.pending = self._round_record(server_round, started, trained)
             self.run_dir.append_metrics(self.pending)
@@ -276,9 +293,43 @@ class Federation:
             self.pending = None
         save_peft_dir(self.peft, self.global_state, self.run_dir.adapter_path(None))
 
+    def _aggregate(
+        self,
+        server_round: int,
+        started: float,
+        trained: _PhaseResult,
+        updates: list[tuple[SiteUpdate, float, float]],
+    ) -> AdapterState:
+        """The strategy's aggregate of the validated updates, checked before it is saved.
+
+        ``updates``: each update with its norm and the bound it was held to.
+
+        Raises
+        ------
+        AggregateRejectedError
+            When what enters the aggregate exceeds the bound, or the aggregate is not finite
+            or beyond the built-in limit; the round's line records the reason, nothing of
+            the round is saved (the previous checkpoint stays the one to resume from).
+        """
+        try:
+            check_weighted_norm(
+                [norm for _, norm, _ in updates],
+                [update.num_examples for update, _, _ in updates],
+                [bound for _, _, bound in updates],
+            )
+            aggregate = self.strategy.aggregate(self.global_state, [u for u, _, _ in updates])
+            validate_aggregate(self.global_state, aggregate)
+        except (AggregateRejectedError, AdapterError, FloatingPointError) as error:
+            reason = f"round {server_round}: aggregate rejected, nothing saved: {error}"
+            logger.error("%s", reason)
+            trained.errors.append({"site": "*", "phase": "aggregate", "reason": str(error)})
+            self._finish(self._round_record(server_round, started, trained, _PhaseResult()))
+            raise AggregateRejectedError(reason) from None
+        return aggregate
+
     def _train_phase(
         self, node_ids: list[int], server_round: int, started: float
-    ) -> tuple[_PhaseResult, list[SiteUpdate]]:
+    ) -> tuple[_PhaseResult, list[tuple[SiteUpdate, float, float]]]:
         """Train until ``min-fit`` updates are accepted, retrying up to ``round-retries`` times.
 
         Raises
@@ -335,7 +386,7 @@ class Federation:
         """The evaluation the train replies carried, naming each site that sent none."""
         carried = _PhaseResult(evaluations=dict(trained.evaluations))
         for site in sorted(
-            {self._site(node_id) for node_id in node_ids} - set(carried.evaluations)
+            {self.binding.name(node_id) for node_id in node_ids} - set(carried.evaluations)
         ):
             reason = "no evaluation: its next train reply carried none"
             carried.errors.append({"site": site, "phase": "evaluate", "reason": reason})
@@ -371,29 +422,29 @@ class Federation:
         self.observer.on_phase(server_round=server_round, phase=phase, expected=len(node_ids))
         result = _PhaseResult()
         for node_id in node_ids:
-            result.bytes_sent[self._site(node_id)] = size
+            result.bytes_sent[self.binding.name(node_id)] = size
         pending = set(message_ids)
         pushed = time.monotonic()
         deadline = pushed + self.config.round_timeout
         polls = ReplyPolls(self.fastest_train_s if phase == "train" else None)
         while pending and (now := time.monotonic()) < deadline:
             time.sleep(min(polls.next_wait(now - pushed), deadline - now))
-            for reply in self.grid.pull_messages(pending):
+            # One reply per message, taken in node order (a deterministic first use of names).
+            pulled = {r.metadata.reply_to_message_id: r for r in self.grid.pull_messages(pending)}
+            for message_id in sorted(pulled.keys() & pending, key=message_ids.__getitem__):
                 polls.replied()
-                pending.discard(reply.metadata.reply_to_message_id)
+                pending.discard(message_id)
                 self._accept(
-                    reply,
-                    message_ids[reply.metadata.reply_to_message_id],
-                    server_round,
-                    phase,
-                    result,
+                    pulled[message_id], message_ids[message_id], server_round, phase, result
                 )
         if phase == "train" and not pending:
             took = time.monotonic() - pushed
             if self.fastest_train_s is None or took < self.fastest_train_s:
                 self.fastest_train_s = took
+        if self._new_binding:
+            self._record_binding()
         for message_id in pending:
-            site = self._site(message_ids[message_id])
+            site = self.binding.name(message_ids[message_id])
             reason = f"no reply within {self.config.round_timeout:.0f} s"
             logger.warning("round %d %s: site %s: %s", server_round, phase, site, reason)
             result.errors.append({"site": site, "phase": phase, "reason": reason})
@@ -403,8 +454,9 @@ class Federation:
     def _accept(
         self, reply: Message, node_id: int, server_round: int, phase: Phase, result: _PhaseResult
     ) -> None:
+        """Parse one reply, bind it to its node, and file it under that node's site."""
         if reply.has_error():
-            site = self._site(node_id)
+            site = self.binding.name(node_id)
             reason = (
                 reply.error.reason.strip().splitlines()[-1] if reply.error.reason else "unknown"
             )
@@ -417,36 +469,48 @@ class Federation:
             self.observer.on_reply(server_round=server_round, phase=phase, site=site, metrics=None)
             return
         try:
-            site = reply_site(reply)
-            adapter = reply_adapter(reply)
-        except AdapterError as error:
-            site = self._site(node_id)
-            logger.warning("round %d %s: site %s: %s", server_round, phase, site, error)
-            result.errors.append({"site": site, "phase": phase, "reason": str(error)})
+            if reply.metadata.src_node_id != node_id:
+                raise ReplyRejectedError(
+                    f"the reply comes from node {reply.metadata.src_node_id}, not from node "
+                    f"{node_id} it answers for"
+                )
+            parsed = parse_reply(reply, phase)
+            self._new_binding |= self.binding.bind(node_id, parsed.site)
+        except ReplyRejectedError as error:
+            site = self.binding.name(node_id)
+            logger.warning(
+                "round %d %s: site %s (node %d): reply rejected: %s",
+                server_round,
+                phase,
+                site,
+                node_id,
+                error,
+            )
+            reason = f"reply rejected: {error}"
+            result.errors.append({"site": site, "phase": phase, "reason": reason})
             self.observer.on_reply(server_round=server_round, phase=phase, site=site, metrics=None)
             return
-        self.site_names[node_id] = site
+        site = parsed.site  # the name bound to this node
         result.bytes_sent[site] = result.bytes_sent.pop(
             f"node-{node_id}", result.bytes_sent.get(site, 0)
         )
-        result.bytes_received[site] = len(adapter) if adapter is not None else 0
-        if adapter is not None:
-            result.adapters[site] = adapter
-        self._read_evaluation(reply, site, phase, result)
-        status = read_status(reply)
-        if status is not None:
+        result.bytes_received[site] = parsed.received_bytes
+        evaluation = parsed.metrics if phase == "evaluate" else parsed.evaluation
+        if evaluation is not None:
+            result.evaluations[site] = dict(evaluation)
+        if parsed.status is not None:
             logger.warning(
                 "round %d %s: site %s declined (%s): %s",
                 server_round,
                 phase,
                 site,
-                status["status"],
-                status.get("reason", ""),
+                parsed.status["status"],
+                parsed.status.get("reason", ""),
             )
-            result.refused[site] = status
+            result.refused[site] = dict(parsed.status)
             self.observer.on_reply(server_round=server_round, phase=phase, site=site, metrics=None)
             return
-        privacy = read_privacy(reply)
+        privacy = dict(parsed.privacy) if parsed.privacy is not None else None
         rolled_back = self.receipts.check(site, privacy, server_round)
         if rolled_back is not None:
             logger.warning(
@@ -457,26 +521,20 @@ class Federation:
                 result.privacy[site] = privacy  # the site did spend: keep its record
             self.observer.on_reply(server_round=server_round, phase=phase, site=site, metrics=None)
             return
-        result.replies[site] = reply
+        result.replies[site] = parsed
         if privacy is not None:
             result.privacy[site] = privacy
-        metrics = reply_metrics(reply)
-        self.observer.on_reply(server_round=server_round, phase=phase, site=site, metrics=metrics)
+        self.observer.on_reply(
+            server_round=server_round, phase=phase, site=site, metrics=dict(parsed.metrics)
+        )
 
-    @staticmethod
-    def _read_evaluation(reply: Message, site: str, phase: Phase, result: _PhaseResult) -> None:
-        """Keep the held-out metrics of an evaluate reply, or those a train reply carries."""
-        try:
-            evaluation = reply_metrics(reply) if phase == "evaluate" else reply_evaluation(reply)
-        except AdapterError as error:
-            logger.warning("site %s: evaluation left out: %s", site, error)
-            result.errors.append({"site": site, "phase": "evaluate", "reason": str(error)})
-            return
-        if evaluation is not None:
-            result.evaluations[site] = evaluation
-
-    def _site(self, node_id: int) -> str:
-        return self.site_names.get(node_id, f"node-{node_id}")
+    def _record_binding(self) -> None:
+        """Write new node bindings into ``config.json``, so that a resumed run keeps them."""
+        self._new_binding = False
+        payload = self.run_dir.read_config()
+        payload["site-nodes"] = self.binding.to_json()
+        payload["sites"] = sorted({*payload.get("sites", []), *self.binding.names.values()})
+        self.run_dir.write_config(payload)
 
     def _update_reference(
         self, update: AdapterState, by_rank: dict[int, AdapterState]
@@ -498,24 +556,26 @@ class Federation:
                 return by_rank[rank]
         return self.global_state
 
-    def _updates(self, trained: _PhaseResult) -> list[SiteUpdate]:
-        """The validated updates; each rejected one is logged and kept in ``trained.rejected``."""
+    def _updates(self, trained: _PhaseResult) -> list[tuple[SiteUpdate, float, float]]:
+        """The validated updates, each with its norm and the bound it was held to.
+
+        Each rejected one is logged and kept in ``trained.rejected``.
+        """
         updates = []
         by_rank: dict[int, AdapterState] = {}
+        bound = self.config.update_norm_bound
         for site, reply in trained.replies.items():
             try:
-                packed = trained.adapters.get(site)
-                if packed is None:
+                if reply.state is None:
                     raise UpdateRejectedError("the reply carries no adapter")
-                state = unpack_adapter(packed)
-                reference = self._update_reference(state, by_rank)
-                validate_update(reference, state, norm_bound=self.config.update_norm_bound)
+                reference = self._update_reference(reply.state, by_rank)
+                norm = validate_update(reference, reply.state, norm_bound=bound)
             except AdapterError as exc:
                 logger.warning("site %s: update rejected: %s", site, exc)
                 trained.rejected[site] = str(exc)
                 continue
-            num_examples = int(reply_metrics(reply)["num-examples"])
-            updates.append(SiteUpdate(site=site, state=state, num_examples=num_examples))
+            update = SiteUpdate(site=site, state=reply.state, num_examples=reply.num_examples)
+            updates.append((update, norm, effective_bound(reference, bound)))
         return updates
 
     def _round_record(
@@ -533,7 +593,7 @@ class Federation:
         sites: dict[str, dict[str, Any]] = {}
         if trained is not None:
             for site, reply in trained.replies.items():
-                _site_entry(sites, site)["train"] = reply_metrics(reply)
+                _site_entry(sites, site)["train"] = dict(reply.metrics)
             _add_bytes(sites, trained)
         record: dict[str, Any] = {
             "round": server_round,
@@ -622,6 +682,7 @@ def run_federation(
     run_id: str | None = None,
     observer: RoundObserver | None = None,
     resume: bool = False,
+    roster: Mapping[int, str] | None = None,
 ) -> Federation:
     """Run a whole federation on ``grid`` and return it (its final global adapter included).
 
@@ -643,6 +704,10 @@ def run_federation(
     resume
         Continue the existing run ``out/run_id`` from its checkpoint (the last completed
         round) to ``config.rounds``: see :meth:`Federation.resume_from`.
+    roster
+        Node id -> enrolled site name (a deployment's registration); a node then speaks for
+        its enrolled site only. ``None``: each node is bound to the first name it declares
+        (:class:`server.site_binding.SiteBinding`).
 
     Raises
     ------
@@ -651,7 +716,7 @@ def run_federation(
         update; a run that had started is then marked incomplete. For a resume: a missing,
         damaged or foreign checkpoint, or a config or base model that differs from it.
     """
-    federation = Federation(grid, config, observer)
+    federation = Federation(grid, config, observer, roster)
     if resume:
         if run_id is None:
             raise ConfigError("resuming needs the run id of the run to continue")

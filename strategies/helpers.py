@@ -10,13 +10,17 @@ from strategies.base import SiteUpdate
 
 
 def example_weights(updates: list[SiteUpdate]) -> list[float]:
-    """Each site's share of the examples in this round (sums to 1).
+    """Each site's share of the examples in this round (each >= 0, summing to 1).
 
     Raises
     ------
     AdapterError
-        When no update carries any example.
+        When an update carries a negative example count (its weight would push the mean
+        outside the updates, past any norm bound) or none carries any example.
     """
+    negative = [update.site for update in updates if update.num_examples < 0]
+    if negative:
+        raise AdapterError(f"cannot weight updates: negative example counts from {negative}")
     total = sum(update.num_examples for update in updates)
     if total <= 0:
         raise AdapterError("cannot weight updates: the sites reported no training examples")
