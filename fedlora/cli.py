@@ -134,7 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--update-norm-bound",
         type=float,
         default=defaults.update_norm_bound,
-        help="reject updates farther than this (L2) from the global adapter; 0: only the built-in limit on absurd updates (docs/strategies.md)",
+        help=(
+            "reject updates farther than this (L2) from the global adapter; 0: only the "
+            "built-in limit on absurd updates (docs/strategies.md)"
+        ),
     )
     aggregation.add_argument(
         "--min-fit", type=_count, default=defaults.min_fit, help="accepted updates a round needs"

@@ -241,7 +241,8 @@ class RunConfig:
                 raise ConfigError(f"proximal-mu applies to strategy fedprox, not {self.strategy!r}")
         if not (self.update_norm_bound >= 0 and math.isfinite(self.update_norm_bound)):
             raise ConfigError(
-                f"update-norm-bound must be >= 0 (0: only the built-in limit), got {self.update_norm_bound}"
+                "update-norm-bound must be >= 0 (0: only the built-in limit), "
+                f"got {self.update_norm_bound}"
             )
         _check_at_least("min-fit", self.min_fit, 1)
         _check_at_least("round-retries", self.round_retries, 0)
