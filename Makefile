@@ -32,7 +32,7 @@ test-fast: setup  ## unit tests only
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy fedlora server clients strategies simulations
+	$(BIN)/python scripts/typecheck.py
 
 format: setup
 	$(BIN)/ruff format .

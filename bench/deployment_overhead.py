@@ -2,14 +2,16 @@
 
 The same 2-site, 3-round tiny workload runs on both sides, one after the other in this run:
 
-(a) simulation: ``simulations.runner.simulate`` -- Flower's simulation engine in this process,
+(a) simulation: ``fedlora.simulations.runner.simulate`` -- Flower's simulation engine in this
+process,
     one Ray actor per site (1 CPU each) that keeps its model and data in memory between
     messages;
-(b) deployment: ``fedlora.loopback.LocalDeployment`` -- a TLS SuperLink with SuperNode
-    authentication, as ``fedlora deploy superlink`` starts it (empty pulls held until a
-    message comes, ``fedlora.link_superlink``), and one SuperNode per site on 127.0.0.1 as
+(b) deployment: ``fedlora.deploy.loopback.LocalDeployment`` -- a TLS SuperLink with SuperNode
+    authentication, as ``fedlora deploy superlink`` starts it (empty pulls held until a message
+    comes, ``fedlora.flower_internals.link_superlink``), and one SuperNode per site on 127.0.0.1 as
     ``fedlora deploy supernode`` starts it (short polls, one warm worker per site,
-    ``fedlora.node_worker``), the run submitted with ``flwr run . CONNECTION --stream``;
+    ``fedlora.flower_internals.node_worker``), the run submitted with ``flwr run . CONNECTION
+    --stream``;
 (c) cold deployment, once, for reference (``--cold-runs 0`` skips it): the same with Flower's
     immediate pull answers (``pull_hold=0``; the SuperLink still keeps its Control API to the
     operator, which costs one address check per request) and plain ``flower-supernode`` nodes
@@ -36,8 +38,8 @@ each deployment run gets a fresh deployment, so its sites start with empty priva
 as each simulation's sites do.
 
 Afterwards the cost of a fresh ClientApp process is measured in fresh Python processes: the
-interpreter alone, ``import clients.app``, and the model + LoRA build and data tokenisation a
-fresh process repeats for every message.
+interpreter alone, ``import fedlora.clients.app``, and the model + LoRA build and data tokenisation
+a fresh process repeats for every message.
 
 Run from the repository root::
 
@@ -69,11 +71,11 @@ from bench_common import (  # this script's folder
 )
 
 from fedlora.config import RunConfig
-from fedlora.flower_tuning import DEFAULT_POLL_INTERVAL_S
-from fedlora.loopback import LocalDeployment, RunConfigValue, SiteData
+from fedlora.deploy.loopback import LocalDeployment, RunConfigValue, SiteData
+from fedlora.flower_internals.tuning import DEFAULT_POLL_INTERVAL_S
 from fedlora.progress import round_seconds
+from fedlora.simulations.runner import simulate
 from fedlora.testing import write_sft_file
-from simulations.runner import simulate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,12 +86,12 @@ SITES = ("site-a", "site-b")
 _COLD_MESSAGE = """
 import json, sys, time
 t0 = time.perf_counter()
-import clients.app
+import fedlora.clients.app
 t1 = time.perf_counter()
 from pathlib import Path
-from clients.runtime import get_datasets, get_model
+from fedlora.clients.runtime import get_datasets, get_model
 from fedlora.config import RunConfig
-from fedlora.flower_tuning import DEFAULT_POLL_INTERVAL_S
+from fedlora.flower_internals.tuning import DEFAULT_POLL_INTERVAL_S
 from fedlora.sites import SiteSpec
 flat, train, test = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
 config = RunConfig.from_flat(flat)
@@ -209,7 +211,7 @@ def _cold_message(
     """Median costs of a fresh ClientApp-like process, each in a new interpreter."""
     python = [sys.executable, "-c"]
     interpreter = [_wall([*python, "pass"])[0] for _ in range(samples)]
-    imports = [_wall([*python, "import clients.app"])[0] for _ in range(samples)]
+    imports = [_wall([*python, "import fedlora.clients.app"])[0] for _ in range(samples)]
     parts: list[dict[str, float]] = []
     whole: list[float] = []
     for _ in range(samples):
@@ -373,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         "fresh process, medians of "
         f"{args.cold_samples}: python start {cold['python-start-s']:.2f} s, "
-        f"python -c 'import clients.app' {cold['python-import-clients-app-s']:.2f} s, "
+        f"python -c 'import fedlora.clients.app' {cold['python-import-clients-app-s']:.2f} s, "
         f"model + LoRA {cold['model-lora-s']:.2f} s, data {cold['data-tokenize-s']:.2f} s, "
         f"whole cold message set-up {cold['cold-message-process-s']:.2f} s"
     )

@@ -3,9 +3,10 @@
 Three variants of one local training step run in this one process, one after the other, on the
 same model, the same batch and the same data:
 
-(a) non-DP: ``clients.training.train_locally`` -- the product's plain AdamW loop (loss through
+(a) non-DP: ``fedlora.clients.training.train_locally`` -- the product's plain AdamW loop (loss
+through
     the model's ``labels=``, the token mean over the batch);
-(b) DP hooks: ``clients.dp_training.dp_train_locally`` with ``mode="hooks"`` -- Opacus's
+(b) DP hooks: ``fedlora.clients.dp_training.dp_train_locally`` with ``mode="hooks"`` -- Opacus's
     per-sample gradients from module hooks, per-sample clipping and noise, then AdamW;
 (c) DP ghost: the same with ``mode="ghost"`` -- Opacus's ghost clipping (per-sample gradient
     norms without per-sample gradients, then a second backward pass on the rescaled loss).
@@ -71,8 +72,8 @@ from peft import PeftModel
 from torch.optim.optimizer import register_optimizer_step_post_hook
 from transformers import AutoModelForCausalLM
 
-from clients.dp_training import DpSettings, dp_train_locally
-from clients.training import TrainResult, train_locally
+from fedlora.clients.dp_training import DpSettings, dp_train_locally
+from fedlora.clients.training import TrainResult, train_locally
 from fedlora.config import RunConfig
 from fedlora.data import SftExample, TokenizedDataset, tokenize
 from fedlora.models import (

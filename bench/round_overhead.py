@@ -3,7 +3,7 @@
 Both sides run in this one process, one after the other, under Flower's simulation engine
 (``run_simulation``, Ray, one virtual SuperNode per site, 1 CPU per ClientApp):
 
-(a) fedlora: ``simulations.runner.simulate`` -- fedlora's coordinator round loop, message
+(a) fedlora: ``fedlora.simulations.runner.simulate`` -- fedlora's coordinator round loop, message
     protocol, ClientApp (base-model fingerprint check, adapter checks), strategy, the PEFT
     adapter directory it writes every round and ``metrics.jsonl``. Its per-round time comes
     from ``metrics.jsonl`` (``fedlora.progress.round_seconds``). A fedlora round is one exchange
@@ -55,8 +55,8 @@ from plain_flower_app import run_plain  # this script's folder; Ray workers impo
 
 from fedlora.config import RunConfig
 from fedlora.progress import round_seconds
-from simulations.materialize import resolve_config, simulated_sites
-from simulations.runner import simulate
+from fedlora.simulations.materialize import resolve_config, simulated_sites
+from fedlora.simulations.runner import simulate
 
 TARGET_RATIO = 1.10
 

@@ -6,13 +6,13 @@ Two parts run in this one process, one after the other.
     message to one of 8 departments), ``tiny-llama`` + LoRA r=8 (alpha 16) on its default targets
     with its classification head, DP-SGD at every site (Opacus hooks). Every strategy of
     :data:`FEDERATION_STRATEGIES` runs the same federation -- same sites, same generated data, same
-    seed, same settings -- with ``simulations.runner.simulate(..., engine="inprocess")`` (the real
-    ServerApp round loop and ClientApp, sites one after another in this process, no Ray). Each
-    run has its own output folder, hence its own fresh privacy ledgers.
+    seed, same settings -- with ``fedlora.simulations.runner.simulate(..., engine="inprocess")``
+    (the real ServerApp round loop and ClientApp, sites one after another in this process, no Ray).
+    Each run has its own output folder, hence its own fresh privacy ledgers.
 
     DP: a target ε per site for the whole run (``--epsilon``) with the default PRV accountant;
     each site calibrates σ for its own record count, batch and planned steps. The calibration is
-    deterministic and cached per process (``clients.site_privacy._calibrated``), so only the
+    deterministic and cached per process (``fedlora.clients.site_privacy._calibrated``), so only the
     first strategy pays for it and every strategy trains with the same σ per site. The DP noise
     itself is not seeded: two runs of one strategy differ by their noise. Each site's budget is
     twice the target, so no round is refused. Local training: plain SGD, lr 1.0, expected
@@ -85,12 +85,12 @@ from bench_common import add_output_arguments, emit_result, quiet_flower
 
 from fedlora.adapters import AdapterState
 from fedlora.config import RunConfig
-from simulations.materialize import resolve_config, simulated_sites
-from simulations.runner import simulate
-from strategies import SiteUpdate, build_strategy, strategy_names
-from strategies.base import Strategy
-from strategies.hetero_rank import HeteroRank
-from strategies.lora_factors import is_lora_b
+from fedlora.lora_factors import is_lora_b
+from fedlora.simulations.materialize import resolve_config, simulated_sites
+from fedlora.simulations.runner import simulate
+from fedlora.strategies import SiteUpdate, build_strategy, strategy_names
+from fedlora.strategies.base import Strategy
+from fedlora.strategies.hetero_rank import HeteroRank
 
 FEDERATION_STRATEGIES = ("fedavg", "fedprox", "fedadam", "ffa-lora", "hetero-rank")
 FEDERATION_SITE_RANKS = (2, 4, 8)

@@ -1,7 +1,7 @@
 """The fedlora ClientApp: train and evaluate the global adapter on this site's data.
 
-``app`` is the component Flower loads (``clients.app:app``). Where a site's data lives is node
-configuration, resolved by :func:`site_from_context`; the one-machine runner builds its own app
+``app`` is the component Flower loads (``fedlora.clients.app:app``). Where a site's data lives is
+node configuration, resolved by :func:`site_from_context`; the one-machine runner builds its own app
 with :func:`make_client_app` and an explicit site list.
 """
 
@@ -17,14 +17,14 @@ import torch
 from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
 
-from clients.evaluation import evaluate_model
-from clients.private_round import Declined, train_with_privacy
-from clients.proximal import freeze_for_strategy, unfreeze
-from clients.runtime import LoadedModel, get_datasets, get_model
-from clients.site_privacy import check_dp_allowed
-from clients.site_rank import adapter_for_rank, config_for_rank, site_rank
-from clients.training import TrainResult, train_locally
 from fedlora.adapters import adapter_state, load_adapter_state, pack_adapter, unpack_adapter
+from fedlora.clients.evaluation import evaluate_model
+from fedlora.clients.private_round import Declined, train_with_privacy
+from fedlora.clients.proximal import freeze_for_strategy, unfreeze
+from fedlora.clients.runtime import LoadedModel, get_datasets, get_model
+from fedlora.clients.site_privacy import check_dp_allowed
+from fedlora.clients.site_rank import adapter_for_rank, config_for_rank, site_rank
+from fedlora.clients.training import TrainResult, train_locally
 from fedlora.config import DeviceChoice, RunConfig
 from fedlora.data import TokenizedDataset
 from fedlora.device import bf16_enabled, resolve_device
@@ -32,7 +32,7 @@ from fedlora.errors import ConfigError, FedloraError
 from fedlora.models import check_fingerprint
 from fedlora.protocol import Instruction, make_reply, make_status_reply, read_instruction
 from fedlora.sites import SiteSpec, sites_from_files
-from strategies.ffa_lora import trained_state
+from fedlora.strategies.ffa_lora import trained_state
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def site_from_context(context: Context, config: RunConfig) -> SiteSpec:
     if config.data_files:
         return sites_from_files(config.data_files, config.test_files)[index]
     # Only a simulated node without files reaches the built-in scenarios, hence the late import.
-    from simulations.materialize import scenario_sites
+    from fedlora.simulations.materialize import scenario_sites
 
     return scenario_sites(config, Path(config.out) / ".scenario-data")[index]
 

@@ -33,8 +33,8 @@ from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from peft import PeftModel
 from torch.utils.data import DataLoader
 
-from clients.proximal import ProximalTerm, proximal_term
-from clients.training import TrainResult, make_optimizer
+from fedlora.clients.proximal import ProximalTerm, proximal_term
+from fedlora.clients.training import TrainResult, make_optimizer
 from fedlora.config import DpMode, RunConfig, Task
 from fedlora.data import IGNORE_INDEX, TokenizedDataset, collate
 from fedlora.device import autocast

@@ -18,8 +18,8 @@ import torch
 from flwr.app import ConfigRecord, Context
 from peft import PeftModel
 
-from clients.dp_training import DpSettings, dp_train_locally
-from clients.site_privacy import (
+from fedlora.clients.dp_training import DpSettings, dp_train_locally
+from fedlora.clients.site_privacy import (
     RoundDecision,
     SitePolicy,
     decide_round,
@@ -27,11 +27,11 @@ from clients.site_privacy import (
     new_ledger_delta,
     site_policy,
 )
-from clients.training import TrainResult
+from fedlora.clients.training import TrainResult
 from fedlora.config import RunConfig
 from fedlora.data import TokenizedDataset
-from fedlora.ledger import LedgerEntry, SiteLedger, data_fingerprint
-from fedlora.privacy import AccountantName, Release, epsilon, epsilons
+from fedlora.privacy.accounting import AccountantName, Release, epsilon, epsilons
+from fedlora.privacy.ledger import LedgerEntry, SiteLedger, data_fingerprint
 from fedlora.protocol import BUDGET_EXHAUSTED
 from fedlora.sites import SiteSpec
 

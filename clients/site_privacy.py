@@ -16,7 +16,7 @@ run config's, and never dependent on the coordinator's ``test-fraction``: a larg
 DP unless its node config says ``allow-no-dp``. Simulated sites, which have no node config of
 their own, take these from the run config.
 
-δ is fixed by the ledger (:mod:`fedlora.ledger`): a site whose configured δ differs from its
+δ is fixed by the ledger (:mod:`fedlora.privacy.ledger`): a site whose configured δ differs from its
 ledger's is refused, whoever configured it. The guard also refuses to *start* what it cannot
 finish: a round is declined when the run's remaining planned rounds at this σ would take the
 data past its budget (``fit-budget`` instead raises σ until they fit).
@@ -35,8 +35,7 @@ from typing import Any
 from fedlora.config import DEFAULT_TARGET_EPSILON, RunConfig
 from fedlora.data import read_records
 from fedlora.errors import ConfigError, LedgerError
-from fedlora.ledger import SiteLedger, default_ledger_root
-from fedlora.privacy import (
+from fedlora.privacy.accounting import (
     MAX_CALIBRATED_NOISE,
     AccountantName,
     Release,
@@ -48,6 +47,7 @@ from fedlora.privacy import (
     epsilon,
     plan_steps,
 )
+from fedlora.privacy.ledger import SiteLedger, default_ledger_root
 from fedlora.sites import SiteSpec
 
 logger = logging.getLogger(__name__)

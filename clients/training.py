@@ -11,7 +11,7 @@ import torch
 from peft import PeftModel
 from torch.utils.data import DataLoader
 
-from clients.proximal import proximal_term, step_with
+from fedlora.clients.proximal import proximal_term, step_with
 from fedlora.config import RunConfig
 from fedlora.data import TokenizedDataset, collate
 from fedlora.device import autocast

@@ -233,7 +233,7 @@ class RunConfig:
 
     def _check_aggregation(self) -> None:
         # Ranges the strategies need are checked when the strategy is built (before any
-        # training: strategies.registry.build_strategy); these are the round loop's own.
+        # training: fedlora.strategies.registry.build_strategy); these are the round loop's own.
         if self.proximal_mu != -1.0:
             if not (self.proximal_mu >= 0 and math.isfinite(self.proximal_mu)):
                 raise ConfigError(f"proximal-mu must be >= 0, got {self.proximal_mu}")

@@ -88,7 +88,7 @@ def run_tiny_federation(
     FedloraError
         For bad input or a run that does not complete.
     """
-    from simulations.runner import simulate
+    from fedlora.simulations.runner import simulate
 
     settings: dict[str, Any] = {**TINY_DEFAULTS, **overrides}
     config = RunConfig(

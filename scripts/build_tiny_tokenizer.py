@@ -16,9 +16,9 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from fedlora.data import ALPACA_INPUT_TEMPLATE, PROMPT_TEMPLATE
+from fedlora.simulations.generators.banks import generate_support_messages, generate_support_qa
+from fedlora.simulations.generators.hospitals import generate_medical_qa, generate_triage_messages
 from fedlora.tokenizer import SPECIAL_TOKENS, TINY_VOCAB_SIZE
-from simulations.generators.banks import generate_support_messages, generate_support_qa
-from simulations.generators.hospitals import generate_medical_qa, generate_triage_messages
 
 OUTPUT = Path(__file__).resolve().parents[1] / "fedlora" / "assets" / "tiny_tokenizer.json"
 

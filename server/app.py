@@ -1,4 +1,4 @@
-"""The fedlora ServerApp, the component Flower loads for ``flwr run`` (``server.app:app``)."""
+"""The fedlora ServerApp, which Flower loads for ``flwr run`` (``fedlora.server.app:app``)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedlora.config import RunConfig
+from fedlora.deploy.roster import read_roster, roster_path_from_env
 from fedlora.errors import BudgetExhaustedError, FedloraError
-from fedlora.flower_tuning import NEARBY_PULL_BACKOFF_CAP_S, shorten_pull_backoff
-from fedlora.report import write_report
-from fedlora.roster import read_roster, roster_path_from_env
-from server.federation import run_federation
+from fedlora.flower_internals.tuning import NEARBY_PULL_BACKOFF_CAP_S, shorten_pull_backoff
+from fedlora.report.build import write_report
+from fedlora.server.federation import run_federation
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ def main(grid: Grid, context: Context) -> None:
     shorten_pull_backoff(cap=NEARBY_PULL_BACKOFF_CAP_S)
     # Defaults a config may leave open (site count, label set) come from the scenario or the
     # data files, which the simulations package owns.
-    from simulations.materialize import resolve_config
+    from fedlora.simulations.materialize import resolve_config
 
     resolved = resolve_config(config)
     out = Path(resolved.out)

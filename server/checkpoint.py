@@ -46,7 +46,7 @@ _RNG = "rng/torch"
 
 @runtime_checkable
 class StatefulStrategy(Protocol):
-    """A strategy whose state must survive a restart (``strategies.server_optimizers``)."""
+    """A strategy whose state must survive a restart (``fedlora.strategies.server_optimizers``)."""
 
     def save_state(self, path: Path) -> None: ...  # noqa: D102
 

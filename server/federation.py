@@ -16,11 +16,11 @@ recorded in ``metrics.jsonl``, and left out of the aggregate.
 
 Every reply is parsed once, on arrival, against the reply schema
 (:func:`fedlora.replies.parse_reply`) and bound to the node it came from
-(:class:`server.site_binding.SiteBinding`); a reply that breaks the schema or speaks for
+(:class:`fedlora.server.site_binding.SiteBinding`); a reply that breaks the schema or speaks for
 another site is dropped from the round (logged, and recorded under ``errors``) and the run
 goes on. Everything after that reads the parsed :class:`~fedlora.replies.SiteReply` only.
 Updates are validated before any strategy sees them, and the aggregate before it is saved
-(:mod:`strategies.validation`).
+(:mod:`fedlora.strategies.validation`).
 """
 
 from __future__ import annotations
@@ -54,28 +54,28 @@ from fedlora.errors import (
     FedloraError,
     RunDirError,
 )
+from fedlora.lora_factors import is_lora_a
 from fedlora.models import apply_lora, check_fingerprint, load_base_model
 from fedlora.progress import Phase, RoundObserver
 from fedlora.protocol import make_instruction
 from fedlora.replies import ReplyRejectedError, SiteReply, parse_reply
-from server.checkpoint import (
+from fedlora.server.checkpoint import (
     Checkpoint,
     StatefulStrategy,
     config_differences,
     read_checkpoint,
     write_checkpoint,
 )
-from server.reply_polls import ReplyPolls
-from server.rundir import RunDirectory
-from server.site_binding import SiteBinding
-from server.site_receipts import SiteReceipts
-from strategies import SiteUpdate, build_strategy
-from strategies.central_dp import CentralDP
-from strategies.ffa_lora import trained_state
-from strategies.hetero_rank import HeteroRank, site_state_for_config
-from strategies.lora_factors import is_lora_a
-from strategies.registry import wrap_with_central_dp
-from strategies.validation import (
+from fedlora.server.reply_polls import ReplyPolls
+from fedlora.server.rundir import RunDirectory
+from fedlora.server.site_binding import SiteBinding
+from fedlora.server.site_receipts import SiteReceipts
+from fedlora.strategies import SiteUpdate, build_strategy
+from fedlora.strategies.central_dp import CentralDP
+from fedlora.strategies.ffa_lora import trained_state
+from fedlora.strategies.hetero_rank import HeteroRank, site_state_for_config
+from fedlora.strategies.registry import wrap_with_central_dp
+from fedlora.strategies.validation import (
     AggregateRejectedError,
     UpdateRejectedError,
     check_weighted_norm,
@@ -707,7 +707,7 @@ def run_federation(
     roster
         Node id -> enrolled site name (a deployment's registration); a node then speaks for
         its enrolled site only. ``None``: each node is bound to the first name it declares
-        (:class:`server.site_binding.SiteBinding`).
+        (:class:`fedlora.server.site_binding.SiteBinding`).
 
     Raises
     ------

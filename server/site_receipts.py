@@ -9,8 +9,8 @@ rejected and the reason recorded.
 
 This guards within one run directory (a resumed run reloads the receipts from
 ``metrics.jsonl``); a new run directory starts without receipts. It complements the site's own
-high-water mark (:mod:`fedlora.ledger`), which whoever controls the site's disk can roll back
-together with the ledger.
+high-water mark (:mod:`fedlora.privacy.ledger`), which whoever controls the site's disk can roll
+back together with the ledger.
 """
 
 from __future__ import annotations

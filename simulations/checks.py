@@ -1,8 +1,8 @@
 """Checks of a simulated run's names and folders that write nothing and import nothing heavy.
 
 ``fedlora simulate`` calls :func:`check_run_paths` before it imports torch or Flower, and
-:func:`simulations.runner.simulate` calls it again for callers that skip the CLI, so a bad run
-id, output folder or ledger root is refused at once with nothing left on disk.
+:func:`fedlora.simulations.runner.simulate` calls it again for callers that skip the CLI, so a bad
+run id, output folder or ledger root is refused at once with nothing left on disk.
 """
 
 from __future__ import annotations

@@ -1,12 +1,11 @@
 """A Flower ``Grid`` whose sites run in this process, one after another, without Ray.
 
-``simulations.runner.simulate(..., engine="inprocess")`` uses it: the same ServerApp round loop
-and the same ClientApp as Flower's simulation engine and a deployment, but every message is
-handled at once by calling the ClientApp, each site keeping its own ``Context`` (node config
-and state) across messages. Sites run one after another on this process's device; Ray's
-start-up (seconds) and its per-actor processes are gone. Meant for users' integration tests
-and this project's own: a test federation of tiny models costs its training time and little
-else.
+``fedlora.simulations.runner.simulate(..., engine="inprocess")`` uses it: the same ServerApp round
+loop and the same ClientApp as Flower's simulation engine and a deployment, but every message is
+handled at once by calling the ClientApp, each site keeping its own ``Context`` (node config and
+state) across messages. Sites run one after another on this process's device; Ray's start-up
+(seconds) and its per-actor processes are gone. Meant for users' integration tests and this
+project's own: a test federation of tiny models costs its training time and little else.
 """
 
 from __future__ import annotations

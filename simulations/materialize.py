@@ -22,9 +22,15 @@ from fedlora.config import DEFAULT_TARGET_EPSILON, RunConfig
 from fedlora.data import collect_labels, load_examples, write_jsonl
 from fedlora.errors import ConfigError
 from fedlora.models import check_model_spec
-from fedlora.privacy import check_target_reachable, default_delta, plan_steps
+from fedlora.privacy.accounting import check_target_reachable, default_delta, plan_steps
+from fedlora.simulations.scenarios import (
+    DATA_VERSION,
+    Scenario,
+    SiteSplit,
+    build_sites,
+    get_scenario,
+)
 from fedlora.sites import SiteSpec, sites_from_files, split_held_out
-from simulations.scenarios import DATA_VERSION, Scenario, SiteSplit, build_sites, get_scenario
 
 logger = logging.getLogger(__name__)
 

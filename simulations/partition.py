@@ -8,7 +8,7 @@ from collections.abc import Hashable, Sequence
 
 import numpy as np
 
-from simulations.seeding import check_seed
+from fedlora.simulations.seeding import check_seed
 
 logger = logging.getLogger(__name__)
 

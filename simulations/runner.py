@@ -17,19 +17,19 @@ from typing import Literal
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from clients.app import make_client_app
+from fedlora.clients.app import make_client_app
 from fedlora.config import RunConfig
 from fedlora.errors import BudgetExhaustedError, FedloraError
-from fedlora.ledger import default_ledger_root
+from fedlora.privacy.ledger import default_ledger_root
 from fedlora.progress import RoundObserver
+from fedlora.server.federation import run_federation
+from fedlora.server.rundir import RunDirectory, new_run_id
+from fedlora.simulations.checks import check_run_paths
+from fedlora.simulations.inprocess_grid import InProcessGrid
+from fedlora.simulations.materialize import prepare_sites, resolve_config
 from fedlora.sites import SiteSpec
-from server.federation import run_federation
-from server.rundir import RunDirectory, new_run_id
-from simulations.checks import check_run_paths
-from simulations.inprocess_grid import InProcessGrid
-from simulations.materialize import prepare_sites, resolve_config
-from strategies import build_strategy
-from strategies.registry import wrap_with_central_dp
+from fedlora.strategies import build_strategy
+from fedlora.strategies.registry import wrap_with_central_dp
 
 logger = logging.getLogger(__name__)
 
@@ -75,8 +75,8 @@ def simulate(
         Let Flower and Ray log at INFO level.
     engine
         ``ray``: Flower's simulation engine, one Ray actor per site (in parallel);
-        ``inprocess``: :class:`~simulations.inprocess_grid.InProcessGrid`, the sites one after
-        another in this process, no Ray (tests of tiny models).
+        ``inprocess``: :class:`~fedlora.simulations.inprocess_grid.InProcessGrid`, the sites one
+        after another in this process, no Ray (tests of tiny models).
     resume
         An existing run directory to continue from its checkpoint (``config`` must match
         the checkpoint's; ``config.out`` and ``run_id`` are taken from this path).

@@ -6,18 +6,18 @@ import logging
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from simulations.generators.banks import (
+from fedlora.simulations.generators.banks import (
     INTENTS,
     generate_support_messages,
     generate_support_qa,
 )
-from simulations.generators.hospitals import (
+from fedlora.simulations.generators.hospitals import (
     DEPARTMENTS,
     generate_medical_qa,
     generate_triage_messages,
 )
-from simulations.partition import dirichlet_partition, train_test_split
-from simulations.seeding import check_seed, derive_seed
+from fedlora.simulations.partition import dirichlet_partition, train_test_split
+from fedlora.simulations.seeding import check_seed, derive_seed
 
 logger = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ def build_sites(
     """Generate a scenario's data and deal it out to non-IID sites.
 
     ``examples_per_site * num_sites`` records are generated, partitioned with
-    :func:`~simulations.partition.dirichlet_partition` grouped by label (classification) or
+    :func:`~fedlora.simulations.partition.dirichlet_partition` grouped by label (classification) or
     topic (sft), and each site is split into train and test.
 
     Parameters

@@ -31,9 +31,9 @@ Privacy statement
     trusted: it sees the raw updates. Evaluation metrics the sites report are not covered.
     Each round is accounted as one Poisson-subsampled Gaussian release with sample rate
     ``q = m / sites`` and noise multiplier ``sigma`` (``q = 1.0`` when all sites train every
-    round, as in :class:`server.federation.Federation`; ``q < 1`` assumes each site is sampled
-    independently with probability ``q``). ε is reported by both Opacus accountants (PRV and
-    RDP) via :func:`fedlora.privacy.epsilons` over all rounds so far.
+    round, as in :class:`fedlora.server.federation.Federation`; ``q < 1`` assumes each site is
+    sampled independently with probability ``q``). ε is reported by both Opacus accountants (PRV and
+    RDP) via :func:`fedlora.privacy.accounting.epsilons` over all rounds so far.
 
 Adaptive noise split
     ``sigma`` is the *total* noise multiplier asked for. Flower's
@@ -63,9 +63,9 @@ Limitations
 
 Server ledger
     With a ledger path (the federation passes ``runs/<id>/privacy/server-ledger.jsonl``), every
-    round is appended to a :class:`~strategies.server_ledger.ServerPrivacyLedger`, hash-chained
-    exactly like the site ledger of :mod:`fedlora.ledger`, before the aggregate is returned. The
-    ledger's names are re-exported here.
+    round is appended to a :class:`~fedlora.privacy.server_ledger.ServerPrivacyLedger`, hash-chained
+    exactly like the site ledger of :mod:`fedlora.privacy.ledger`, before the aggregate is returned.
+    The ledger's names are re-exported here.
 """
 
 from __future__ import annotations
@@ -89,18 +89,18 @@ from flwr.supercore.differential_privacy import (
 
 from fedlora.adapters import AdapterState, check_compatible
 from fedlora.errors import ConfigError, FedloraError, LedgerError
-from fedlora.hashchain import finite_or_none, utc_now
 from fedlora.io import atomic_write_json
-from fedlora.privacy import Release, check_delta, default_delta, epsilons
-from strategies.base import SiteUpdate, Strategy, check_finite
-from strategies.fedavg import FedAvg
-from strategies.server_ledger import (
+from fedlora.privacy.accounting import Release, check_delta, default_delta, epsilons
+from fedlora.privacy.hashchain import finite_or_none, utc_now
+from fedlora.privacy.server_ledger import (
     SERVER_LEDGER_FILE,
     SERVER_LEDGER_VERSION,
     ServerLedgerEntry,
     ServerPrivacyLedger,
     read_server_ledger,
 )
+from fedlora.strategies.base import SiteUpdate, Strategy, check_finite
+from fedlora.strategies.fedavg import FedAvg
 
 __all__ = [
     "CENTRAL_MODES",
@@ -127,7 +127,7 @@ def central_delta(delta: float, sites: int) -> float:
 
     δ must be well below ``1 / sites`` (a mechanism that publishes one site's whole update
     with probability ``1/sites`` would otherwise qualify); a tenth of it mirrors the per-record
-    default of the sites (:func:`fedlora.privacy.default_delta`).
+    default of the sites (:func:`fedlora.privacy.accounting.default_delta`).
 
     Raises
     ------

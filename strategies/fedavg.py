@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from fedlora.adapters import AdapterState
-from strategies.base import SiteUpdate, Strategy, check_finite
-from strategies.helpers import example_weights, weighted_mean
+from fedlora.strategies.base import SiteUpdate, Strategy, check_finite
+from fedlora.strategies.helpers import example_weights, weighted_mean
 
 
 class FedAvg(Strategy):

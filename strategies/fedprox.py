@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from fedlora.errors import ConfigError
-from strategies.fedavg import FedAvg
+from fedlora.strategies.fedavg import FedAvg
 
 
 class FedProx(FedAvg):

@@ -28,9 +28,9 @@ import torch
 
 from fedlora.adapters import AdapterState, check_compatible
 from fedlora.errors import AdapterError
-from strategies.base import SiteUpdate, Strategy, check_finite
-from strategies.helpers import example_weights, weighted_mean
-from strategies.lora_factors import is_lora_a, lora_modules, other_names
+from fedlora.lora_factors import is_lora_a, lora_modules, other_names
+from fedlora.strategies.base import SiteUpdate, Strategy, check_finite
+from fedlora.strategies.helpers import example_weights, weighted_mean
 
 __all__ = ["FfaLora", "frozen_names", "trained_names", "trained_state"]
 
@@ -52,7 +52,7 @@ def trained_names(state: Mapping[str, torch.Tensor]) -> list[str]:
     ------
     AdapterError
         When the LoRA factors of ``state`` do not pair up (see
-        :func:`~strategies.lora_factors.lora_modules`).
+        :func:`~fedlora.lora_factors.lora_modules`).
     """
     b_names = [b_name for _, b_name in lora_modules(state).values()]
     return sorted(b_names + other_names(state))

@@ -6,7 +6,7 @@ import torch
 
 from fedlora.adapters import AdapterState
 from fedlora.errors import AdapterError
-from strategies.base import SiteUpdate
+from fedlora.strategies.base import SiteUpdate
 
 
 def example_weights(updates: list[SiteUpdate]) -> list[float]:

@@ -4,7 +4,7 @@ Site ``i`` trains each module at its own rank ``r_i`` (``A_i``: ``r_i × d_in``,
 ``d_out × r_i``) and scaling ``s_i`` (PEFT's ``lora_alpha / r_i``, or ``lora_alpha / √r_i``
 with rsLoRA), so factors of different sites cannot be averaged entry by entry. What can be
 averaged is the weight update each module applies. Per module, with ``w_i`` the example weights
-(:func:`~strategies.helpers.example_weights`), the exact aggregate is::
+(:func:`~fedlora.strategies.helpers.example_weights`), the exact aggregate is::
 
     ΔW = sum_i w_i s_i B_i A_i                                   (d_out × d_in)
 
@@ -60,9 +60,9 @@ import torch
 from fedlora.adapters import AdapterState, check_compatible
 from fedlora.config import RunConfig
 from fedlora.errors import AdapterError, ConfigError
-from strategies.base import SiteUpdate, Strategy, check_finite
-from strategies.helpers import example_weights, weighted_mean
-from strategies.lora_factors import lora_modules, lora_scaling, module_shape, other_names
+from fedlora.lora_factors import lora_modules, lora_scaling, module_shape, other_names
+from fedlora.strategies.base import SiteUpdate, Strategy, check_finite
+from fedlora.strategies.helpers import example_weights, weighted_mean
 
 __all__ = ["HeteroRank", "SvdFactors", "check_rank", "factor_product", "truncate"]
 

@@ -9,9 +9,9 @@ from flwr.server.strategy.aggregate import aggregate
 
 from fedlora.adapters import AdapterState
 from fedlora.errors import AdapterError, ConfigError
-from strategies.base import SiteUpdate, Strategy, check_finite
-from strategies.helpers import example_weights
-from strategies.median import arrays_as_state, updates_as_arrays
+from fedlora.strategies.base import SiteUpdate, Strategy, check_finite
+from fedlora.strategies.helpers import example_weights
+from fedlora.strategies.median import arrays_as_state, updates_as_arrays
 
 
 class Krum(Strategy):
@@ -32,7 +32,7 @@ class Krum(Strategy):
 
     An update with NaN or infinite values gets an infinite distance to every other update, so
     it is not selected unless there is no alternative (the aggregate then fails
-    :func:`~strategies.base.check_finite`).
+    :func:`~fedlora.strategies.base.check_finite`).
 
     Why not Flower's ``aggregate_krum``
         It returns only the parameters, never which clients it chose, so the selection could

@@ -1,9 +1,9 @@
 """Coordinate-wise median of the sites' adapters, and the array conversions the robust rules share.
 
-The robust strategies (:mod:`strategies.median`, :mod:`strategies.trimmed_mean`,
-:mod:`strategies.krum`) run Flower's NumPy aggregation functions, which take one list of arrays
-per client. :func:`updates_as_arrays` turns the updates into such lists (float64, in the tensor
-order of the global adapter, after checking every update against it) and
+The robust strategies (:mod:`fedlora.strategies.median`, :mod:`fedlora.strategies.trimmed_mean`,
+:mod:`fedlora.strategies.krum`) run Flower's NumPy aggregation functions, which take one list of
+arrays per client. :func:`updates_as_arrays` turns the updates into such lists (float64, in the
+tensor order of the global adapter, after checking every update against it) and
 :func:`arrays_as_state` turns the result back into an adapter of the global adapter's dtypes.
 """
 
@@ -16,7 +16,7 @@ from flwr.server.strategy.aggregate import aggregate_median
 
 from fedlora.adapters import AdapterState, check_compatible
 from fedlora.errors import AdapterError
-from strategies.base import SiteUpdate, Strategy, check_finite
+from fedlora.strategies.base import SiteUpdate, Strategy, check_finite
 
 
 def updates_as_arrays(global_state: AdapterState, updates: list[SiteUpdate]) -> list[NDArrays]:

@@ -7,16 +7,16 @@ from pathlib import Path
 
 from fedlora.config import RunConfig
 from fedlora.errors import ConfigError
-from strategies.base import Strategy
-from strategies.central_dp import CentralDP
-from strategies.fedavg import FedAvg
-from strategies.fedprox import FedProx
-from strategies.ffa_lora import FfaLora
-from strategies.hetero_rank import HeteroRank
-from strategies.krum import Krum
-from strategies.median import CoordinateMedian
-from strategies.server_optimizers import FedAdam, FedAvgM, FedYogi
-from strategies.trimmed_mean import TrimmedMean
+from fedlora.strategies.base import Strategy
+from fedlora.strategies.central_dp import CentralDP
+from fedlora.strategies.fedavg import FedAvg
+from fedlora.strategies.fedprox import FedProx
+from fedlora.strategies.ffa_lora import FfaLora
+from fedlora.strategies.hetero_rank import HeteroRank
+from fedlora.strategies.krum import Krum
+from fedlora.strategies.median import CoordinateMedian
+from fedlora.strategies.server_optimizers import FedAdam, FedAvgM, FedYogi
+from fedlora.strategies.trimmed_mean import TrimmedMean
 
 
 def _server_lr(config: RunConfig, default: float) -> float:
@@ -114,7 +114,7 @@ def wrap_with_central_dp(
     ledger_path: Path | None = None,
     seed: int | None = None,
 ) -> Strategy:
-    """Wrap ``strategy`` in :class:`~strategies.central_dp.CentralDP` as ``config`` asks.
+    """Wrap ``strategy`` in :class:`~fedlora.strategies.central_dp.CentralDP` as ``config`` asks.
 
     Parameters
     ----------
@@ -126,7 +126,7 @@ def wrap_with_central_dp(
     sites
         The number of sites in the federation; all of them are sampled every round.
     ledger_path, seed
-        Passed on to :class:`~strategies.central_dp.CentralDP`.
+        Passed on to :class:`~fedlora.strategies.central_dp.CentralDP`.
 
     Returns
     -------
@@ -136,7 +136,8 @@ def wrap_with_central_dp(
     Raises
     ------
     ConfigError
-        For settings central DP cannot run with (see :class:`~strategies.central_dp.CentralDP`).
+        For settings central DP cannot run with (see
+        :class:`~fedlora.strategies.central_dp.CentralDP`).
     """
     if config.central_dp == "off":
         return strategy

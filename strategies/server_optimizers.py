@@ -47,8 +47,8 @@ import torch
 from fedlora.adapters import AdapterState
 from fedlora.errors import AdapterError, ConfigError
 from fedlora.io import atomic_write_bytes
-from strategies.base import SiteUpdate, Strategy, check_finite
-from strategies.helpers import example_weights, weighted_mean
+from fedlora.strategies.base import SiteUpdate, Strategy, check_finite
+from fedlora.strategies.helpers import example_weights, weighted_mean
 
 _FORMAT = "fedlora-server-optimizer"
 _FORMAT_VERSION = 1
@@ -463,7 +463,7 @@ class FedAvgM(ServerOptimizer):
         x ← x + η·u
 
     With ``μ = 0`` and ``η = 1`` the result is the FedAvg mean itself (bit-identical to
-    :class:`~strategies.fedavg.FedAvg`), as Flower skips its server step then.
+    :class:`~fedlora.strategies.fedavg.FedAvg`), as Flower skips its server step then.
 
     Parameters
     ----------

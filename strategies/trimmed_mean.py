@@ -6,8 +6,8 @@ from flwr.server.strategy.aggregate import aggregate_trimmed_avg
 
 from fedlora.adapters import AdapterState
 from fedlora.errors import AdapterError, ConfigError
-from strategies.base import SiteUpdate, Strategy, check_finite
-from strategies.median import arrays_as_state, updates_as_arrays
+from fedlora.strategies.base import SiteUpdate, Strategy, check_finite
+from fedlora.strategies.median import arrays_as_state, updates_as_arrays
 
 
 class TrimmedMean(Strategy):

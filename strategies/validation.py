@@ -17,14 +17,13 @@ started from:
   or one value set to float32's 3e38), is far above it. It is a sanity limit, not a defence
   against a careful attacker: that is ``update-norm-bound`` and the robust strategies.
 
-What enters the aggregate is bounded too: the example weights must be non-negative with a
-positive sum (:func:`strategies.helpers.example_weights`), and ``Σ |wᵢ| · ‖updateᵢ − startᵢ‖``,
-which bounds the distance of the weighted mean from the start, must stay within the largest
-bound the updates were held to (:func:`check_weighted_norm`). Last, the strategy's aggregate
-must be finite and within :func:`absurd_norm_limit` of the global adapter
-(:func:`validate_aggregate`; server optimisers, robust statistics, central-DP noise and SVD
-re-factorisation move it legitimately beyond the mean, but never that far), or the round fails
-and nothing is saved.
+What enters the aggregate is bounded too: the example weights must be non-negative with a positive
+sum (:func:`fedlora.strategies.helpers.example_weights`), and ``Σ |wᵢ| · ‖updateᵢ − startᵢ‖``, which
+bounds the distance of the weighted mean from the start, must stay within the largest bound the
+updates were held to (:func:`check_weighted_norm`). Last, the strategy's aggregate must be finite
+and within :func:`absurd_norm_limit` of the global adapter (:func:`validate_aggregate`; server
+optimisers, robust statistics, central-DP noise and SVD re-factorisation move it legitimately beyond
+the mean, but never that far), or the round fails and nothing is saved.
 """
 
 from __future__ import annotations

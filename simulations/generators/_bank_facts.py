@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from simulations.generators._qa import Fact
+from fedlora.simulations.generators._qa import Fact
 
 FACTS = (
     Fact(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from simulations.generators._qa import Fact
+from fedlora.simulations.generators._qa import Fact
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from simulations.generators._sampling import balanced_labels, squash
+from fedlora.simulations.generators._sampling import balanced_labels, squash
 
 
 @dataclass(frozen=True)

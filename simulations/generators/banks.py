@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 import random
 
-from simulations.generators import _bank_vocab as v
-from simulations.generators._bank_facts import FACTS, PREFIXES
-from simulations.generators._qa import sample_qa
-from simulations.generators._sampling import balanced_labels, check_count, squash
+from fedlora.simulations.generators import _bank_vocab as v
+from fedlora.simulations.generators._bank_facts import FACTS, PREFIXES
+from fedlora.simulations.generators._qa import sample_qa
+from fedlora.simulations.generators._sampling import balanced_labels, check_count, squash
 
 INTENTS: tuple[str, ...] = (
     "card_lost",

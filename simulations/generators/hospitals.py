@@ -5,10 +5,15 @@ from __future__ import annotations
 import random
 from functools import partial
 
-from simulations.generators import _hospital_vocab as v
-from simulations.generators._hospital_facts import PREFIXES, medical_facts
-from simulations.generators._qa import sample_qa
-from simulations.generators._sampling import balanced_labels, check_count, fit_length, squash
+from fedlora.simulations.generators import _hospital_vocab as v
+from fedlora.simulations.generators._hospital_facts import PREFIXES, medical_facts
+from fedlora.simulations.generators._qa import sample_qa
+from fedlora.simulations.generators._sampling import (
+    balanced_labels,
+    check_count,
+    fit_length,
+    squash,
+)
 
 DEPARTMENTS: tuple[str, ...] = (
     "cardiology",

@@ -3,8 +3,8 @@
 "Another host" is played by :func:`tests.relay.relay`: its connections reach the SuperLink
 from 127.0.0.2, with TLS end to end, as a remote client holding only ``ca.pem`` would.
 
-The federation is a :class:`fedlora.loopback.LocalDeployment`: every process is started in its
-own session and stopped by its process group when the module fixture ends, also when a test
+The federation is a :class:`fedlora.deploy.loopback.LocalDeployment`: every process is started in
+its own session and stopped by its process group when the module fixture ends, also when a test
 fails.
 """
 
@@ -24,12 +24,13 @@ from pathlib import Path
 
 import pytest
 
-from fedlora import deploy, pki
-from fedlora.cli import main as fedlora_main
-from fedlora.flower_tuning import HELD_PULL_S
-from fedlora.ledger import LEDGER_FILE, read_ledger
-from fedlora.loopback import LocalDeployment, SiteData, wait_for
-from fedlora.roster import ROSTER_ENV, read_roster
+from fedlora.cli.main import main as fedlora_main
+from fedlora.deploy import commands as deploy
+from fedlora.deploy.loopback import LocalDeployment, SiteData, wait_for
+from fedlora.deploy.roster import ROSTER_ENV, read_roster
+from fedlora.flower_internals.tuning import HELD_PULL_S
+from fedlora.pki import commands as pki
+from fedlora.privacy.ledger import LEDGER_FILE, read_ledger
 from fedlora.testing import write_sft_file
 from tests.relay import relay
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from fedlora.ledger import LEDGER_FILE, read_ledger
-from fedlora.loopback import LocalDeployment, SiteData, wait_for
+from fedlora.deploy.loopback import LocalDeployment, SiteData, wait_for
+from fedlora.privacy.ledger import LEDGER_FILE, read_ledger
 from fedlora.testing import write_sft_file
 
 pytestmark = [pytest.mark.deployment, pytest.mark.faults]

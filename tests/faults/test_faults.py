@@ -23,10 +23,10 @@ from flwr.app import Context, Message, RecordDict
 from opacus.accountants import RDPAccountant
 
 from fedlora.config import RunConfig
-from fedlora.ledger import LEDGER_FILE, default_ledger_root, read_ledger
-from server.federation import run_federation
-from simulations.inprocess_grid import InProcessGrid
-from simulations.materialize import resolve_config, simulated_sites
+from fedlora.privacy.ledger import LEDGER_FILE, default_ledger_root, read_ledger
+from fedlora.server.federation import run_federation
+from fedlora.simulations.inprocess_grid import InProcessGrid
+from fedlora.simulations.materialize import resolve_config, simulated_sites
 from tests.integration.helpers import (
     CoordinatorCrash,
     crashing_in_round,
@@ -44,7 +44,7 @@ TINY = [
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "fedlora.cli", "simulate", *args]
+    return [sys.executable, "-m", "fedlora.cli.main", "simulate", *args]
 
 
 def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
@@ -211,7 +211,7 @@ def _copy(run_dir: Path, to: Path) -> Path:
 
 def _in_process(*args: str) -> subprocess.CompletedProcess[str]:
     """``fedlora simulate ARGS`` in this process (no interpreter start-up), its exit and stderr."""
-    from fedlora.cli import main
+    from fedlora.cli.main import main
 
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
@@ -269,7 +269,7 @@ def test_an_unwritable_output_folder_is_refused_before_training(tmp_path, record
 
 
 def test_the_server_app_resumes_the_run_named_in_the_run_config(tmp_path, record_fault) -> None:
-    from server.app import main as server_main
+    from fedlora.server.app import main as server_main
 
     config = _config(tmp_path, sites=3, rounds=3)
     app = scenario_client_app(config)
@@ -318,24 +318,24 @@ def test_a_short_round_is_retried_when_configured(tmp_path, record_fault) -> Non
 def test_a_central_dp_run_resumes_with_its_clip_norm_and_server_ledger(
     tmp_path, record_fault, monkeypatch
 ) -> None:
-    import server.federation
-    from strategies.server_ledger import read_server_ledger
+    import fedlora.server.federation
+    from fedlora.privacy.server_ledger import read_server_ledger
 
     config = _config(
         tmp_path, sites=3, rounds=3, central_dp="adaptive", central_noise_multiplier=0.1
     )
     app = scenario_client_app(config)
-    checkpoint = server.federation.write_checkpoint
+    checkpoint = fedlora.server.federation.write_checkpoint
 
     def crashing(run_dir: Path, *, server_round: int, **kwargs: object) -> None:
         if server_round == 3:
             raise CoordinatorCrash  # round 3 was aggregated (and ledgered), not checkpointed
         checkpoint(run_dir, server_round=server_round, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(server.federation, "write_checkpoint", crashing)
+    monkeypatch.setattr(fedlora.server.federation, "write_checkpoint", crashing)
     with pytest.raises(CoordinatorCrash):
         run_federation(InProcessGrid(app, 3), config, out=Path(config.out), run_id="run")
-    monkeypatch.setattr(server.federation, "write_checkpoint", checkpoint)
+    monkeypatch.setattr(fedlora.server.federation, "write_checkpoint", checkpoint)
     run_dir = Path(config.out) / "run"
     cut = read_server_ledger(run_dir / "privacy" / "server-ledger.jsonl").entries
     assert [entry.round for entry in cut] == [1, 2, 3]

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from clients.evaluation import evaluate_model
-from clients.training import train_locally
+from fedlora.clients.evaluation import evaluate_model
+from fedlora.clients.training import train_locally
 from fedlora.config import RunConfig
 from fedlora.data import SftExample, tokenize
 from fedlora.device import bf16_enabled, resolve_device

@@ -8,12 +8,12 @@ from pathlib import Path
 import torch
 from peft import PeftModel
 
-from clients.evaluation import evaluate_model
+from fedlora.clients.evaluation import evaluate_model
 from fedlora.config import RunConfig
 from fedlora.data import load_examples, tokenize
 from fedlora.models import load_base_model
+from fedlora.simulations.materialize import simulated_sites
 from fedlora.sites import split_held_out
-from simulations.materialize import simulated_sites
 
 
 def reevaluate(run_dir: Path, adapter: str = "final") -> dict[str, dict[str, float]]:
@@ -49,7 +49,7 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 def scenario_client_app(config: RunConfig):
     """The real ClientApp for the sites of ``config``'s built-in scenario (by partition id)."""
-    from clients.app import make_client_app
+    from fedlora.clients.app import make_client_app
 
     sites = simulated_sites(config)
     return make_client_app(lambda context, _config: sites[int(context.node_config["partition-id"])])

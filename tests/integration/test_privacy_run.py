@@ -16,10 +16,10 @@ from dp_accounting.rdp import RdpAccountant
 from opacus.accountants import PRVAccountant, RDPAccountant
 
 from fedlora.errors import BudgetExhaustedError
-from fedlora.ledger import LEDGER_FILE, default_ledger_root, read_ledger
-from fedlora.report import write_report
+from fedlora.privacy.ledger import LEDGER_FILE, default_ledger_root, read_ledger
+from fedlora.privacy.server_ledger import read_server_ledger
+from fedlora.report.build import write_report
 from fedlora.testing import run_tiny_federation
-from strategies.server_ledger import read_server_ledger
 from tests.accounting_reference import (
     ORDERS,
     exact_rdp_epsilon,

@@ -14,10 +14,10 @@ import pytest
 from flwr.app import Context, Message
 
 from fedlora.protocol import read_instruction
+from fedlora.server.federation import run_federation
+from fedlora.simulations.inprocess_grid import InProcessGrid
+from fedlora.simulations.materialize import resolve_config
 from fedlora.testing import write_sft_file
-from server.federation import run_federation
-from simulations.inprocess_grid import InProcessGrid
-from simulations.materialize import resolve_config
 from tests.integration.helpers import (
     CoordinatorCrash,
     crashing_in_round,

@@ -141,7 +141,7 @@ def test_cli_end_to_end_in_a_subprocess(tmp_path):
     command = [
         sys.executable,
         "-m",
-        "fedlora.cli",
+        "fedlora.cli.main",
         "simulate",
         "--scenario",
         "banks",

@@ -20,11 +20,11 @@ from fedlora.adapters import adapter_state
 from fedlora.config import RunConfig
 from fedlora.errors import FedloraError
 from fedlora.models import apply_lora, load_base_model
-from server.federation import run_federation
-from simulations.inprocess_grid import InProcessGrid
-from simulations.materialize import resolve_config, simulated_sites
-from simulations.runner import simulate
-from strategies import strategy_names
+from fedlora.server.federation import run_federation
+from fedlora.simulations.inprocess_grid import InProcessGrid
+from fedlora.simulations.materialize import resolve_config, simulated_sites
+from fedlora.simulations.runner import simulate
+from fedlora.strategies import strategy_names
 from tests.integration.helpers import tampering_app
 
 pytestmark = pytest.mark.slow

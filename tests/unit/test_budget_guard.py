@@ -15,12 +15,12 @@ import torch
 from flwr.app import Context, Message, RecordDict
 from opacus.accountants import RDPAccountant
 
-from clients.app import make_client_app
 from fedlora.adapters import adapter_state, pack_adapter, unpack_adapter
+from fedlora.clients.app import make_client_app
 from fedlora.config import RunConfig
 from fedlora.errors import LedgerError
-from fedlora.ledger import LEDGER_FILE, read_ledger
 from fedlora.models import apply_lora, load_base_model
+from fedlora.privacy.ledger import LEDGER_FILE, read_ledger
 from fedlora.protocol import (
     BUDGET_EXHAUSTED,
     make_instruction,
@@ -297,7 +297,7 @@ def test_dp_reply_carries_no_training_loss_and_unreplayable_noise(tmp_path: Path
 
 
 def test_calibrated_noise_is_kept_in_node_state_between_rounds(tmp_path: Path, monkeypatch):
-    import clients.site_privacy
+    import fedlora.clients.site_privacy
 
     config = _config(tmp_path, 100.0).replace(noise_multiplier=-1.0, target_epsilon=6.0)
     site = _site(tmp_path)
@@ -308,7 +308,7 @@ def test_calibrated_noise_is_kept_in_node_state_between_rounds(tmp_path: Path, m
     def no_recalibration(*_args: object) -> float:
         raise AssertionError("calibrated again although the node state holds the result")
 
-    monkeypatch.setattr(clients.site_privacy, "_calibrated", no_recalibration)
+    monkeypatch.setattr(fedlora.clients.site_privacy, "_calibrated", no_recalibration)
     second = read_privacy(app(_train_message(config, 2), context))
 
     assert first is not None and second is not None

@@ -7,16 +7,16 @@ import torch
 
 from fedlora.config import RunConfig
 from fedlora.errors import ConfigError, FedloraError, LedgerError
-from fedlora.privacy import Release, epsilons
-from strategies import SiteUpdate, Strategy
-from strategies.central_dp import (
+from fedlora.privacy.accounting import Release, epsilons
+from fedlora.strategies import SiteUpdate, Strategy
+from fedlora.strategies.central_dp import (
     SERVER_LEDGER_FILE,
     CentralDP,
     ServerPrivacyLedger,
     read_server_ledger,
 )
-from strategies.fedavg import FedAvg
-from strategies.registry import wrap_with_central_dp
+from fedlora.strategies.fedavg import FedAvg
+from fedlora.strategies.registry import wrap_with_central_dp
 
 GLOBAL = {"lora_A": torch.tensor([1.0, -1.0]), "head": torch.tensor([[0.5, 0.0, 2.0]])}
 

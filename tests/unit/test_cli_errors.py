@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fedlora.cli import main
+from fedlora.cli.main import main
 from fedlora.errors import FedloraError
 from tests.conftest import write_jsonl
 
@@ -30,12 +30,12 @@ def _assert_refused(code: int, err: str, out: Path, message: str) -> None:
 @pytest.fixture
 def no_training(monkeypatch):
     """Fail a test that gets as far as starting the federation, instead of running it."""
-    import simulations.runner
+    import fedlora.simulations.runner
 
     def start(*_args, **_kwargs):
         raise FedloraError("the federation was started")
 
-    monkeypatch.setattr(simulations.runner, "ServerApp", start)
+    monkeypatch.setattr(fedlora.simulations.runner, "ServerApp", start)
 
 
 @pytest.mark.parametrize(
@@ -161,13 +161,13 @@ def test_bad_privacy_settings(tmp_path, capsys, argv, message):
 
 
 def test_no_dp_run_is_warned_about_before_it_starts(tmp_path, capsys, monkeypatch):
-    import simulations.runner
+    import fedlora.simulations.runner
     from fedlora.errors import FedloraError
 
     def stop(*_args, **_kwargs):
         raise FedloraError("stopped by the test")
 
-    monkeypatch.setattr(simulations.runner, "simulate", stop)
+    monkeypatch.setattr(fedlora.simulations.runner, "simulate", stop)
     code, err = _run(["--no-dp"], capsys, tmp_path / "runs")
 
     assert code == 2
@@ -198,7 +198,7 @@ def test_absurd_sizes_are_refused_at_once(tmp_path):
     # Before torch, Flower or any data: the refusal costs a fraction of a second.
     probe = (
         "import sys\n"
-        "from fedlora.cli import main\n"
+        "from fedlora.cli.main import main\n"
         "codes = [main(['simulate', '--quiet', '--out', sys.argv[1], *argv.split()])\n"
         "         for argv in ('--sites 100000000', '--examples-per-site 1e12')]\n"
         "heavy = sorted({'torch', 'flwr', 'transformers'} & set(sys.modules))\n"

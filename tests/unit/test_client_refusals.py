@@ -6,8 +6,8 @@ import pytest
 import torch
 from flwr.app import Context, Message, RecordDict
 
-from clients.app import make_client_app
 from fedlora.adapters import adapter_state, pack_adapter, unpack_adapter
+from fedlora.clients.app import make_client_app
 from fedlora.config import RunConfig
 from fedlora.errors import BaseMismatchError, DataError
 from fedlora.models import apply_lora, load_base_model

@@ -10,15 +10,15 @@ from flwr.app import Context, Message, RecordDict
 from opacus import PrivacyEngine
 from torch.utils.data import DataLoader, TensorDataset
 
-from clients.app import make_client_app
-from clients.dp_training import _private_step
-from clients.proximal import ProximalTerm, proximal_term
 from fedlora.adapters import adapter_state, pack_adapter, unpack_adapter
+from fedlora.clients.app import make_client_app
+from fedlora.clients.dp_training import _private_step
+from fedlora.clients.proximal import ProximalTerm, proximal_term
 from fedlora.config import RunConfig
 from fedlora.models import apply_lora, load_base_model
 from fedlora.protocol import make_instruction, read_privacy, reply_adapter
 from fedlora.sites import SiteSpec
-from strategies.ffa_lora import trained_names
+from fedlora.strategies.ffa_lora import trained_names
 from tests.conftest import write_jsonl
 
 

@@ -23,11 +23,11 @@ from safetensors.torch import load_file
 from fedlora.adapters import pack_adapter, unpack_adapter
 from fedlora.config import RunConfig
 from fedlora.protocol import SITE, make_reply, read_instruction
-from server.federation import Federation, run_federation
-from server.rundir import RunDirectory
-from server.site_binding import SiteBinding
-from simulations.inprocess_grid import InProcessGrid
-from strategies.validation import AggregateRejectedError
+from fedlora.server.federation import Federation, run_federation
+from fedlora.server.rundir import RunDirectory
+from fedlora.server.site_binding import SiteBinding
+from fedlora.simulations.inprocess_grid import InProcessGrid
+from fedlora.strategies.validation import AggregateRejectedError
 from tests.integration.helpers import CoordinatorCrash, read_metrics
 
 SITES = 3
@@ -135,7 +135,7 @@ def test_a_bad_reply_drops_its_site_from_the_round_and_the_run_goes_on(
 ) -> None:
     app = scripted_sites({1003: NINE_BAD_REPLIES[case]})
 
-    with caplog.at_level(logging.WARNING, logger="server.federation"):
+    with caplog.at_level(logging.WARNING, logger="fedlora.server.federation"):
         run_dir = _run(tmp_path, app)
 
     assert _state(run_dir)["state"] == "complete"

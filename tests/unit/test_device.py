@@ -8,7 +8,7 @@ import torch
 from fedlora.config import RunConfig
 from fedlora.device import bf16_enabled, resolve_device
 from fedlora.errors import ConfigError
-from simulations.runner import _client_gpus
+from fedlora.simulations.runner import _client_gpus
 
 
 def test_cpu_choice_is_always_cpu():

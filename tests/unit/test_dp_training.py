@@ -15,7 +15,12 @@ import pytest
 import torch
 from peft import PeftModel
 
-from clients.dp_training import DpSettings, _poisson_batches, dp_train_locally, per_sample_loss
+from fedlora.clients.dp_training import (
+    DpSettings,
+    _poisson_batches,
+    dp_train_locally,
+    per_sample_loss,
+)
 from fedlora.config import RunConfig, Task
 from fedlora.data import ClassificationExample, SftExample, TokenizedDataset, collate, tokenize
 from fedlora.models import BaseModel, apply_lora, load_base_model

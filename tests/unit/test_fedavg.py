@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from fedlora.errors import AdapterError, ConfigError
-from strategies import SiteUpdate, get_strategy, strategy_names
-from strategies.fedavg import FedAvg
+from fedlora.strategies import SiteUpdate, get_strategy, strategy_names
+from fedlora.strategies.fedavg import FedAvg
 
 
 def test_fedavg_is_the_example_weighted_mean():

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from fedlora.errors import LedgerError
-from fedlora.ledger import (
+from fedlora.privacy.accounting import Release
+from fedlora.privacy.ledger import (
     GENESIS,
     LEDGER_FILE,
     LedgerEntry,
@@ -17,7 +18,6 @@ from fedlora.ledger import (
     data_fingerprint,
     read_ledger,
 )
-from fedlora.privacy import Release
 
 FP_A = hashlib.sha256(b"dataset A").hexdigest()
 FP_B = hashlib.sha256(b"dataset B").hexdigest()

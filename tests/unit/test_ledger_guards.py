@@ -20,21 +20,21 @@ from typing import Any
 import pytest
 from flwr.app import Context, RecordDict
 
-import clients.private_round
-from clients.private_round import Declined, PrivateRound, train_with_privacy
-from clients.site_privacy import site_policy
-from clients.training import TrainResult
+import fedlora.clients.private_round
+from fedlora.clients.private_round import Declined, PrivateRound, train_with_privacy
+from fedlora.clients.site_privacy import site_policy
+from fedlora.clients.training import TrainResult
 from fedlora.config import RunConfig
 from fedlora.errors import LedgerError
-from fedlora.hashchain import GENESIS, append_chained
-from fedlora.ledger import (
+from fedlora.privacy.accounting import CALIBRATION_TOLERANCE, Release, epsilon
+from fedlora.privacy.hashchain import GENESIS, append_chained
+from fedlora.privacy.ledger import (
     LEDGER_FILE,
     LedgerEntry,
     SiteLedger,
     data_fingerprint,
     read_ledger,
 )
-from fedlora.privacy import CALIBRATION_TOLERANCE, Release, epsilon
 from fedlora.protocol import BUDGET_EXHAUSTED
 from fedlora.sites import SiteSpec
 from tests.conftest import write_jsonl
@@ -82,7 +82,7 @@ def stub_training(monkeypatch: pytest.MonkeyPatch) -> list[float]:
         trained.append(settings.noise_multiplier)
         return TrainResult(loss=0.0, steps=settings.steps, num_examples=len(dataset))
 
-    monkeypatch.setattr(clients.private_round, "dp_train_locally", train)
+    monkeypatch.setattr(fedlora.clients.private_round, "dp_train_locally", train)
     return trained
 
 
@@ -116,14 +116,14 @@ RACER = textwrap.dedent(
     import contextlib, json, sys, time
     from pathlib import Path
     from flwr.app import Context, RecordDict
-    import clients.private_round, fedlora.ledger
-    from clients.training import TrainResult
+    import fedlora.clients.private_round, fedlora.privacy.ledger
+    from fedlora.clients.training import TrainResult
     from fedlora.config import RunConfig
     from fedlora.sites import SiteSpec
 
     ledger_dir, data, budget, name, start, unlocked = sys.argv[1:7]
     if unlocked == "1":  # today's behaviour: no lock between the check and the append
-        fedlora.ledger.ledger_lock = lambda *a, **k: contextlib.nullcontext()
+        fedlora.privacy.ledger.ledger_lock = lambda *a, **k: contextlib.nullcontext()
     decided = []
 
     def train(_model, dataset, *, settings, **_kwargs):
@@ -131,7 +131,7 @@ RACER = textwrap.dedent(
         time.sleep(2.0)  # the other run checks its budget while this one trains
         return TrainResult(loss=0.0, steps=settings.steps, num_examples=len(dataset))
 
-    clients.private_round.dp_train_locally = train
+    fedlora.clients.private_round.dp_train_locally = train
     config = RunConfig(sites=1, rounds=1, batch_size=10, noise_multiplier=1.1, delta=1e-4,
                        accountant="rdp", budget_epsilon=float(budget))
     context = Context(run_id=1, node_id=1, node_config={"ledger-dir": ledger_dir},
@@ -139,10 +139,11 @@ RACER = textwrap.dedent(
     while not Path(start).exists():
         time.sleep(0.01)
     try:
-        outcome = clients.private_round.train_with_privacy(
+        outcome = fedlora.clients.private_round.train_with_privacy(
             None, [None] * 20, site=SiteSpec("clinic", Path(data)), config=config,
             context=context, run_id=name, server_round=1, pad_id=0, device=None, bf16=False)
-        result = "declined" if isinstance(outcome, clients.private_round.Declined) else "trained"
+        declined = isinstance(outcome, fedlora.clients.private_round.Declined)
+        result = "declined" if declined else "trained"
     except Exception as exc:
         result = f"error: {exc}"
     print(json.dumps({"checked": decided, "result": result}))
@@ -309,7 +310,7 @@ def test_a_file_size_limit_mid_append_leaves_the_ledger_byte_identical(tmp_path:
         import resource, signal, sys
         from pathlib import Path
         from fedlora.errors import LedgerError
-        from fedlora.ledger import LedgerEntry, SiteLedger
+        from fedlora.privacy.ledger import LedgerEntry, SiteLedger
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         ledger = SiteLedger.open(Path(sys.argv[1]), site="s", data_fingerprint="f" * 64,
                                  records=4)
@@ -337,7 +338,7 @@ def test_a_file_size_limit_mid_append_leaves_the_ledger_byte_identical(tmp_path:
 
 
 def test_default_ledger_root_is_one_per_user_folder(monkeypatch: pytest.MonkeyPatch):
-    from fedlora.ledger import default_ledger_root
+    from fedlora.privacy.ledger import default_ledger_root
 
     monkeypatch.setenv("FEDLORA_HOME", "/srv/fl")
     assert default_ledger_root() == Path("/srv/fl/ledgers")

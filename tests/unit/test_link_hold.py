@@ -10,10 +10,9 @@ from typing import Any
 
 import pytest
 
-from fedlora import deploy
+from fedlora.deploy import commands as deploy
 from fedlora.errors import ConfigError
-from fedlora.flower_tuning import HELD_PULL_S, SupernodeWaits
-from fedlora.link_hold import (
+from fedlora.flower_internals.link_hold import (
     OBJECTS,
     MessageSignal,
     PullHold,
@@ -21,7 +20,8 @@ from fedlora.link_hold import (
     hold_pulls,
     notify_on_stores,
 )
-from fedlora.link_superlink import _parse
+from fedlora.flower_internals.link_superlink import _parse
+from fedlora.flower_internals.tuning import HELD_PULL_S, SupernodeWaits
 from tests.flower_messages import train_instruction
 
 NODE = 7
@@ -325,7 +325,7 @@ def test_a_flower_with_other_pull_handlers_is_left_alone(caplog: pytest.LogCaptu
         return None
 
     fleet, runtime = _handlers(other, other)
-    with caplog.at_level(logging.WARNING, logger="fedlora.link_hold"):
+    with caplog.at_level(logging.WARNING, logger="fedlora.flower_internals.link_hold"):
         assert hold_pulls(PullHold(MessageSignal()), fleet=fleet, runtime=runtime) is False
     assert fleet.pull_messages is other and runtime.pull_messages is other
     assert "pulls not held" in caplog.text
@@ -382,12 +382,12 @@ def test_the_superlink_command_holds_pulls_unless_told_not_to(tmp_path: Any) -> 
     held = deploy.superlink_argv(tmp_path, port=9100, insecure=True, pull_hold=2.5)
     plain = deploy.superlink_argv(tmp_path, port=9100, insecure=True, pull_hold=0)
 
-    assert held[1:5] == ["-m", "fedlora.link_superlink", "--pull-hold", "2.5"]
+    assert held[1:5] == ["-m", "fedlora.flower_internals.link_superlink", "--pull-hold", "2.5"]
     args, flower_args = _parse(held[3:])  # what the module parses after ``-m NAME``
     assert args.pull_hold == 2.5
     assert flower_args[:2] == ["--host", "127.0.0.1"] and flower_args[-1] == "--insecure"
     # no hold: still fedlora's process (it keeps the Control API to the operator)
-    assert plain[1:5] == ["-m", "fedlora.link_superlink", "--pull-hold", "0"]
+    assert plain[1:5] == ["-m", "fedlora.flower_internals.link_superlink", "--pull-hold", "0"]
     with pytest.raises(ConfigError, match="pull hold"):
         deploy.superlink_argv(tmp_path, insecure=True, pull_hold=-1)
 
@@ -395,7 +395,7 @@ def test_the_superlink_command_holds_pulls_unless_told_not_to(tmp_path: Any) -> 
 def test_the_cli_refuses_a_bad_pull_hold_in_one_line(
     tmp_path: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from fedlora.cli import main as fedlora_main
+    from fedlora.cli.main import main as fedlora_main
 
     argv = ["deploy", "superlink", "--pki", str(tmp_path), "--insecure", "--pull-hold", "-1"]
 

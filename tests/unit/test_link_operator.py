@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from fedlora.errors import ConfigError
-from fedlora.link_operator import (
+from fedlora.flower_internals.link_operator import (
     REFUSAL,
     OperatorOnly,
     check_fleet_routes,
@@ -59,7 +59,7 @@ def _call(path: str, client: tuple[str, int] | None, kind: str = "http") -> tupl
 def test_operator_routes_are_refused_to_other_hosts_and_logged(
     path: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="fedlora.link_operator"):
+    with caplog.at_level(logging.WARNING, logger="fedlora.flower_internals.link_operator"):
         status, body = _call(path, ("203.0.113.9", 40000))
 
     assert status == 403 and REFUSAL.encode() in body

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from clients.training import train_locally
+from fedlora.clients.training import train_locally
 from fedlora.config import RunConfig
 from fedlora.data import ClassificationExample, tokenize
 from fedlora.models import apply_lora, load_base_model

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from fedlora.errors import AdapterError, ConfigError
-from strategies.base import SiteUpdate
-from strategies.ffa_lora import FfaLora, frozen_names, trained_names, trained_state
-from strategies.hetero_rank import HeteroRank, factor_product, truncate
-from strategies.lora_factors import is_lora_a, lora_modules, lora_scaling, other_names
+from fedlora.lora_factors import is_lora_a, lora_modules, lora_scaling, other_names
+from fedlora.strategies.base import SiteUpdate
+from fedlora.strategies.ffa_lora import FfaLora, frozen_names, trained_names, trained_state
+from fedlora.strategies.hetero_rank import HeteroRank, factor_product, truncate
 
 F64 = torch.float64
 QA, QB = "m.q.lora_A.weight", "m.q.lora_B.weight"

@@ -12,15 +12,16 @@ from pathlib import Path
 import pytest
 from flwr.supercore.fab import Fab
 
-from fedlora import flower_tuning, node_supernode
 from fedlora.errors import ConfigError
-from fedlora.flower_tuning import (
+from fedlora.flower_internals import node_supernode
+from fedlora.flower_internals import tuning as flower_tuning
+from fedlora.flower_internals.node_worker import ForeignAppError, check_fab
+from fedlora.flower_internals.tuning import (
     PollBackoff,
     SupernodeWaits,
     shorten_pull_backoff,
     shorten_supernode_polls,
 )
-from fedlora.node_worker import ForeignAppError, check_fab
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -153,8 +154,8 @@ def test_the_worker_accepts_this_fedlora_and_refuses_other_apps() -> None:
         check_fab(_fab(ours.replace('name = "fedlora"', 'name = "other"', 1)), "0.1.0")
     with pytest.raises(ForeignAppError, match=r"fedlora 0.1.0 but this node has fedlora 0.2.0"):
         check_fab(_fab(ours), installed_version="0.2.0")
-    changed = ours.replace('clientapp = "clients.app:app"', 'clientapp = "evil:app"')
-    with pytest.raises(ForeignAppError, match=r"'evil:app', not 'clients.app:app'"):
+    changed = ours.replace('clientapp = "fedlora.clients.app:app"', 'clientapp = "evil:app"')
+    with pytest.raises(ForeignAppError, match=r"'evil:app', not 'fedlora.clients.app:app'"):
         check_fab(_fab(changed), "0.1.0")
     with pytest.raises(ForeignAppError, match=r"no readable pyproject.toml"):
         check_fab(Fab(hash_str="0" * 64, content=b"not a zip", verifications={}), "0.1.0")
@@ -166,7 +167,7 @@ def test_worker_argv_and_runtime_address() -> None:
     assert node_supernode.runtime_address(flower) == "127.0.0.1:9200"
     assert node_supernode.runtime_address(["--superlink", "h:9"]) == "127.0.0.1:9094"
     argv = node_supernode.worker_argv("127.0.0.1:9200", poll_interval=0.1, parent_pid=42)
-    assert argv[1:3] == ["-m", "fedlora.node_worker"]
+    assert argv[1:3] == ["-m", "fedlora.flower_internals.node_worker"]
     assert argv[argv.index("--parent-pid") + 1] == "42"
 
 

@@ -18,9 +18,13 @@ from flwr.supercore.object_store import ObjectStoreFactory
 from flwr.supercore.run import Run
 from flwr.supernode.nodestate.in_memory_nodestate import InMemoryNodeState
 
-from fedlora import node_supernode, node_worker
-from fedlora.node_local_runtime import LocalRuntimeClient, RuntimeTaskError, local_runtime_available
-from fedlora.node_wake import TaskSignal, notify_on_new_tasks
+from fedlora.flower_internals import node_supernode, node_worker
+from fedlora.flower_internals.node_local_runtime import (
+    LocalRuntimeClient,
+    RuntimeTaskError,
+    local_runtime_available,
+)
+from fedlora.flower_internals.node_wake import TaskSignal, notify_on_new_tasks
 from tests.flower_messages import train_instruction
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -345,7 +349,7 @@ def test_a_worker_thread_that_stops_takes_its_node_down(
     signal = TaskSignal()
     signal.notify(object())  # the node's first task
 
-    with caplog.at_level("ERROR", logger="fedlora.node_supernode"):
+    with caplog.at_level("ERROR", logger="fedlora.flower_internals.node_supernode"):
         node_supernode._serve_in_this_process(signal, 0.2, None)
 
     assert exits == [1]

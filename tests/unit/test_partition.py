@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from simulations.partition import dirichlet_partition, train_test_split
+from fedlora.simulations.partition import dirichlet_partition, train_test_split
 
 NUM_CLASSES = 8
 

@@ -16,9 +16,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from fedlora import pki
-from fedlora.cli import main
+from fedlora.cli.main import main
 from fedlora.errors import FedloraError, PkiError
+from fedlora.pki import commands as pki
 
 DNS = "superlink.example.org"
 IP = "10.0.0.5"

@@ -13,7 +13,7 @@ from dp_accounting.rdp import RdpAccountant
 from opacus.accountants import PRVAccountant, RDPAccountant
 
 from fedlora.errors import ConfigError
-from fedlora.privacy import (
+from fedlora.privacy.accounting import (
     CALIBRATION_TOLERANCE,
     PRV_EPS_ERROR,
     Release,

@@ -11,8 +11,8 @@ from flwr.app import Message
 
 from fedlora.config import RunConfig
 from fedlora.protocol import make_reply, read_instruction
-from server.federation import run_federation
-from server.reply_polls import (
+from fedlora.server.federation import run_federation
+from fedlora.server.reply_polls import (
     FAST_POLL_S,
     LONGEST_QUIET_WAIT_S,
     QUIET_SHARE,

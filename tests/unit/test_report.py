@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from fedlora.cli import main
+from fedlora.cli.main import main
 from fedlora.errors import RunDirError
-from fedlora.ledger import LEDGER_FILE, LedgerEntry, SiteLedger
-from fedlora.privacy import Release, epsilons
-from fedlora.report import (
+from fedlora.privacy.accounting import Release, epsilons
+from fedlora.privacy.ledger import LEDGER_FILE, LedgerEntry, SiteLedger
+from fedlora.report.build import (
     GUARANTEE,
     LEDGER_NOT_AVAILABLE,
     NO_DP_WARNING,

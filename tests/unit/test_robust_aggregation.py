@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from fedlora.errors import AdapterError, ConfigError
-from strategies.base import SiteUpdate, Strategy
-from strategies.fedavg import FedAvg
-from strategies.krum import Krum
-from strategies.median import CoordinateMedian
-from strategies.trimmed_mean import TrimmedMean
+from fedlora.strategies.base import SiteUpdate, Strategy
+from fedlora.strategies.fedavg import FedAvg
+from fedlora.strategies.krum import Krum
+from fedlora.strategies.median import CoordinateMedian
+from fedlora.strategies.trimmed_mean import TrimmedMean
 
 GLOBAL = {"w": torch.zeros(2), "m": torch.zeros(2, 2)}
 

@@ -11,10 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from fedlora import deploy
-from fedlora.errors import ConfigError, FedloraError
-from fedlora.link_superlink import _parse, export_roster
-from fedlora.roster import (
+from fedlora.deploy import commands as deploy
+from fedlora.deploy.roster import (
     ROSTER_ENV,
     RosterError,
     default_roster_path,
@@ -24,6 +22,8 @@ from fedlora.roster import (
     roster_path_from_env,
     write_roster_entry,
 )
+from fedlora.errors import ConfigError, FedloraError
+from fedlora.flower_internals.link_superlink import _parse, export_roster
 
 KEY_A = "SHA256:" + "A" * 43
 KEY_B = "SHA256:" + "B" * 43
@@ -148,7 +148,7 @@ def test_the_serverapp_finds_the_roster_the_superlink_was_given(
 
 
 def _pki(tmp_path: Path) -> Path:
-    from fedlora import pki
+    from fedlora.pki import commands as pki
 
     directory = tmp_path / "pki"
     pki.init_ca(directory)

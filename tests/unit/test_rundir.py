@@ -5,8 +5,8 @@ import pytest
 
 from fedlora.config import RunConfig
 from fedlora.errors import FedloraError, RunDirError
-from server.federation import run_federation
-from server.rundir import RunDirectory
+from fedlora.server.federation import run_federation
+from fedlora.server.rundir import RunDirectory
 
 
 class _EmptyGrid:

@@ -10,17 +10,17 @@ from typing import Any
 
 import pytest
 
-from simulations.generators.banks import (
+from fedlora.simulations.generators.banks import (
     INTENTS,
     generate_support_messages,
     generate_support_qa,
 )
-from simulations.generators.hospitals import (
+from fedlora.simulations.generators.hospitals import (
     DEPARTMENTS,
     generate_medical_qa,
     generate_triage_messages,
 )
-from simulations.scenarios import SiteSplit, Task, build_sites, get_scenario, scenario_names
+from fedlora.simulations.scenarios import SiteSplit, Task, build_sites, get_scenario, scenario_names
 
 Generator = Callable[..., list[dict[str, str]]]
 

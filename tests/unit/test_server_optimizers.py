@@ -10,9 +10,9 @@ import safetensors.torch
 import torch
 
 from fedlora.errors import AdapterError, ConfigError
-from strategies.base import SiteUpdate
-from strategies.fedavg import FedAvg
-from strategies.server_optimizers import FedAdam, FedAvgM, FedYogi, ServerOptimizer
+from fedlora.strategies.base import SiteUpdate
+from fedlora.strategies.fedavg import FedAvg
+from fedlora.strategies.server_optimizers import FedAdam, FedAvgM, FedYogi, ServerOptimizer
 
 A = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
 B = "base_model.model.score.bias"

@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 from flwr.common.config import parse_config_args
 
-from fedlora import deploy, pki
-from fedlora.cli import main as fedlora_main
+from fedlora.cli.main import main as fedlora_main
+from fedlora.deploy import commands as deploy
+from fedlora.deploy.site_config import load_site_config, node_config_value
 from fedlora.errors import ConfigError
-from fedlora.site_config import load_site_config, node_config_value
+from fedlora.pki import commands as pki
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +195,14 @@ def test_supernode_is_warm_by_default_and_plain_flower_when_cold(tmp_path, pki_d
     cold = deploy.supernode_argv(config, runtime_port=9999, warm=False)
 
     flower_args = warm[warm.index("--") + 1 :]
-    assert warm[1:7] == ["-m", "fedlora.node_supernode", "--poll-interval", "0.1", "--worker", "--"]
+    assert warm[1:7] == [
+        "-m",
+        "fedlora.flower_internals.node_supernode",
+        "--poll-interval",
+        "0.1",
+        "--worker",
+        "--",
+    ]
     assert Path(cold[0]).name == "flower-supernode" and "--worker" not in cold
     assert flower_args == cold[1:]  # the same Flower arguments either way
     with pytest.raises(ConfigError, match="poll interval"):

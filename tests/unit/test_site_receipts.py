@@ -1,6 +1,6 @@
 """The coordinator's receipts: a site whose ledger came back shorter is refused (issue 14.10)."""
 
-from server.site_receipts import SiteReceipts
+from fedlora.server.site_receipts import SiteReceipts
 
 
 def privacy(lines: int, head: str = "h", fingerprint: str = "fp") -> dict[str, object]:

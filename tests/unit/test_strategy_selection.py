@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedlora.cli import main as fedlora_main
+from fedlora.cli.main import main as fedlora_main
 from fedlora.config import RunConfig
 from fedlora.errors import AdapterError, ConfigError
-from strategies import build_strategy, strategy_names
-from strategies.krum import Krum
-from strategies.server_optimizers import FedAdam, FedAvgM
-from strategies.validation import UpdateRejectedError, validate_update
+from fedlora.strategies import build_strategy, strategy_names
+from fedlora.strategies.krum import Krum
+from fedlora.strategies.server_optimizers import FedAdam, FedAvgM
+from fedlora.strategies.validation import UpdateRejectedError, validate_update
 
 
 @pytest.mark.parametrize("name", strategy_names())
@@ -114,7 +114,7 @@ def _node(**node_config: object):
 
 
 def test_a_sites_rank_comes_from_its_node_config_then_site_ranks() -> None:
-    from clients.site_rank import site_rank
+    from fedlora.clients.site_rank import site_rank
 
     config = RunConfig(strategy="hetero-rank", lora_r=8, sites=2, site_ranks=("a=2",))
 
@@ -132,7 +132,7 @@ def test_a_sites_rank_comes_from_its_node_config_then_site_ranks() -> None:
     ],
 )
 def test_bad_or_unsupported_site_ranks_are_refused(strategy, node_rank, message) -> None:
-    from clients.site_rank import site_rank
+    from fedlora.clients.site_rank import site_rank
 
     with pytest.raises(ConfigError, match=message):
         site_rank(_node(**{"lora-rank": node_rank}), RunConfig(strategy=strategy, sites=2), "a")

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from fedlora.errors import AdapterError
-from strategies.base import SiteUpdate
-from strategies.helpers import example_weights
-from strategies.validation import (
+from fedlora.strategies.base import SiteUpdate
+from fedlora.strategies.helpers import example_weights
+from fedlora.strategies.validation import (
     AggregateRejectedError,
     UpdateRejectedError,
     absurd_norm_limit,

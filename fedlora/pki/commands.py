@@ -24,7 +24,7 @@ How Flower uses the files (checked against the ``flwr`` 1.41 command line):
 
 * SuperLink: ``fedlora deploy superlink --pki DIR`` (Flower's SuperLink with ``--ssl-ca-certfile
   ca.pem --ssl-certfile server.pem --ssl-keyfile server.key --enable-supernode-auth``, its
-  Control API kept to its own host: :mod:`fedlora.link_operator`)
+  Control API kept to its own host: :mod:`fedlora.flower_internals.link_operator`)
 * register a site (operator, against the SuperLink's Control API):
   ``flwr supernode register sites/<NAME>.pub [CONNECTION] --name <NAME>``
 * SuperNode: ``flower-supernode --superlink HOST:PORT --root-certificates ca.pem
@@ -50,8 +50,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 
 from fedlora.errors import PkiError
-from fedlora.pki_inventory import Inventory, inventory, require_ca, require_ca_cert
-from fedlora.pki_layout import (
+from fedlora.pki.inventory import Inventory, inventory, require_ca, require_ca_cert
+from fedlora.pki.layout import (
     DEFAULT_CA_DAYS,
     DEFAULT_CA_NAME,
     DEFAULT_DIR,
@@ -68,7 +68,7 @@ from fedlora.pki_layout import (
     ssh_fingerprint,
     write_file,
 )
-from fedlora.pki_x509 import ca_certificate, new_key, pkcs8_pem, server_certificate
+from fedlora.pki.x509 import ca_certificate, new_key, pkcs8_pem, server_certificate
 
 __all__ = [
     "DEFAULT_CA_DAYS",

@@ -7,15 +7,16 @@ beside a SuperNode started with ``--isolation process``: it acquires ClientApp t
 node's Runtime API and runs each with Flower's own task protocol (``pull_task_input``,
 ``push_message``, ``push_task_output`` from ``flwr.supernode.runtime.run_clientapp``) and a
 task heartbeat, so the node sees exactly what a ``flwr-clientapp`` process would send.
-Imports, the base model and tokenised data stay warm between tasks (``clients.runtime``
+Imports, the base model and tokenised data stay warm between tasks (``fedlora.clients.runtime``
 caches them, as a simulation's Ray actor does).
 
-:mod:`fedlora.node_supernode` runs :func:`serve` as a thread of the node's own process on
-:class:`fedlora.node_local_runtime.LocalRuntimeClient` (the node's Runtime handlers, called
-directly) and wakes it on every new task (:mod:`fedlora.node_wake`); where the installed
-Flower does not allow that, ``python -m fedlora.node_worker`` runs it as the node's child
-process over the Runtime API's HTTP (:func:`http_connector`; object pulls retry after 0.01 s
-rather than 1 s, :func:`fedlora.flower_tuning.shorten_pull_backoff`).
+:mod:`fedlora.flower_internals.node_supernode` runs :func:`serve` as a thread of the node's own
+process on :class:`fedlora.flower_internals.node_local_runtime.LocalRuntimeClient` (the node's
+Runtime handlers, called directly) and wakes it on every new task
+(:mod:`fedlora.flower_internals.node_wake`); where the installed Flower does not allow that,
+``python -m fedlora.flower_internals.node_worker`` runs it as the node's child process over the
+Runtime API's HTTP (:func:`http_connector`; object pulls retry after 0.01 s rather than 1 s,
+:func:`fedlora.flower_internals.tuning.shorten_pull_backoff`).
 
 The worker runs the fedlora installed at the site, not code from the submitted FAB: a run
 whose FAB is not this fedlora (another app, another fedlora version, another ClientApp) is
@@ -50,14 +51,14 @@ from flwr.supercore.runtime import RuntimeHttpClient
 from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
 
 from fedlora.errors import FedloraError
-from fedlora.flower_entry import LOG_FORMAT
-from fedlora.flower_tuning import (
+from fedlora.flower_internals.entry import LOG_FORMAT
+from fedlora.flower_internals.node_wake import TaskSignal
+from fedlora.flower_internals.tuning import (
     FIRST_TASK_POLL_S,
     NEARBY_PULL_BACKOFF_CAP_S,
     PollBackoff,
     shorten_pull_backoff,
 )
-from fedlora.node_wake import TaskSignal
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -67,7 +68,7 @@ else:  # pragma: no cover - Python 3.10
 logger = logging.getLogger(__name__)
 
 APP_NAME = "fedlora"
-CLIENTAPP_REF = "clients.app:app"
+CLIENTAPP_REF = "fedlora.clients.app:app"
 _PARENT_CHECK_S = 0.5
 
 ClientAppCallable = Callable[[Message, Context], Message]
@@ -114,7 +115,8 @@ RuntimeConnector = Callable[[str | None], Any]
 
 The client has the methods of Flower's ``RuntimeHttpClient`` that ``flwr-clientapp``'s task
 protocol calls (:func:`http_connector`, or
-:class:`fedlora.node_local_runtime.LocalRuntimeClient` in the node's own process)."""
+:class:`fedlora.flower_internals.node_local_runtime.LocalRuntimeClient` in the node's own
+process)."""
 
 
 def _runtime_client(address: str, *interceptors: ProtobufClientInterceptor) -> RuntimeHttpClient:
@@ -241,19 +243,20 @@ def serve(
         the wait up to ``poll_interval``; with ``wake``, it asks when the node signals a
         task and otherwise every ``poll_interval``.
     client_app : callable, optional
-        What runs a message; fedlora's ``clients.app.app`` by default (imported once, here).
+        What runs a message; fedlora's ``fedlora.clients.app.app`` by default (imported once, here).
     stop : threading.Event, optional
         Set it to end the loop (tests); the worker otherwise runs until its node exits
         (seen within ``poll_interval`` when waiting on ``wake``).
     wake : TaskSignal, optional
-        Notified by the node's state when it creates a task (:mod:`fedlora.node_wake`).
+        Notified by the node's state when it creates a task
+        (:mod:`fedlora.flower_internals.node_wake`).
     replied : threading.Event, optional
         Set after each task, once its reply is stored in the node.
     where : str
         Which node this worker serves, for the log.
     """
     if client_app is None:
-        from clients.app import app
+        from fedlora.clients.app import app
 
         client_app = app
     # The node offers a task once it holds the message, maybe before its objects.
@@ -292,8 +295,8 @@ def serve(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m fedlora.node_worker --runtime-api-address HOST:PORT [...]``."""
-    parser = argparse.ArgumentParser(prog="python -m fedlora.node_worker")
+    """``python -m fedlora.flower_internals.node_worker --runtime-api-address HOST:PORT [...]``."""
+    parser = argparse.ArgumentParser(prog="python -m fedlora.flower_internals.node_worker")
     parser.add_argument("--runtime-api-address", required=True)
     parser.add_argument("--poll-interval", type=float, default=0.2)
     parser.add_argument("--parent-pid", type=int)

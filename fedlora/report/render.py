@@ -1,4 +1,4 @@
-"""HTML and PNG renderings of the privacy report built by :mod:`fedlora.report`.
+"""HTML and PNG renderings of the privacy report built by :mod:`fedlora.report.build`.
 
 The HTML page is self-contained (inline CSS) and refers to the plots by relative file name;
 every string from the run is escaped. Plots are drawn with matplotlib's Agg canvas through the
@@ -20,8 +20,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from fedlora.io import atomic_write_bytes
-from fedlora.report import EPSILON_PNG, UTILITY_PNG
-from fedlora.report_document import (
+from fedlora.report.build import EPSILON_PNG, UTILITY_PNG
+from fedlora.report.document import (
     Banner,
     Block,
     Bullets,
@@ -83,7 +83,7 @@ def render_html(report: Mapping[str, Any]) -> str:
     Parameters
     ----------
     report
-        The content built by :func:`fedlora.report.build_report`.
+        The content built by :func:`fedlora.report.build.build_report`.
 
     Returns
     -------
@@ -173,7 +173,7 @@ def render_epsilon_png(report: Mapping[str, Any]) -> bytes:
     Parameters
     ----------
     report
-        The content built by :func:`fedlora.report.build_report`.
+        The content built by :func:`fedlora.report.build.build_report`.
 
     Returns
     -------
@@ -208,7 +208,7 @@ def render_utility_png(report: Mapping[str, Any]) -> bytes:
     Parameters
     ----------
     report
-        The content built by :func:`fedlora.report.build_report`.
+        The content built by :func:`fedlora.report.build.build_report`.
 
     Returns
     -------
@@ -241,7 +241,7 @@ def write_plots(report: Mapping[str, Any], out: Path) -> list[Path]:
     Parameters
     ----------
     report
-        The content built by :func:`fedlora.report.build_report`.
+        The content built by :func:`fedlora.report.build.build_report`.
     out
         The report directory.
 

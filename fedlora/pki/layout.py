@@ -1,9 +1,9 @@
 """Layout of the federation PKI directory: paths, defaults, input checks and safe writes.
 
-:mod:`fedlora.pki` documents the layout. This module imports no cryptography, so the CLI can
-build its parser from these defaults cheaply; it holds the paths, the owner-only atomic writes
-of key files and the input checks shared by :mod:`fedlora.pki` and
-:mod:`fedlora.pki_inventory`.
+:mod:`fedlora.pki.commands` documents the layout. This module imports no cryptography, so the CLI
+can build its parser from these defaults cheaply; it holds the paths, the owner-only atomic writes
+of key files and the input checks shared by :mod:`fedlora.pki.commands` and
+:mod:`fedlora.pki.inventory`.
 """
 
 from __future__ import annotations

@@ -1,15 +1,16 @@
 """A SuperNode's Runtime API called inside the node's own process, without HTTP.
 
-Flower 1.41's SuperNode hands each message to its ClientApp through its Runtime API, a
-FastAPI server on the node's loopback: one HTTP request per step (acquire the task, pull its
-input with the whole FAB, pull the message and each of its objects, confirm, push the reply
-and each of its objects, push the task output, heartbeats), about fifteen per message, each
-costing both processes a few milliseconds of CPU and the round their latency. The warm
-worker thread (:mod:`fedlora.node_worker`, started by :mod:`fedlora.node_supernode`) runs in
-the node's process, so :class:`LocalRuntimeClient` calls the functions behind those routes
-directly: the SuperNode's own Runtime handlers on the node's own state, with the same
-protobuf requests and responses (each copied through its wire encoding, so neither side
-shares a mutable object with the other) and the same task-token check. The task protocol of
+Flower 1.41's SuperNode hands each message to its ClientApp through its Runtime API, a FastAPI
+server on the node's loopback: one HTTP request per step (acquire the task, pull its input with the
+whole FAB, pull the message and each of its objects, confirm, push the reply and each of its
+objects, push the task output, heartbeats), about fifteen per message, each costing both processes a
+few milliseconds of CPU and the round their latency. The warm worker thread
+(:mod:`fedlora.flower_internals.node_worker`, started by
+:mod:`fedlora.flower_internals.node_supernode`) runs in the node's process, so
+:class:`LocalRuntimeClient` calls the functions behind those routes directly: the SuperNode's own
+Runtime handlers on the node's own state, with the same protobuf requests and responses (each copied
+through its wire encoding, so neither side shares a mutable object with the other) and the same
+task-token check. The task protocol of
 ``flwr-clientapp`` (``pull_task_input``, ``push_message``, ``push_task_output``) runs on it
 unchanged.
 

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, NoReturn
 
 from fedlora.config import DEFAULT_TARGET_EPSILON, RunConfig
 from fedlora.errors import BudgetExhaustedError, ConfigError, FedloraError
-from fedlora.flower_tuning import DEFAULT_POLL_INTERVAL_S
+from fedlora.flower_internals.tuning import DEFAULT_POLL_INTERVAL_S
 
 if TYPE_CHECKING:
-    from fedlora.pki_inventory import Inventory
+    from fedlora.pki.inventory import Inventory
 
 logger = logging.getLogger("fedlora")
 
@@ -199,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_pki_arguments(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from fedlora.pki_layout import (
+    from fedlora.pki.layout import (
         DEFAULT_CA_DAYS,
         DEFAULT_CA_NAME,
         DEFAULT_DIR,
@@ -276,8 +276,8 @@ def _add_pki_arguments(commands: argparse._SubParsersAction[argparse.ArgumentPar
 
 
 def _add_deploy_arguments(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from fedlora.deploy import DEFAULT_PORT
-    from fedlora.link_hold import DEFAULT_HOLD_S
+    from fedlora.deploy.commands import DEFAULT_PORT
+    from fedlora.flower_internals.link_hold import DEFAULT_HOLD_S
 
     deploy = commands.add_parser(
         "deploy",
@@ -548,9 +548,9 @@ def _resumed_config(given: RunConfig, run_dir: Path) -> RunConfig:
     """The checkpoint's config, with every flag the user set on this command line on top.
 
     A flag left at its default takes the checkpoint's value; a flag set to something else
-    stays, and the resume then refuses it, naming the key (``server.federation``).
+    stays, and the resume then refuses it, naming the key (``fedlora.server.federation``).
     """
-    from server.checkpoint import read_checkpoint
+    from fedlora.server.checkpoint import read_checkpoint
 
     saved = read_checkpoint(run_dir).config
     defaults = config_from_args(build_parser().parse_args(["simulate"])).to_flat()
@@ -563,7 +563,7 @@ def _resumed_config(given: RunConfig, run_dir: Path) -> RunConfig:
 
 def run_simulate(args: argparse.Namespace) -> int:
     """``fedlora simulate``: run, then print the summary tables."""
-    from simulations.checks import check_run_paths
+    from fedlora.simulations.checks import check_run_paths
 
     # Settings and paths first: a refusal costs no import of torch or Flower.
     config = config_from_args(args)
@@ -573,9 +573,9 @@ def run_simulate(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from fedlora.console import ProgressDisplay, summary_table, traffic_table
-    from fedlora.report import HTML_FILE, write_report
-    from server.rundir import RunDirectory
-    from simulations.runner import simulate
+    from fedlora.report.build import HTML_FILE, write_report
+    from fedlora.server.rundir import RunDirectory
+    from fedlora.simulations.runner import simulate
 
     if resume is not None:
         config = _resumed_config(config, resume)
@@ -619,7 +619,7 @@ def run_simulate(args: argparse.Namespace) -> int:
 
 def run_report(args: argparse.Namespace) -> int:
     """``fedlora report RUN_DIR``: write the privacy report and print where it is."""
-    from fedlora.report import HTML_FILE, JSON_FILE, MARKDOWN_FILE, write_report
+    from fedlora.report.build import HTML_FILE, JSON_FILE, MARKDOWN_FILE, write_report
 
     out = write_report(Path(args.run_dir))
     for name in (HTML_FILE, MARKDOWN_FILE, JSON_FILE):
@@ -629,7 +629,7 @@ def run_report(args: argparse.Namespace) -> int:
 
 def run_pki(args: argparse.Namespace) -> int:
     """``fedlora pki ...``: create or list the federation's keys and certificates."""
-    from fedlora import pki
+    from fedlora.pki import commands as pki
 
     if args.pki_command == "init":
         ca = pki.init_ca(args.dir, name=args.name, days=args.days, force=args.force)
@@ -672,7 +672,7 @@ def _run_in_foreground(argv: list[str], extra_env: dict[str, str] | None = None)
     """Print the command, then replace this process with it (signals reach Flower directly)."""
     import os
 
-    from fedlora.deploy import command_line, flower_environment
+    from fedlora.deploy.commands import command_line, flower_environment
 
     env = flower_environment()
     env.update(extra_env or {})
@@ -684,7 +684,7 @@ def _run_in_foreground(argv: list[str], extra_env: dict[str, str] | None = None)
 
 def run_deploy(args: argparse.Namespace) -> int:
     """``fedlora deploy ...``: print and run the Flower commands of a real deployment."""
-    from fedlora import deploy
+    from fedlora.deploy import commands as deploy
 
     command = args.deploy_command
     if command == "superlink":
@@ -717,7 +717,7 @@ def run_deploy(args: argparse.Namespace) -> int:
         print(f"site {entry.site} registered as node {entry.node_id} ({entry.key_sha256})")
         return 0
     if command == "supernode":
-        from fedlora.site_config import load_site_config
+        from fedlora.deploy.site_config import load_site_config
 
         site = load_site_config(args.site_config, allow_insecure=args.insecure)
         deploy.check_device(site)

@@ -1,12 +1,12 @@
 """The SuperNode wakes its warm worker thread as soon as it has a ClientApp task for it.
 
-The warm worker (:mod:`fedlora.node_worker`) learns of a task by asking the node's Runtime
-API; between asks it waits, and a wait that has backed off to the poll interval delays the
-round's next message by up to that interval (0.2 s by default, measured on messages whose
-work takes 0.05 s). The worker runs in the node's own process (:mod:`fedlora.node_supernode`),
-so the node's state signals a :class:`TaskSignal` whenever it creates a task, and the
-worker waits on that signal instead of sleeping: it asks at once. The signal also hands the
-worker the node's state, which :class:`fedlora.node_local_runtime.LocalRuntimeClient` calls.
+The warm worker (:mod:`fedlora.flower_internals.node_worker`) learns of a task by asking the node's
+Runtime API; between asks it waits, and a wait that has backed off to the poll interval delays the
+round's next message by up to that interval (0.2 s by default, measured on messages whose work takes
+0.05 s). The worker runs in the node's own process (:mod:`fedlora.flower_internals.node_supernode`),
+so the node's state signals a :class:`TaskSignal` whenever it creates a task, and the worker waits
+on that signal instead of sleeping: it asks at once. The signal also hands the worker the node's
+state, which :class:`fedlora.flower_internals.node_local_runtime.LocalRuntimeClient` calls.
 
 The signal is only a hint: the worker still acquires the task through Flower's Runtime
 handlers, and still asks every poll interval without one, so a missed signal costs speed,

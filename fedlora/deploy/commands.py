@@ -6,18 +6,20 @@ writes the ``flwr`` CLI's SuperLink connection and fetches finished run director
 
 What runs where (docs/deployment.md):
 
-* coordinator: Flower's SuperLink in a fedlora process (:mod:`fedlora.link_superlink`: Fleet,
-  Control and Runtime APIs on one HTTPS ``--host/--port``, the Control and Runtime APIs only
-  for connections from the coordinator host itself, :mod:`fedlora.link_operator`; by default
-  with held pulls), with the PKI's ``ca.pem``, ``server.pem``, ``server.key`` and
+* coordinator: Flower's SuperLink in a fedlora process
+(:mod:`fedlora.flower_internals.link_superlink`: Fleet,
+  Control and Runtime APIs on one HTTPS ``--host/--port``, the Control and Runtime APIs only for
+  connections from the coordinator host itself, :mod:`fedlora.flower_internals.link_operator`; by
+  default with held pulls), with the PKI's ``ca.pem``, ``server.pem``, ``server.key`` and
   ``--enable-supernode-auth``; runtime dependency installation is always off, so a run never
   re-resolves the project's dependencies (a CUDA torch of several GB);
 * operator (on the coordinator host, or through an SSH tunnel to it): ``flwr supernode
   register`` for each site key (:func:`register_site`, which also records the site in the
-  roster, :mod:`fedlora.roster`) and ``flwr run . CONNECTION --stream``, with a connection in
+  roster, :mod:`fedlora.deploy.roster`) and ``flwr run . CONNECTION --stream``, with a connection in
   ``$FLWR_HOME/config.toml``;
-* each site: Flower's SuperNode with the site's ``site.toml`` (:mod:`fedlora.site_config`),
-  by default with short polls and fedlora's warm worker (:mod:`fedlora.node_supernode`).
+* each site: Flower's SuperNode with the site's ``site.toml`` (:mod:`fedlora.deploy.site_config`),
+  by default with short polls and fedlora's warm worker
+  (:mod:`fedlora.flower_internals.node_supernode`).
 """
 
 from __future__ import annotations
@@ -35,13 +37,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedlora.deploy.roster import RosterEntry, default_roster_path, write_roster_entry
+from fedlora.deploy.site_config import SiteConfig
 from fedlora.errors import ConfigError, RunDirError
-from fedlora.flower_tuning import DEFAULT_POLL_INTERVAL_S, check_poll_interval
+from fedlora.flower_internals.link_hold import DEFAULT_HOLD_S, check_hold
+from fedlora.flower_internals.tuning import DEFAULT_POLL_INTERVAL_S, check_poll_interval
 from fedlora.io import atomic_write_text
-from fedlora.link_hold import DEFAULT_HOLD_S, check_hold
-from fedlora.pki_layout import PkiLayout, check_site_name, ssh_fingerprint, superlink_tls_flags
-from fedlora.roster import RosterEntry, default_roster_path, write_roster_entry
-from fedlora.site_config import SiteConfig
+from fedlora.pki.layout import PkiLayout, check_site_name, ssh_fingerprint, superlink_tls_flags
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -71,7 +73,7 @@ __all__ = [
 
 DEFAULT_PORT = 9093
 """The SuperLink port fedlora uses (Fleet, Control and Runtime APIs share it in Flower 1.41;
-only the Fleet API answers other hosts, :mod:`fedlora.link_operator`)."""
+only the Fleet API answers other hosts, :mod:`fedlora.flower_internals.link_operator`)."""
 DEFAULT_RUNTIME_PORT = 9094
 """``flower-supernode``'s default local Runtime API port; a second node on a host needs another."""
 CONFIG_FILE = "config.toml"
@@ -154,11 +156,11 @@ def superlink_argv(
     pull_hold: float = DEFAULT_HOLD_S,
     roster: Path | str | None = None,
 ) -> list[str]:
-    """The SuperLink command line of the coordinator (:mod:`fedlora.link_superlink`).
+    """The coordinator's SuperLink command line (:mod:`fedlora.flower_internals.link_superlink`).
 
     Flower's ``flower-superlink`` in a fedlora process: its Control and Runtime APIs answer
     only connections from this host (``127.0.0.1``, ``::1`` or ``host`` itself), its Fleet API
-    everyone (:mod:`fedlora.link_operator`).
+    everyone (:mod:`fedlora.flower_internals.link_operator`).
 
     Parameters
     ----------
@@ -173,10 +175,11 @@ def superlink_argv(
         A SQLite file for the SuperLink's state; without it registrations and runs live in
         memory and are lost on restart.
     pull_hold : float
-        Seconds the SuperLink holds a pull that finds no message (:mod:`fedlora.link_hold`);
-        0: every pull is answered at once, as Flower does.
+        Seconds the SuperLink holds a pull that finds no message
+        (:mod:`fedlora.flower_internals.link_hold`); 0: every pull is answered at once, as Flower
+        does.
     roster : Path or str, optional
-        The site roster the ServerApp reads (``$FEDLORA_ROSTER``, :mod:`fedlora.roster`);
+        The site roster the ServerApp reads (``$FEDLORA_ROSTER``, :mod:`fedlora.deploy.roster`);
         default ``PKI_DIR/roster.json``. An ``insecure`` SuperLink has no site keys and no
         roster.
 
@@ -186,7 +189,7 @@ def superlink_argv(
         For a bad port or pull hold, or a missing TLS file.
     """
     _check_port(port, "--port")
-    argv = [sys.executable, "-m", "fedlora.link_superlink"]
+    argv = [sys.executable, "-m", "fedlora.flower_internals.link_superlink"]
     argv += ["--pull-hold", repr(check_hold(pull_hold))]
     if not insecure:
         target = default_roster_path(pki_dir) if roster is None else roster
@@ -255,7 +258,7 @@ def register_site(
 
     Runs :func:`register_argv` with ``--format json``, reads the node id Flower gave the key
     and writes ``node id -> site, key fingerprint`` to the roster the ServerApp reads
-    (:mod:`fedlora.roster`). Run it on the coordinator host (the SuperLink answers ``flwr
+    (:mod:`fedlora.deploy.roster`). Run it on the coordinator host (the SuperLink answers ``flwr
     supernode register`` only there, and the roster lives there).
 
     Parameters
@@ -342,7 +345,7 @@ def supernode_argv(
     Parameters
     ----------
     config : SiteConfig
-        From :func:`fedlora.site_config.load_site_config`.
+        From :func:`fedlora.deploy.site_config.load_site_config`.
     runtime_port : int, optional
         The node's local Runtime API port (its ClientApp processes talk to it); default 9094,
         or a free port when 9094 is taken (a second node on the same host).
@@ -350,7 +353,8 @@ def supernode_argv(
         Where the Runtime API listens; keep it on loopback.
     warm : bool
         ``True`` (default): Flower's SuperNode with short polls and fedlora's warm worker
-        (:mod:`fedlora.node_supernode`); ``False``: plain ``flower-supernode``, a fresh
+        (:mod:`fedlora.flower_internals.node_supernode`); ``False``: plain ``flower-supernode``, a
+        fresh
         ``flwr-clientapp`` process per message (it runs whatever app a run submits).
     poll_interval : float
         The warm node's longest wait between pulls, in seconds.
@@ -369,7 +373,7 @@ def supernode_argv(
     _check_port(runtime_port, "runtime port")
     if warm:
         check_poll_interval(poll_interval)
-        argv = [sys.executable, "-m", "fedlora.node_supernode"]
+        argv = [sys.executable, "-m", "fedlora.flower_internals.node_supernode"]
         argv += ["--poll-interval", repr(poll_interval)]
         if config.heartbeat_interval is not None:
             argv += ["--heartbeat-interval", repr(config.heartbeat_interval)]
@@ -553,7 +557,7 @@ def fetch_run(run_dir: Path | str, to: Path | str, *, force: bool = False) -> Fe
     """
     import json
 
-    from fedlora.report import write_report
+    from fedlora.report.build import write_report
 
     source = Path(run_dir).expanduser().absolute()
     status_file = source / "status.json"

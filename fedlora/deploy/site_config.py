@@ -49,7 +49,7 @@ from typing import Any, Literal, cast
 
 from fedlora.config import DeviceChoice
 from fedlora.errors import ConfigError
-from fedlora.flower_tuning import check_heartbeat_interval
+from fedlora.flower_internals.tuning import check_heartbeat_interval
 
 if sys.version_info >= (3, 11):
     import tomllib

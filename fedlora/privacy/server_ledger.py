@@ -1,7 +1,7 @@
 """The server privacy ledger: the append-only, hash-chained record of central-DP releases.
 
-:class:`~strategies.central_dp.CentralDP` appends one line per aggregated round, fsynced, before
-the aggregate is released; the federation keeps the file at
+:class:`~fedlora.strategies.central_dp.CentralDP` appends one line per aggregated round, fsynced,
+before the aggregate is released; the federation keeps the file at
 ``runs/<run-id>/privacy/server-ledger.jsonl`` (:data:`SERVER_LEDGER_FILE`).
 
 File format, one JSON object a line:
@@ -10,9 +10,9 @@ File format, one JSON object a line:
   round, δ and the creation time;
 * then one ``"kind": "round"`` line per aggregated round (:class:`ServerLedgerEntry`).
 
-Every line carries ``prev`` and ``hash`` exactly like the site ledger of :mod:`fedlora.ledger`
-(see :mod:`fedlora.hashchain`); an edited, removed or reordered line is refused naming its line
-number.
+Every line carries ``prev`` and ``hash`` exactly like the site ledger of
+:mod:`fedlora.privacy.ledger` (see :mod:`fedlora.privacy.hashchain`); an edited, removed or
+reordered line is refused naming its line number.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from fedlora.errors import LedgerError
-from fedlora.hashchain import (
+from fedlora.privacy.accounting import Release
+from fedlora.privacy.hashchain import (
     GENESIS,
     append_chained,
     corrupted_line,
@@ -32,7 +33,6 @@ from fedlora.hashchain import (
     read_chain,
     utc_now,
 )
-from fedlora.privacy import Release
 
 SERVER_LEDGER_FILE = "server-ledger.jsonl"
 SERVER_LEDGER_VERSION = 1
@@ -125,10 +125,10 @@ class ServerLedgerEntry:
 class ServerPrivacyLedger:
     """The server's append-only, hash-chained record of its client-level releases.
 
-    Line 1 is ``"kind": "open"`` (version, mode, sites, sampled sites per round, δ, time); then
-    one ``"kind": "round"`` line per aggregated round (:class:`ServerLedgerEntry`). Every line
-    carries ``prev`` and ``hash`` as in :mod:`fedlora.ledger`; an edited, removed or reordered
-    line is refused naming its line number. Use :meth:`open` or :func:`read_server_ledger`.
+    Line 1 is ``"kind": "open"`` (version, mode, sites, sampled sites per round, δ, time); then one
+    ``"kind": "round"`` line per aggregated round (:class:`ServerLedgerEntry`). Every line carries
+    ``prev`` and ``hash`` as in :mod:`fedlora.privacy.ledger`; an edited, removed or reordered line
+    is refused naming its line number. Use :meth:`open` or :func:`read_server_ledger`.
     """
 
     def __init__(self, path: Path, header: Mapping[str, Any], last_hash: str) -> None:

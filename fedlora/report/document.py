@@ -1,8 +1,8 @@
 """The privacy report as a document: titled sections of text, tables and images, and Markdown.
 
-:func:`report_sections` turns the content assembled by :func:`fedlora.report.build_report` into
-a small document model that both renderings share: :func:`render_markdown` here and the HTML
-page in :mod:`fedlora.report_render`. Numbers are shown to 4 significant digits; ``∞`` for an
+:func:`report_sections` turns the content assembled by :func:`fedlora.report.build.build_report`
+into a small document model that both renderings share: :func:`render_markdown` here and the HTML
+page in :mod:`fedlora.report.render`. Numbers are shown to 4 significant digits; ``∞`` for an
 infinite ε.
 """
 
@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fedlora.report import EPSILON_PNG, NO_DP_WARNING, UTILITY_PNG
+from fedlora.report.build import EPSILON_PNG, NO_DP_WARNING, UTILITY_PNG
 
 # ---- document model shared by the Markdown and HTML renderings ----------------------------
 

@@ -2,7 +2,7 @@
 
 Flower's SuperLink knows a site only as a node id and a public key; the site name a reply
 declares is whatever the site wrote. The roster binds them at registration, when the operator
-admits a site's key (``fedlora deploy register``, :func:`fedlora.deploy.register_site`)::
+admits a site's key (``fedlora deploy register``, :func:`fedlora.deploy.commands.register_site`)::
 
     {"version": 1,
      "sites": [{"node-id": 6342104113413513241, "site": "hospital-a",
@@ -13,7 +13,7 @@ so the ServerApp can take a reply's site from the node it came from
 
 Where it lives: ``PKI_DIR/roster.json`` on the coordinator host by default
 (:func:`default_roster_path`); ``fedlora deploy superlink`` passes its path to the SuperLink
-(``python -m fedlora.link_superlink --roster PATH``), which exports it as
+(``python -m fedlora.flower_internals.link_superlink --roster PATH``), which exports it as
 ``$FEDLORA_ROSTER`` (:data:`ROSTER_ENV`) to every process it starts, the ServerApp included
 (:func:`roster_path_from_env`).
 
@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from fedlora.errors import ConfigError, PkiError
-from fedlora.pki_layout import PUBLIC_MODE, check_site_name, write_file
+from fedlora.pki.layout import PUBLIC_MODE, check_site_name, write_file
 
 __all__ = [
     "ROSTER_ENV",

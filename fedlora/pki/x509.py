@@ -1,6 +1,6 @@
 """The X.509 certificates of the federation PKI: the CA's and the SuperLink's.
 
-Every key is NIST EC P-384 and every signature ECDSA with SHA-384 (see :mod:`fedlora.pki`).
+Every key is NIST EC P-384 and every signature ECDSA with SHA-384 (see :mod:`fedlora.pki.commands`).
 Certificates are valid from :data:`BACKDATE` before issue (clock skew between machines) until
 exactly ``days`` days after it.
 """

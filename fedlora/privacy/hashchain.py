@@ -11,7 +11,7 @@ before the append and flushed, so a failed write never leaves a torn line behind
 
 :func:`read_chain` validates a whole file and :func:`append_chained` adds one line durably. What
 the lines mean (an ``open`` line, ``round`` lines) is up to the ledger that uses them:
-:mod:`fedlora.ledger` and :mod:`strategies.server_ledger`.
+:mod:`fedlora.privacy.ledger` and :mod:`fedlora.privacy.server_ledger`.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """A real multi-site deployment on one machine (127.0.0.1), for integration tests and benchmarks.
 
 :class:`LocalDeployment` starts the same Flower 1.41 processes a real federation runs
-(:mod:`fedlora.deploy`), each in its own session, all on loopback::
+(:mod:`fedlora.deploy.commands`), each in its own session, all on loopback::
 
-    from fedlora.loopback import LocalDeployment, SiteData
+    from fedlora.deploy.loopback import LocalDeployment, SiteData
 
     sites = {
         "site-a": SiteData(Path("data/a-train.jsonl"), Path("data/a-test.jsonl")),
@@ -16,17 +16,18 @@
 
 On entering it
 
-1. makes a federation PKI under ``ROOT/pki`` (:mod:`fedlora.pki`: CA, a server certificate for
+1. makes a federation PKI under ``ROOT/pki`` (:mod:`fedlora.pki.commands`: CA, a server certificate
+for
    ``127.0.0.1`` and ``localhost``, one authentication key per site);
-2. starts the SuperLink (:func:`fedlora.deploy.superlink_argv`: Flower's, with held pulls
+2. starts the SuperLink (:func:`fedlora.deploy.commands.superlink_argv`: Flower's, with held pulls
    unless ``pull_hold=0``) with TLS and SuperNode authentication on a free 127.0.0.1 port,
    with a private ``FLWR_HOME`` (``ROOT/flwr-home``), and waits until it serves TLS;
 3. writes the ``flwr`` CLI connection (``fed`` by default) and registers every site's key
-   (:func:`fedlora.deploy.register_site`: each node id and site name go to the SuperLink's
+   (:func:`fedlora.deploy.commands.register_site`: each node id and site name go to the SuperLink's
    roster, ``ROOT/pki/roster.json``, that its ServerApp reads from ``$FEDLORA_ROSTER``);
 4. writes each site's ``ROOT/NAME/site.toml`` as an operator would (its own copy of the data
    files under ``ROOT/NAME/data``, relative paths, its own ``ROOT/NAME/ledger``) and starts its
-   ``flower-supernode``, through :func:`fedlora.deploy.supernode_argv` or through the
+   ``flower-supernode``, through :func:`fedlora.deploy.commands.supernode_argv` or through the
    ``fedlora deploy supernode`` command line (:attr:`SiteData.start_with`);
 5. waits until every SuperNode is activated.
 
@@ -60,13 +61,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
-from fedlora import deploy, pki
 from fedlora.config import DeviceChoice
+from fedlora.deploy import commands as deploy
+from fedlora.deploy.roster import default_roster_path
+from fedlora.deploy.site_config import SiteConfig, load_site_config, node_config_value
 from fedlora.errors import ConfigError, FedloraError
-from fedlora.flower_tuning import DEFAULT_POLL_INTERVAL_S
-from fedlora.link_hold import DEFAULT_HOLD_S, check_hold
-from fedlora.roster import default_roster_path
-from fedlora.site_config import SiteConfig, load_site_config, node_config_value
+from fedlora.flower_internals.link_hold import DEFAULT_HOLD_S, check_hold
+from fedlora.flower_internals.tuning import DEFAULT_POLL_INTERVAL_S
+from fedlora.pki import commands as pki
 
 __all__ = [
     "LocalDeployment",
@@ -106,8 +108,8 @@ class SiteData:
     device : {"cpu", "auto", "cuda"}
         ``[site] device``; ``cpu`` hides every GPU from the site's ClientApp processes.
     start_with : {"python", "cli"}
-        ``python`` starts the SuperNode from :func:`fedlora.deploy.supernode_argv`; ``cli``
-        through ``python -m fedlora.cli deploy supernode --site-config ...``, the command a
+        ``python`` starts the SuperNode from :func:`fedlora.deploy.commands.supernode_argv`; ``cli``
+        through ``python -m fedlora.cli.main deploy supernode --site-config ...``, the command a
         site operator runs.
     warm : bool
         ``True``: short polls and fedlora's warm worker (the default of ``fedlora deploy
@@ -200,8 +202,8 @@ class LocalDeployment:
     start_timeout : float
         Seconds to wait for the SuperLink, and then for every SuperNode, to come up.
     pull_hold : float
-        Seconds the SuperLink holds a pull that finds no message (:mod:`fedlora.link_hold`);
-        0 starts plain ``flower-superlink``.
+        Seconds the SuperLink holds a pull that finds no message
+        (:mod:`fedlora.flower_internals.link_hold`); 0 starts plain ``flower-superlink``.
 
     Attributes
     ----------
@@ -209,7 +211,7 @@ class LocalDeployment:
         The deployment's folder, its PKI, its ``FLWR_HOME`` and its process logs.
     roster : Path
         The site roster (node id -> site) the SuperLink gives its ServerApp
-        (:mod:`fedlora.roster`); written at registration (TLS deployments only).
+        (:mod:`fedlora.deploy.roster`); written at registration (TLS deployments only).
     port : int
         The SuperLink's port on 127.0.0.1 (set by :meth:`start`).
     env : dict[str, str]
@@ -289,7 +291,7 @@ class LocalDeployment:
             registration fails.
         FedloraError
             For invalid site data (the ``site.toml`` checks of
-            :func:`fedlora.site_config.load_site_config`).
+            :func:`fedlora.deploy.site_config.load_site_config`).
         """
         try:
             self._start()
@@ -409,7 +411,7 @@ class LocalDeployment:
             argv = [
                 sys.executable,
                 "-m",
-                "fedlora.cli",
+                "fedlora.cli.main",
                 "deploy",
                 "supernode",
                 "--site-config",

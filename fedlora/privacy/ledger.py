@@ -12,7 +12,7 @@ File format (``privacy-ledger.jsonl``), one JSON object a line:
   accountant, ε after the round by PRV and RDP (over the whole ledger) and the time.
 
 Every line carries ``prev`` (the previous line's hash) and ``hash`` (SHA-256 of its own
-canonical JSON without ``hash``), as :mod:`fedlora.hashchain` writes and checks them. A line
+canonical JSON without ``hash``), as :mod:`fedlora.privacy.hashchain` writes and checks them. A line
 that was edited, removed or reordered breaks the chain and the ledger is refused with that
 line's number; nothing is trained on an unprovable history.
 
@@ -51,16 +51,16 @@ from pathlib import Path
 from typing import Any
 
 from fedlora.errors import LedgerError
-from fedlora.hashchain import GENESIS as GENESIS  # re-exported: part of the ledger's format
-from fedlora.hashchain import (
+from fedlora.io import atomic_write_json
+from fedlora.privacy.accounting import Release
+from fedlora.privacy.hashchain import GENESIS as GENESIS  # re-exported: part of the ledger's format
+from fedlora.privacy.hashchain import (
     append_chained,
     corrupted_line,
     finite_or_none,
     read_chain,
     utc_now,
 )
-from fedlora.io import atomic_write_json
-from fedlora.privacy import Release
 
 logger = logging.getLogger(__name__)
 

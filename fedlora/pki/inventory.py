@@ -1,8 +1,8 @@
 """What a federation PKI directory holds, and what in it needs attention.
 
-:func:`inventory` reads the layout described in :mod:`fedlora.pki` without changing anything:
-the CA, the server certificate (its SANs, whether the CA in the directory issued it), every
-site key, and warnings for certificates that expire soon or already did, keys that do not
+:func:`inventory` reads the layout described in :mod:`fedlora.pki.commands` without changing
+anything: the CA, the server certificate (its SANs, whether the CA in the directory issued it),
+every site key, and warnings for certificates that expire soon or already did, keys that do not
 belong to their certificate or public key, and private keys readable by others.
 """
 
@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from fedlora.errors import PkiError
-from fedlora.pki_layout import DEFAULT_WARN_DAYS, PkiLayout, ssh_fingerprint
+from fedlora.pki.layout import DEFAULT_WARN_DAYS, PkiLayout, ssh_fingerprint
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,8 @@ NEARBY_PULL_BACKOFF_CAP_S = 0.05
 FIRST_IDLE_POLL_S = 0.02
 """A node's first wait after activity before it asks the SuperLink again (then doubling)."""
 HELD_PULL_S = 0.5
-"""A pull from the SuperLink that took this long was held there (:mod:`fedlora.link_hold`)."""
+"""A pull from the SuperLink that took this long was held there
+(:mod:`fedlora.flower_internals.link_hold`)."""
 FIRST_TASK_POLL_S = 0.01
 """The warm worker's first wait after a task before it asks its node again (then doubling)."""
 LOCAL_CHECK_S = 0.01
@@ -109,16 +110,16 @@ class PollBackoff:
 class SupernodeWaits:
     """Stands in for the ``time`` module inside Flower's SuperNode loop.
 
-    The loop sleeps 3 s after a pull from the SuperLink that found no message
-    (:class:`PollBackoff` from ``first_idle`` up to ``idle_cap`` instead) and 0.5 s between
-    checks of its own in-memory state for the ClientApp's reply (``local_check`` instead: a
-    lock and a dictionary look-up, no request). A reply wait means a message is being
-    served, so it also restarts the idle back-off: the next message of the round is due
-    soon. An empty pull that took ``HELD_PULL_S`` or more was held by a SuperLink that
-    answers when a message comes (:mod:`fedlora.link_superlink`): the node then asks again
-    after ``first_idle`` seconds, leaving the back-off where it was, since that SuperLink
-    does the waiting. Any other sleep is capped at ``idle_cap``. Everything else
-    (``time.time``, ``time.monotonic``, ...) is the real ``time`` module.
+    The loop sleeps 3 s after a pull from the SuperLink that found no message (:class:`PollBackoff`
+    from ``first_idle`` up to ``idle_cap`` instead) and 0.5 s between checks of its own in-memory
+    state for the ClientApp's reply (``local_check`` instead: a lock and a dictionary look-up, no
+    request). A reply wait means a message is being served, so it also restarts the idle back-off:
+    the next message of the round is due soon. An empty pull that took ``HELD_PULL_S`` or more was
+    held by a SuperLink that answers when a message comes
+    (:mod:`fedlora.flower_internals.link_superlink`): the node then asks again after ``first_idle``
+    seconds, leaving the back-off where it was, since that SuperLink does the waiting. Any other
+    sleep is capped at ``idle_cap``. Everything else (``time.time``, ``time.monotonic``, ...) is the
+    real ``time`` module.
     """
 
     def __init__(

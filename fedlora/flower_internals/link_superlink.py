@@ -1,22 +1,22 @@
 """Flower's SuperLink with held pulls.
 
-``python -m fedlora.link_superlink [--pull-hold S] [--max-held-pulls N] -- FLOWER-SUPERLINK-ARGS``
-runs ``flower-superlink`` (Flower's own entry point, in this process, with the same arguments)
-with one change: a pull that finds no message is held for up to ``--pull-hold`` seconds
-(default 1 s; 0: Flower's immediate answers) and answered as soon as a message for it is
-stored (:mod:`fedlora.link_hold`). A SuperNode then gets its next instruction, and the
-ServerApp its replies, when they are stored rather than at its next poll, and an idle node
-makes about one request a second instead of one per poll interval.
+``python -m fedlora.flower_internals.link_superlink [--pull-hold S] [--max-held-pulls N] --
+FLOWER-SUPERLINK-ARGS`` runs ``flower-superlink`` (Flower's own entry point, in this process, with
+the same arguments) with one change: a pull that finds no message is held for up to ``--pull-hold``
+seconds (default 1 s; 0: Flower's immediate answers) and answered as soon as a message for it is
+stored (:mod:`fedlora.flower_internals.link_hold`). A SuperNode then gets its next instruction, and
+the ServerApp its replies, when they are stored rather than at its next poll, and an idle node makes
+about one request a second instead of one per poll interval.
 
-Nodes of any kind work with it: a held pull is an ordinary pull answered later, well inside
-the 30 s request timeout of Flower's clients. fedlora's warm nodes notice a held pull and ask
-again at once (:class:`fedlora.flower_tuning.SupernodeWaits`); plain ``flower-supernode`` nodes
-keep their own waits. ``fedlora deploy superlink`` starts the coordinator this way.
+Nodes of any kind work with it: a held pull is an ordinary pull answered later, well inside the 30 s
+request timeout of Flower's clients. fedlora's warm nodes notice a held pull and ask again at once
+(:class:`fedlora.flower_internals.tuning.SupernodeWaits`); plain ``flower-supernode`` nodes keep
+their own waits. ``fedlora deploy superlink`` starts the coordinator this way.
 
 It also keeps the SuperLink's Control and Runtime APIs to the operator
-(:mod:`fedlora.link_operator`: only the Fleet API answers other hosts), and with ``--roster
-PATH`` exports the roster's path as ``$FEDLORA_ROSTER`` to the processes the SuperLink starts,
-the ServerApp among them (:mod:`fedlora.roster`).
+(:mod:`fedlora.flower_internals.link_operator`: only the Fleet API answers other hosts), and with
+``--roster PATH`` exports the roster's path as ``$FEDLORA_ROSTER`` to the processes the SuperLink
+starts, the ServerApp among them (:mod:`fedlora.deploy.roster`).
 """
 
 from __future__ import annotations
@@ -28,11 +28,17 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from fedlora.deploy.roster import ROSTER_ENV
 from fedlora.errors import ConfigError
-from fedlora.flower_entry import LOG_FORMAT, parse_with_flower_args
-from fedlora.link_hold import DEFAULT_HOLD_S, DEFAULT_MAX_HELD, MessageSignal, PullHold, hold_pulls
-from fedlora.link_operator import guard_operator_apis, operator_peers
-from fedlora.roster import ROSTER_ENV
+from fedlora.flower_internals.entry import LOG_FORMAT, parse_with_flower_args
+from fedlora.flower_internals.link_hold import (
+    DEFAULT_HOLD_S,
+    DEFAULT_MAX_HELD,
+    MessageSignal,
+    PullHold,
+    hold_pulls,
+)
+from fedlora.flower_internals.link_operator import guard_operator_apis, operator_peers
 
 _FLOWER_DEFAULT_HOST = "127.0.0.1"
 """``flower-superlink``'s ``--host`` default in Flower 1.41."""
@@ -40,7 +46,7 @@ _FLOWER_DEFAULT_HOST = "127.0.0.1"
 
 def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(
-        prog="python -m fedlora.link_superlink",
+        prog="python -m fedlora.flower_internals.link_superlink",
         description="Run flower-superlink with empty pulls held until a message comes.",
     )
     parser.add_argument(

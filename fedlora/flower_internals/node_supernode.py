@@ -1,28 +1,28 @@
 """Flower's SuperNode with short polls and, by default, fedlora's warm worker beside it.
 
-``python -m fedlora.node_supernode [--poll-interval S] [--worker] -- FLOWER-SUPERNODE-ARGS``
-runs ``flower-supernode`` (Flower's own entry point, in this process) with two changes:
+``python -m fedlora.flower_internals.node_supernode [--poll-interval S] [--worker] --
+FLOWER-SUPERNODE-ARGS`` runs ``flower-supernode`` (Flower's own entry point, in this process) with
+two changes:
 
 * Flower 1.41's SuperNode sleeps a fixed 3 s whenever a pull finds no message and 0.5 s
-  between checks for its ClientApp's reply, and backs off 1 s before its first retry of a
-  message's objects. Every fedlora round crosses SuperLink, node and ClientApp and back, so
-  those waits alone add seconds to a round of a tiny model. Here the idle pulls back off from
-  0.02 s after each served message up to ``--poll-interval`` seconds (default 0.2 s: five
-  pulls a second per idle site against plain ``flower-superlink``, each a few milliseconds of
-  SuperLink CPU, about 9 ms on the 2-core development machine: a federation of hundreds of
-  sites wants a longer one; after a pull the SuperLink held, :mod:`fedlora.link_superlink`,
-  the node asks again after 0.02 s, about one pull a second while idle), the
-  reply checks (a look-up in the node's own memory) wait on the worker's signal (or take
-  0.01 s with a worker process) and the first retry comes after 0.01 s
-  (:mod:`fedlora.flower_tuning`).
+  between checks for its ClientApp's reply, and backs off 1 s before its first retry of a message's
+  objects. Every fedlora round crosses SuperLink, node and ClientApp and back, so those waits alone
+  add seconds to a round of a tiny model. Here the idle pulls back off from 0.02 s after each served
+  message up to ``--poll-interval`` seconds (default 0.2 s: five pulls a second per idle site
+  against plain ``flower-superlink``, each a few milliseconds of SuperLink CPU, about 9 ms on the
+  2-core development machine: a federation of hundreds of sites wants a longer one; after a pull the
+  SuperLink held, :mod:`fedlora.flower_internals.link_superlink`, the node asks again after 0.02 s,
+  about one pull a second while idle), the reply checks (a look-up in the node's own memory) wait on
+  the worker's signal (or take 0.01 s with a worker process) and the first retry comes after 0.01 s
+  (:mod:`fedlora.flower_internals.tuning`).
 * With ``--worker`` (what ``fedlora deploy supernode`` uses unless ``--cold``), the SuperNode
-  runs in Flower's ``--isolation process`` mode and :mod:`fedlora.node_worker` runs as a
-  thread of this process: one warm worker that executes every ClientApp task, instead of a
-  fresh ``flwr-clientapp`` process per message re-importing torch, transformers, peft and
-  opacus. It calls the node's Runtime handlers directly (:mod:`fedlora.node_local_runtime`),
-  is woken by each new task (:mod:`fedlora.node_wake`) and signals each stored reply, so the
-  node's loop waits on that signal rather than checking its state every 0.01 s (which would
-  take the interpreter from training). A Flower without those handlers gets the worker as a
+  runs in Flower's ``--isolation process`` mode and :mod:`fedlora.flower_internals.node_worker` runs
+  as a thread of this process: one warm worker that executes every ClientApp task, instead of a
+  fresh ``flwr-clientapp`` process per message re-importing torch, transformers, peft and opacus. It
+  calls the node's Runtime handlers directly (:mod:`fedlora.flower_internals.node_local_runtime`),
+  is woken by each new task (:mod:`fedlora.flower_internals.node_wake`) and signals each stored
+  reply, so the node's loop waits on that signal rather than checking its state every 0.01 s (which
+  would take the interpreter from training). A Flower without those handlers gets the worker as a
   child process over the Runtime API's HTTP, which exits when this process does.
 * ``--heartbeat-interval S`` (``[connection] heartbeat-interval`` of ``site.toml``): the
   interval this node declares to the SuperLink and keeps, instead of Flower's fixed 30 s.
@@ -44,8 +44,10 @@ import threading
 from collections.abc import Sequence
 
 from fedlora.errors import ConfigError
-from fedlora.flower_entry import LOG_FORMAT, parse_with_flower_args
-from fedlora.flower_tuning import (
+from fedlora.flower_internals.entry import LOG_FORMAT, parse_with_flower_args
+from fedlora.flower_internals.node_local_runtime import LocalRuntimeClient, local_runtime_available
+from fedlora.flower_internals.node_wake import TaskSignal, notify_on_new_tasks
+from fedlora.flower_internals.tuning import (
     DEFAULT_POLL_INTERVAL_S,
     check_heartbeat_interval,
     check_poll_interval,
@@ -53,8 +55,6 @@ from fedlora.flower_tuning import (
     shorten_pull_backoff,
     shorten_supernode_polls,
 )
-from fedlora.node_local_runtime import LocalRuntimeClient, local_runtime_available
-from fedlora.node_wake import TaskSignal, notify_on_new_tasks
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def worker_argv(runtime_address: str, *, poll_interval: float, parent_pid: int) 
     return [
         sys.executable,
         "-m",
-        "fedlora.node_worker",
+        "fedlora.flower_internals.node_worker",
         "--runtime-api-address",
         runtime_address,
         "--poll-interval",
@@ -79,11 +79,11 @@ def start_worker(
 ) -> str:
     """Start the warm worker: a thread of this process, or a child process as a fallback.
 
-    In this process (the default), the worker is woken by the node's state when it creates
-    a task (:mod:`fedlora.node_wake`), calls the node's Runtime handlers directly
-    (:mod:`fedlora.node_local_runtime`) and sets ``replies`` once it has stored a reply. If
-    the installed Flower lacks what this needs, the worker is a child process that polls the
-    node's Runtime API over HTTP; it watches this PID and exits with it.
+    In this process (the default), the worker is woken by the node's state when it creates a task
+    (:mod:`fedlora.flower_internals.node_wake`), calls the node's Runtime handlers directly
+    (:mod:`fedlora.flower_internals.node_local_runtime`) and sets ``replies`` once it has stored a
+    reply. If the installed Flower lacks what this needs, the worker is a child process that polls
+    the node's Runtime API over HTTP; it watches this PID and exits with it.
 
     Returns
     -------
@@ -111,7 +111,7 @@ def start_worker(
 def _serve_in_this_process(
     signal: TaskSignal, poll_interval: float, replies: threading.Event | None
 ) -> None:
-    from fedlora.node_worker import serve
+    from fedlora.flower_internals.node_worker import serve
 
     while signal.state is None:  # the node's state is known from its first task on
         signal.wait(None)
@@ -141,7 +141,7 @@ def runtime_address(flower_args: Sequence[str]) -> str:
 
 def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(
-        prog="python -m fedlora.node_supernode",
+        prog="python -m fedlora.flower_internals.node_supernode",
         description="Run flower-supernode with short polls (and fedlora's warm worker).",
     )
     parser.add_argument("--poll-interval", type=float, default=DEFAULT_POLL_INTERVAL_S)

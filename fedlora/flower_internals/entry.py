@@ -1,8 +1,9 @@
 """Running a Flower command's entry point inside a fedlora process.
 
-``python -m fedlora.link_superlink`` and ``python -m fedlora.node_supernode`` take their own
-options, then ``--`` and the Flower command's arguments, change what they change in this
-process and call Flower's own entry point with those arguments.
+``python -m fedlora.flower_internals.link_superlink`` and ``python -m
+fedlora.flower_internals.node_supernode`` take their own options, then ``--`` and the Flower
+command's arguments, change what they change in this process and call Flower's own entry point with
+those arguments.
 """
 
 from __future__ import annotations

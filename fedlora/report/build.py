@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from fedlora.errors import LedgerError, RunDirError
-from fedlora.hashchain import finite_or_none
 from fedlora.io import atomic_write_json, atomic_write_text, read_json_lines
-from fedlora.ledger import LEDGER_FILE, LedgerEntry, SiteLedger, read_ledger
+from fedlora.privacy.hashchain import finite_or_none
+from fedlora.privacy.ledger import LEDGER_FILE, LedgerEntry, SiteLedger, read_ledger
 
 logger = logging.getLogger(__name__)
 
@@ -573,8 +573,8 @@ def write_report(run_dir: Path) -> Path:
     RunDirError
         As :func:`build_report`, or when the report directory cannot be written.
     """
-    from fedlora import report_render
-    from fedlora.report_document import render_markdown
+    from fedlora.report import render as report_render
+    from fedlora.report.document import render_markdown
 
     report = build_report(run_dir)
     out = run_dir / REPORT_DIR
