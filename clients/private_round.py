@@ -31,7 +31,9 @@ from fedlora.clients.training import TrainResult
 from fedlora.config import RunConfig
 from fedlora.data import TokenizedDataset
 from fedlora.privacy.accounting import AccountantName, Release, epsilon, epsilons
-from fedlora.privacy.ledger import LedgerEntry, SiteLedger, data_fingerprint
+from fedlora.privacy.ledger import SiteLedger
+from fedlora.privacy.ledger_entry import LedgerEntry
+from fedlora.privacy.ledger_storage import data_fingerprint
 from fedlora.protocol import BUDGET_EXHAUSTED
 from fedlora.sites import SiteSpec
 

@@ -47,7 +47,8 @@ from fedlora.privacy.accounting import (
     epsilon,
     plan_steps,
 )
-from fedlora.privacy.ledger import SiteLedger, default_ledger_root
+from fedlora.privacy.ledger import SiteLedger
+from fedlora.privacy.ledger_storage import default_ledger_root
 from fedlora.sites import SiteSpec
 
 logger = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedlora.clients.app import make_client_app
 from fedlora.config import RunConfig
 from fedlora.errors import BudgetExhaustedError, FedloraError
-from fedlora.privacy.ledger import default_ledger_root
+from fedlora.privacy.ledger_storage import default_ledger_root
 from fedlora.progress import RoundObserver
 from fedlora.server.federation import run_federation
 from fedlora.server.rundir import RunDirectory, new_run_id

@@ -37,149 +37,38 @@ Three more guards (issue 14):
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import functools
-import hashlib
-import json
 import logging
-import math
-import os
-import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from fedlora.errors import LedgerError
-from fedlora.io import atomic_write_json
 from fedlora.privacy.accounting import Release
 from fedlora.privacy.hashchain import GENESIS as GENESIS  # re-exported: part of the ledger's format
 from fedlora.privacy.hashchain import (
     append_chained,
     corrupted_line,
-    finite_or_none,
     read_chain,
     utc_now,
+)
+from fedlora.privacy.ledger_entry import ROUND_FIELDS as ROUND_FIELDS  # part of the format
+from fedlora.privacy.ledger_entry import LedgerEntry
+from fedlora.privacy.ledger_storage import (
+    LEDGER_FILE,
+    LOCK_WAIT_S,
+    ledger_lock,
+    move_without_overwriting,
+    read_mark,
+    retired_path,
+    write_mark,
 )
 
 logger = logging.getLogger(__name__)
 
-LEDGER_FILE = "privacy-ledger.jsonl"
-LOCK_FILE = "privacy-ledger.lock"
 LEDGER_VERSION = 2
 """Version 2 records the ledger's δ in its ``open`` line; version 1 ledgers stay readable."""
 READABLE_VERSIONS = (1, 2)
-LOCK_WAIT_S = 120.0
-"""How long a run waits for another run that holds the same ledger before it is refused."""
-LEDGERS_ENV = "FEDLORA_HOME"
 _LABEL = "privacy ledger"
-ROUND_FIELDS = (
-    "run-id",
-    "round",
-    "steps",
-    "sample-rate",
-    "noise-multiplier",
-    "max-grad-norm",
-    "delta",
-    "accountant",
-    "epsilon-prv",
-    "epsilon-rdp",
-)
-
-
-def default_ledger_root() -> Path:
-    """Where simulated sites keep their ledgers unless ``ledger-root`` says otherwise.
-
-    One per-user data directory, whatever the run's output folder: ``$FEDLORA_HOME/ledgers``
-    when ``FEDLORA_HOME`` is set, else ``$XDG_DATA_HOME/fedlora/ledgers``, else
-    ``~/.local/share/fedlora/ledgers``. Ledgers are keyed by site and data fingerprint below
-    it, so the same data keeps its lifetime spend across runs wherever their outputs go.
-    """
-    home = os.environ.get(LEDGERS_ENV)
-    if home:
-        return Path(home).expanduser() / "ledgers"
-    xdg = os.environ.get("XDG_DATA_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".local" / "share"
-    return base / "fedlora" / "ledgers"
-
-
-def data_fingerprint(path: Path) -> str:
-    """SHA-256 of a data file's bytes: the identity of the dataset a ledger belongs to.
-
-    Every DP round asks for it; the file is hashed again only when its size or modification
-    time changed (as the site's dataset cache does), not once per round.
-    """
-    stat = path.stat()
-    return _file_digest(path.resolve(), stat.st_size, stat.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=64)
-def _file_digest(path: Path, _size: int, _mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-@dataclass(frozen=True)
-class LedgerEntry:
-    """One trained round as the ledger records it."""
-
-    run_id: str
-    round: int
-    steps: int
-    sample_rate: float
-    noise_multiplier: float
-    max_grad_norm: float
-    delta: float
-    accountant: str
-    epsilon_prv: float
-    epsilon_rdp: float
-    time: str
-
-    @property
-    def release(self) -> Release:
-        """The DP-SGD release this round made."""
-        return Release(self.noise_multiplier, self.sample_rate, self.steps)
-
-    def to_json(self) -> dict[str, Any]:
-        """The entry's fields under the ledger's kebab-case keys."""
-        return {
-            "run-id": self.run_id,
-            "round": self.round,
-            "steps": self.steps,
-            "sample-rate": self.sample_rate,
-            "noise-multiplier": self.noise_multiplier,
-            "max-grad-norm": self.max_grad_norm,
-            "delta": self.delta,
-            "accountant": self.accountant,
-            "epsilon-prv": finite_or_none(self.epsilon_prv),
-            "epsilon-rdp": finite_or_none(self.epsilon_rdp),
-            "time": self.time,
-        }
-
-    @classmethod
-    def from_json(cls, payload: Mapping[str, Any]) -> LedgerEntry:
-        """Parse a ``round`` line (``KeyError`` / ``TypeError`` / ``ValueError`` if malformed)."""
-
-        def eps(key: str) -> float:
-            value = payload[key]
-            return math.inf if value is None else float(value)
-
-        return cls(
-            run_id=str(payload["run-id"]),
-            round=int(payload["round"]),
-            steps=int(payload["steps"]),
-            sample_rate=float(payload["sample-rate"]),
-            noise_multiplier=float(payload["noise-multiplier"]),
-            max_grad_norm=float(payload["max-grad-norm"]),
-            delta=float(payload["delta"]),
-            accountant=str(payload["accountant"]),
-            epsilon_prv=eps("epsilon-prv"),
-            epsilon_rdp=eps("epsilon-rdp"),
-            time=str(payload["time"]),
-        )
 
 
 class SiteLedger:
@@ -329,15 +218,15 @@ class SiteLedger:
                     f"not to the data about to be trained ({data_fingerprint[:16]}...); "
                     "set new-ledger to retire it and start a new one"
                 )
-            _move_without_overwriting(path, _retired_path(directory, ledger.data_fingerprint))
+            move_without_overwriting(path, retired_path(directory, ledger.data_fingerprint))
             logger.warning("retired the privacy ledger of data %s", ledger.data_fingerprint[:16])
-            earlier = _retired_path(directory, data_fingerprint)
+            earlier = retired_path(directory, data_fingerprint)
             if earlier.exists():
                 # Data seen before keeps its history: a new ledger must never reset its spend.
-                _move_without_overwriting(earlier, path)
+                move_without_overwriting(earlier, path)
                 logger.warning("reactivated the earlier privacy ledger of this data")
                 return cls._load(path)._adopt(delta)
-        mark = _read_mark(directory, data_fingerprint)
+        mark = read_mark(directory, data_fingerprint)
         if mark is not None and mark[0] > 1:  # it had recorded spend
             raise LedgerError(
                 f"the privacy ledger of data {data_fingerprint[:16]}... is missing from "
@@ -404,7 +293,7 @@ class SiteLedger:
 
     def _check_mark(self, lines: list[dict[str, Any]]) -> None:
         """Refuse a ledger shorter than, or diverging from, its high-water mark."""
-        mark = _read_mark(self.path.parent, self.data_fingerprint)
+        mark = read_mark(self.path.parent, self.data_fingerprint)
         if mark is None:
             return
         count, head = mark
@@ -423,7 +312,7 @@ class SiteLedger:
     def _write(self, payload: dict[str, Any]) -> None:
         self._last_hash = append_chained(self.path, payload, self._last_hash, label=_LABEL)
         self._lines += 1
-        _write_mark(self.path.parent, self.data_fingerprint, self._lines, self._last_hash)
+        write_mark(self.path.parent, self.data_fingerprint, self._lines, self._last_hash)
 
     @property
     def head(self) -> str:
@@ -480,83 +369,6 @@ class SiteLedger:
                 f"{self._lines} when read): another run appended to it; refusing to record on "
                 "a stale view (the round is not released)"
             )
-
-
-@contextlib.contextmanager
-def ledger_lock(directory: Path, *, wait: float, holder: str = "") -> Iterator[None]:
-    """Hold the exclusive lock of the ledger in ``directory`` (creating the directory).
-
-    ``flock`` on ``privacy-ledger.lock``: released when the block ends or the process dies,
-    never left behind by a crash. Another holder in this process also blocks (each call opens
-    its own file description).
-
-    Raises
-    ------
-    LedgerError
-        When the directory cannot be created, or the lock is still held after ``wait`` seconds.
-    """
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as exc:
-        raise LedgerError(f"cannot create ledger directory {directory}: {exc}") from exc
-    try:
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    other = os.pread(fd, 512, 0).decode("utf-8", "replace").strip()
-                    raise LedgerError(
-                        f"{_LABEL} in {directory} is in use by another run "
-                        f"({other or 'unknown holder'}) and stayed locked for {wait:g} s; "
-                        "not training now (two runs on one ledger would overspend its budget)"
-                    ) from None
-                time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} {holder}".strip().encode("utf-8"), 0)
-        yield
-    finally:
-        os.close(fd)
-
-
-def _mark_path(directory: Path, fingerprint: str) -> Path:
-    return directory / f"privacy-ledger.high-water-{fingerprint}.json"
-
-
-def _read_mark(directory: Path, fingerprint: str) -> tuple[int, str] | None:
-    """``(lines, head)`` of the ledger of ``fingerprint`` after its last write, if recorded."""
-    path = _mark_path(directory, fingerprint)
-    if not path.exists():
-        return None
-    try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
-        return int(payload["lines"]), str(payload["head"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise LedgerError(f"high-water mark {path} is unreadable: {exc}") from exc
-
-
-def _write_mark(directory: Path, fingerprint: str, lines: int, head: str) -> None:
-    try:
-        atomic_write_json(
-            _mark_path(directory, fingerprint),
-            {"data-fingerprint": fingerprint, "lines": lines, "head": head},
-        )
-    except OSError as exc:
-        # The ledger line is durable; a mark one line behind still guards all earlier lines.
-        logger.warning("could not update the ledger's high-water mark: %s", exc)
-
-
-def _retired_path(directory: Path, fingerprint: str) -> Path:
-    return directory / f"privacy-ledger.retired-{fingerprint}.jsonl"
-
-
-def _move_without_overwriting(source: Path, target: Path) -> None:
-    if target.exists():
-        raise LedgerError(f"cannot move {source} to {target}: it exists and is never overwritten")
-    source.rename(target)
 
 
 def read_ledger(path: Path) -> SiteLedger:

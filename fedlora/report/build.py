@@ -24,7 +24,9 @@ from typing import Any
 from fedlora.errors import LedgerError, RunDirError
 from fedlora.io import atomic_write_json, atomic_write_text, read_json_lines
 from fedlora.privacy.hashchain import finite_or_none
-from fedlora.privacy.ledger import LEDGER_FILE, LedgerEntry, SiteLedger, read_ledger
+from fedlora.privacy.ledger import SiteLedger, read_ledger
+from fedlora.privacy.ledger_entry import LedgerEntry
+from fedlora.privacy.ledger_storage import LEDGER_FILE
 
 logger = logging.getLogger(__name__)
 

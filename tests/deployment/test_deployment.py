@@ -30,7 +30,8 @@ from fedlora.deploy.loopback import LocalDeployment, SiteData, wait_for
 from fedlora.deploy.roster import ROSTER_ENV, read_roster
 from fedlora.flower_internals.tuning import HELD_PULL_S
 from fedlora.pki import commands as pki
-from fedlora.privacy.ledger import LEDGER_FILE, read_ledger
+from fedlora.privacy.ledger import read_ledger
+from fedlora.privacy.ledger_storage import LEDGER_FILE
 from fedlora.testing import write_sft_file
 from tests.relay import relay
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from fedlora.deploy.loopback import LocalDeployment, SiteData, wait_for
-from fedlora.privacy.ledger import LEDGER_FILE, read_ledger
+from fedlora.privacy.ledger import read_ledger
+from fedlora.privacy.ledger_storage import LEDGER_FILE
 from fedlora.testing import write_sft_file
 
 pytestmark = [pytest.mark.deployment, pytest.mark.faults]

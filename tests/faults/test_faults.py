@@ -23,7 +23,8 @@ from flwr.app import Context, Message, RecordDict
 from opacus.accountants import RDPAccountant
 
 from fedlora.config import RunConfig
-from fedlora.privacy.ledger import LEDGER_FILE, default_ledger_root, read_ledger
+from fedlora.privacy.ledger import read_ledger
+from fedlora.privacy.ledger_storage import LEDGER_FILE, default_ledger_root
 from fedlora.server.federation import run_federation
 from fedlora.simulations.inprocess_grid import InProcessGrid
 from fedlora.simulations.materialize import resolve_config, simulated_sites

@@ -16,7 +16,8 @@ from dp_accounting.rdp import RdpAccountant
 from opacus.accountants import PRVAccountant, RDPAccountant
 
 from fedlora.errors import BudgetExhaustedError
-from fedlora.privacy.ledger import LEDGER_FILE, default_ledger_root, read_ledger
+from fedlora.privacy.ledger import read_ledger
+from fedlora.privacy.ledger_storage import LEDGER_FILE, default_ledger_root
 from fedlora.privacy.server_ledger import read_server_ledger
 from fedlora.report.build import write_report
 from fedlora.testing import run_tiny_federation

@@ -20,7 +20,8 @@ from fedlora.clients.app import make_client_app
 from fedlora.config import RunConfig
 from fedlora.errors import LedgerError
 from fedlora.models import apply_lora, load_base_model
-from fedlora.privacy.ledger import LEDGER_FILE, read_ledger
+from fedlora.privacy.ledger import read_ledger
+from fedlora.privacy.ledger_storage import LEDGER_FILE
 from fedlora.protocol import (
     BUDGET_EXHAUSTED,
     make_instruction,

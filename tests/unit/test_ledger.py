@@ -10,14 +10,9 @@ import pytest
 
 from fedlora.errors import LedgerError
 from fedlora.privacy.accounting import Release
-from fedlora.privacy.ledger import (
-    GENESIS,
-    LEDGER_FILE,
-    LedgerEntry,
-    SiteLedger,
-    data_fingerprint,
-    read_ledger,
-)
+from fedlora.privacy.ledger import GENESIS, SiteLedger, read_ledger
+from fedlora.privacy.ledger_entry import LedgerEntry
+from fedlora.privacy.ledger_storage import LEDGER_FILE, data_fingerprint
 
 FP_A = hashlib.sha256(b"dataset A").hexdigest()
 FP_B = hashlib.sha256(b"dataset B").hexdigest()

@@ -28,13 +28,9 @@ from fedlora.config import RunConfig
 from fedlora.errors import LedgerError
 from fedlora.privacy.accounting import CALIBRATION_TOLERANCE, Release, epsilon
 from fedlora.privacy.hashchain import GENESIS, append_chained
-from fedlora.privacy.ledger import (
-    LEDGER_FILE,
-    LedgerEntry,
-    SiteLedger,
-    data_fingerprint,
-    read_ledger,
-)
+from fedlora.privacy.ledger import SiteLedger, read_ledger
+from fedlora.privacy.ledger_entry import LedgerEntry
+from fedlora.privacy.ledger_storage import LEDGER_FILE, data_fingerprint
 from fedlora.protocol import BUDGET_EXHAUSTED
 from fedlora.sites import SiteSpec
 from tests.conftest import write_jsonl
@@ -310,7 +306,8 @@ def test_a_file_size_limit_mid_append_leaves_the_ledger_byte_identical(tmp_path:
         import resource, signal, sys
         from pathlib import Path
         from fedlora.errors import LedgerError
-        from fedlora.privacy.ledger import LedgerEntry, SiteLedger
+        from fedlora.privacy.ledger_entry import LedgerEntry
+        from fedlora.privacy.ledger import SiteLedger
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         ledger = SiteLedger.open(Path(sys.argv[1]), site="s", data_fingerprint="f" * 64,
                                  records=4)
@@ -338,7 +335,7 @@ def test_a_file_size_limit_mid_append_leaves_the_ledger_byte_identical(tmp_path:
 
 
 def test_default_ledger_root_is_one_per_user_folder(monkeypatch: pytest.MonkeyPatch):
-    from fedlora.privacy.ledger import default_ledger_root
+    from fedlora.privacy.ledger_storage import default_ledger_root
 
     monkeypatch.setenv("FEDLORA_HOME", "/srv/fl")
     assert default_ledger_root() == Path("/srv/fl/ledgers")

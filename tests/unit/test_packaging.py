@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -17,6 +18,24 @@ else:  # flwr depends on tomli
 
 ROOT = Path(__file__).resolve().parents[2]
 ROLES = ("server", "clients", "strategies", "simulations")
+NOT_SOURCE = shutil.ignore_patterns(
+    ".git",
+    ".venv",
+    "build",
+    "runs",
+    ".flwr-home",
+    ".typecheck",
+    "*.egg-info",
+    "__pycache__",
+    ".pytest_cache",
+    ".mypy_cache",
+    ".ruff_cache",
+)
+
+
+def source_copy(tmp_path: Path) -> Path:
+    """The checkout's sources in ``tmp_path``: setuptools builds in the tree it is given."""
+    return Path(shutil.copytree(ROOT, tmp_path / "src", ignore=NOT_SOURCE))
 
 
 def _setuptools() -> dict:
@@ -57,7 +76,7 @@ def test_the_wheel_holds_one_top_level_name(tmp_path: Path):
             "--no-build-isolation",
             "--wheel-dir",
             str(tmp_path),
-            str(ROOT),
+            str(source_copy(tmp_path)),
         ],
         check=True,
         cwd=tmp_path,
@@ -91,7 +110,7 @@ def test_an_installed_copy_imports_its_roles_only_as_fedlora(tmp_path: Path):
             "--no-build-isolation",
             "--target",
             str(target),
-            str(ROOT),
+            str(source_copy(tmp_path)),
         ],
         check=True,
         cwd=tmp_path,

@@ -16,7 +16,9 @@ import pytest
 from fedlora.cli.main import main
 from fedlora.errors import RunDirError
 from fedlora.privacy.accounting import Release, epsilons
-from fedlora.privacy.ledger import LEDGER_FILE, LedgerEntry, SiteLedger
+from fedlora.privacy.ledger import SiteLedger
+from fedlora.privacy.ledger_entry import LedgerEntry
+from fedlora.privacy.ledger_storage import LEDGER_FILE
 from fedlora.report.build import (
     GUARANTEE,
     LEDGER_NOT_AVAILABLE,
