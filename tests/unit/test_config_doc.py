@@ -116,3 +116,13 @@ def test_version(capsys):
         main(["--version"])
     assert stop.value.code == 0
     assert capsys.readouterr().out.strip() == f"fedlora {__version__}"
+
+
+def test_an_old_checkpoint_config_reads_as_auto_without_a_warning(caplog):
+    from fedlora.config import upgrade_legacy
+
+    old = {**RunConfig().to_flat(), "noise-multiplier": -1.0, "delta": 0.0, "server-lr": -1.0}
+    with caplog.at_level(logging.WARNING, logger="fedlora.config"):
+        upgraded = upgrade_legacy(old, warn=False)
+    assert upgraded == RunConfig().to_flat()
+    assert not caplog.text
