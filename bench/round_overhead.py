@@ -132,7 +132,7 @@ def _run_plain(config: RunConfig, run_id: str, verbose: bool) -> SideRun:
         config,
         simulated_sites(config),
         device=config.device,
-        client_gpus=max(config.client_gpus, 0.0),
+        client_gpus=config.client_gpus or 0.0,
         verbose=verbose,
     )
     return SideRun(

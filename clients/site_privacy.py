@@ -189,7 +189,7 @@ def site_policy(
     target = _node_float(node, "target-epsilon")
     if sigma is not None and target is not None:
         raise ConfigError("node config gives both noise-multiplier and target-epsilon")
-    if sigma is None and target is None and config.noise_multiplier >= 0:
+    if sigma is None and target is None and config.noise_multiplier is not None:
         sigma = config.noise_multiplier
     if sigma is None:
         target = target or config.target_epsilon or DEFAULT_TARGET_EPSILON

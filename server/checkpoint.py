@@ -32,6 +32,7 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 from fedlora.adapters import AdapterState
+from fedlora.config import upgrade_legacy
 from fedlora.errors import RunDirError
 from fedlora.io import atomic_write_bytes, atomic_write_json
 
@@ -132,7 +133,8 @@ def read_checkpoint(run_dir: Path) -> Checkpoint:
         manifest = json.loads(where.read_text(encoding="utf-8"))
         server_round = int(manifest["round"])
         files: dict[str, str] = dict(manifest["files"])
-        config = dict(manifest["config"])
+        # a checkpoint of an older fedlora wrote "auto" settings as -1.0 or 0
+        config = upgrade_legacy(manifest["config"], warn=False)
         fingerprint = str(manifest["base-fingerprint"])
         run_id = str(manifest["run-id"])
         if manifest.get("format") != FORMAT:

@@ -215,7 +215,7 @@ def preflight(config: RunConfig, sites: list[SiteSpec]) -> None:
 
 def _check_privacy_target(config: RunConfig, site: SiteSpec, records: int) -> None:
     """Refuse, before anything runs, a target ε no noise level reaches at a site."""
-    if not config.dp or config.noise_multiplier >= 0:
+    if not config.dp or config.noise_multiplier is not None:
         return
     plan = plan_steps(
         records=records,

@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 
 def _client_gpus(config: RunConfig) -> float:
-    if config.client_gpus >= 0:
+    if config.client_gpus is not None:
         return config.client_gpus
     if config.device == "cpu":
         return 0.0

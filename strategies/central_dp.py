@@ -122,7 +122,7 @@ CENTRAL_MODES: tuple[CentralMode, ...] = ("fixed", "adaptive")
 Arrays = list[npt.NDArray[np.float64]]
 
 
-def central_delta(delta: float, sites: int) -> float:
+def central_delta(delta: float | None, sites: int) -> float:
     """The client-level δ: ``delta`` when set, else ``1 / (10·sites)``.
 
     δ must be well below ``1 / sites`` (a mechanism that publishes one site's whole update
@@ -134,7 +134,7 @@ def central_delta(delta: float, sites: int) -> float:
     ConfigError
         For ``sites < 1`` or a set ``delta`` outside (0, 1).
     """
-    if delta == 0:
+    if delta is None:
         if sites < 1:
             raise ConfigError(f"central DP needs at least one site, got {sites}")
         return default_delta(sites)
@@ -165,7 +165,7 @@ class CentralDP(Strategy):
         The expected number of sites sampled per round, ``m``: the fixed denominator of the
         mean and of the noise. Defaults to ``sites`` (every site trains every round).
     delta
-        The client-level δ; 0 picks ``1 / (10·sites)``.
+        The client-level δ; ``None`` picks ``1 / (10·sites)``.
     target_clipped_quantile, clip_norm_lr, clipped_count_stddev
         Adaptive clipping: the quantile of update norms ``C`` tracks, the geometric step
         size, and the noise on the unclipped count (``None``: ``m / 20`` when sigma > 0,
@@ -193,7 +193,7 @@ class CentralDP(Strategy):
         clip_norm: float,
         sites: int,
         sampled_per_round: int | None = None,
-        delta: float = 0.0,
+        delta: float | None = None,
         target_clipped_quantile: float = 0.5,
         clip_norm_lr: float = 0.2,
         clipped_count_stddev: float | None = None,

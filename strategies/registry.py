@@ -20,7 +20,7 @@ from fedlora.strategies.trimmed_mean import TrimmedMean
 
 
 def _server_lr(config: RunConfig, default: float) -> float:
-    return default if config.server_lr == -1.0 else config.server_lr
+    return default if config.server_lr is None else config.server_lr
 
 
 def _multi_krum(config: RunConfig, sites: int) -> Strategy:

@@ -300,7 +300,7 @@ def test_dp_reply_carries_no_training_loss_and_unreplayable_noise(tmp_path: Path
 def test_calibrated_noise_is_kept_in_node_state_between_rounds(tmp_path: Path, monkeypatch):
     import fedlora.clients.site_privacy
 
-    config = _config(tmp_path, 100.0).replace(noise_multiplier=-1.0, target_epsilon=6.0)
+    config = _config(tmp_path, 100.0).replace(noise_multiplier=None, target_epsilon=6.0)
     site = _site(tmp_path)
     app = make_client_app(lambda _context, _config: site)
     context = _context({"ledger-dir": str(tmp_path / "ledger")})

@@ -220,7 +220,7 @@ def test_a_larger_delta_cannot_refund_a_spent_budget(tmp_path: Path, stub_traini
     # At δ = 0.5 the history's ε would be far smaller and a second round would "fit".
     with pytest.raises(LedgerError, match=r"fixed at delta 0\.0001.*sets delta 0\.5"):
         run_round(site, config(budget_epsilon=budget, delta=0.5), node, run_id="run-b")
-    declined = run_round(site, config(budget_epsilon=budget, delta=0.0), node, run_id="run-b")
+    declined = run_round(site, config(budget_epsilon=budget, delta=None), node, run_id="run-b")
 
     assert isinstance(declined, Declined)  # δ unset: the ledger's δ, and the budget holds
     assert declined.detail["epsilon-next"] == pytest.approx(eps(2), rel=1e-12)

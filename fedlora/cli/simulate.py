@@ -1,0 +1,125 @@
+"""``fedlora simulate``: a simulated federation on this machine, then its summary."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+from fedlora.cli.flags import add_run_config_flags, config_from_args
+from fedlora.config import RunConfig
+from fedlora.config.settings import OUTPUT
+from fedlora.errors import BudgetExhaustedError
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``simulate``: the run-config flags, then the flags of this command alone."""
+    sim = commands.add_parser(
+        "simulate",
+        help="run a simulated federation on this machine",
+        description="Run a federated LoRA fine-tuning simulation with one virtual node per site.",
+    )
+    output = add_run_config_flags(sim)[OUTPUT]
+    output.add_argument("--run-id", default=None, help="run directory name (default: timestamp)")
+    output.add_argument("--quiet", action="store_true", help="no progress display")
+    output.add_argument("--verbose", action="store_true", help="show Flower and Ray logs")
+    output.add_argument(
+        "--resume",
+        default=None,
+        metavar="RUN_DIR",
+        help="continue this run from its last completed round (its checkpoint's config; "
+        "a flag that contradicts the checkpoint is refused)",
+    )
+    output.add_argument(
+        "--engine",
+        choices=("ray", "inprocess"),
+        default="ray",
+        help="ray: Flower's simulation engine (sites in parallel); inprocess: sites one "
+        "after another in this process, no Ray",
+    )
+
+
+def _quiet_third_parties(verbose: bool) -> None:
+    if verbose:
+        return
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    # Opacus's RDP remark on its order grid: its ε stays a valid (upper) bound either way.
+    warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+    for name in ("flwr", "ray", "transformers", "alembic"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _resumed_config(given: RunConfig, run_dir: Path) -> RunConfig:
+    """The checkpoint's config, with every flag the user set on this command line on top.
+
+    A flag left at its default takes the checkpoint's value; a flag set to something else
+    stays, and the resume then refuses it, naming the key (``fedlora.server.federation``).
+    """
+    from fedlora.server.checkpoint import read_checkpoint
+
+    saved = read_checkpoint(run_dir).config
+    defaults = RunConfig().to_flat()
+    merged = dict(saved)
+    for key, value in given.to_flat().items():
+        if key not in saved or value != defaults.get(key):
+            merged[key] = value
+    return RunConfig.from_flat(merged)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``fedlora simulate``: run, then print the summary tables."""
+    from fedlora.simulations.checks import check_run_paths
+
+    # Settings and paths first: a refusal costs no import of torch or Flower.
+    config = config_from_args(args)
+    resume = Path(args.resume) if args.resume else None
+    check_run_paths(config, run_id=args.run_id, resume=resume)
+
+    from rich.console import Console
+
+    from fedlora.console import ProgressDisplay, summary_table, traffic_table
+    from fedlora.report.build import HTML_FILE, write_report
+    from fedlora.server.rundir import RunDirectory
+    from fedlora.simulations.runner import simulate
+
+    if resume is not None:
+        config = _resumed_config(config, resume)
+    console = Console(stderr=False)
+    _quiet_third_parties(args.verbose)
+    if not config.dp:
+        print(
+            "fedlora: warning: differential privacy is OFF (--no-dp): the adapters sent by the "
+            "sites carry no formal privacy guarantee for their records",
+            file=sys.stderr,
+        )
+    stopped: BudgetExhaustedError | None = None
+    try:
+        options = {"verbose": args.verbose, "engine": args.engine, "resume": resume}
+        if args.quiet:
+            run_path = simulate(config, run_id=args.run_id, **options)
+        else:
+            with ProgressDisplay(console) as display:
+                run_path = simulate(
+                    config,
+                    observer=display,
+                    run_id=args.run_id,
+                    **options,
+                )
+    except BudgetExhaustedError as error:
+        if error.run_dir is None:
+            raise
+        stopped, run_path = error, error.run_dir
+    metrics = RunDirectory(run_path).read_metrics()
+    console.print(summary_table(metrics, config.task))
+    console.print(traffic_table(metrics))
+    report = write_report(Path(run_path))
+    console.print(f"run directory: {run_path}", soft_wrap=True, highlight=False)
+    final = Path(run_path) / "adapters" / "final"
+    console.print(f"final adapter: {final}", soft_wrap=True, highlight=False)
+    console.print(f"privacy report: {report / HTML_FILE}", soft_wrap=True, highlight=False)
+    if stopped is not None:
+        raise stopped
+    return 0
