@@ -17,13 +17,8 @@ from fedlora.cli.main import main
 from fedlora.errors import RunDirError
 from fedlora.privacy.accounting import Release, epsilons
 from fedlora.privacy.ledger import LEDGER_FILE, LedgerEntry, SiteLedger
-from fedlora.report.build import (
-    GUARANTEE,
-    LEDGER_NOT_AVAILABLE,
-    NO_DP_WARNING,
-    build_report,
-    write_report,
-)
+from fedlora.report.build import build_report, write_report
+from fedlora.report.names import GUARANTEE, LEDGER_NOT_AVAILABLE, NO_DP_WARNING
 
 RUN_ID = "run-1"
 ROUNDS = 3
