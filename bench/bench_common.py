@@ -1,4 +1,4 @@
-"""Pieces every benchmark script shares: the ABBA run order and the JSON result line."""
+"""Pieces the benchmark scripts share: the ABBA run order, a run's checked rounds, the JSON line."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import logging
 import warnings
 from pathlib import Path
 from typing import Any
+
+from fedlora.rundir import RunDirectoryReader
 
 
 def add_output_arguments(
@@ -44,3 +46,26 @@ def emit_result(result: dict[str, Any], path: Path | None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(line + "\n")
     print(line)
+
+
+def completed_rounds(run_dir: Path, rounds: int) -> list[dict[str, Any]]:
+    """A completed run's metrics records (round 0 included), checked before they are timed.
+
+    Raises
+    ------
+    RuntimeError
+        When the run did not complete, a site reported an error, or it recorded other than
+        ``rounds`` rounds after round 0: its times would not measure the same work.
+    """
+    reader = RunDirectoryReader(run_dir)
+    status = reader.read_status()
+    if status.get("state") != "complete":
+        raise RuntimeError(f"{run_dir} did not complete: {status}")
+    records = reader.read_metrics()
+    errors = [e for r in records for e in r.get("errors", [])]
+    if errors:
+        raise RuntimeError(f"{run_dir} had site errors: {errors[:3]}")
+    timed = [r for r in records if int(r["round"]) >= 1]
+    if len(timed) != rounds:
+        raise RuntimeError(f"{run_dir} recorded {len(timed)} of {rounds} rounds")
+    return records

@@ -66,6 +66,7 @@ from typing import Any
 from bench_common import (  # this script's folder
     abba_schedule,
     add_output_arguments,
+    completed_rounds,
     emit_result,
     quiet_flower,
 )
@@ -158,20 +159,8 @@ class SideRun:
 
 
 def _read_run(run_dir: Path, rounds: int, total_s: float) -> SideRun:
-    status = json.loads((run_dir / "status.json").read_text())
-    if status.get("state") != "complete":
-        raise RuntimeError(f"{run_dir} did not complete: {status}")
-    records = [
-        json.loads(line)
-        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-        if line.strip()
-    ]
-    errors = [e for r in records for e in r.get("errors", [])]
-    if errors:
-        raise RuntimeError(f"{run_dir} had site errors: {errors[:3]}")
+    records = completed_rounds(run_dir, rounds)
     timed = [r for r in records if int(r["round"]) >= 1]
-    if len(timed) != rounds:
-        raise RuntimeError(f"{run_dir} recorded {len(timed)} of {rounds} rounds")
     privacy = timed[-1].get("privacy", {})
     return SideRun(
         seconds=round_seconds(records),

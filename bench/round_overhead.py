@@ -34,7 +34,6 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -48,6 +47,7 @@ from typing import Any
 from bench_common import (  # this script's folder
     abba_schedule,
     add_output_arguments,
+    completed_rounds,
     emit_result,
     quiet_flower,
 )
@@ -106,17 +106,8 @@ def _run_fedlora(config: RunConfig, run_id: str, verbose: bool) -> SideRun:
     started = time.monotonic()
     run_dir = simulate(config, run_id=run_id, verbose=verbose)
     total = time.monotonic() - started
-    records = [
-        json.loads(line)
-        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-        if line.strip()
-    ]
-    errors = [e for r in records for e in r.get("errors", [])]
-    if errors:
-        raise RuntimeError(f"fedlora run had site errors: {errors[:3]}")
+    records = completed_rounds(run_dir, config.rounds)
     timed = [r for r in records if int(r["round"]) >= 1]
-    if len(timed) != config.rounds:
-        raise RuntimeError(f"fedlora recorded {len(timed)} of {config.rounds} rounds")
     return SideRun(
         seconds=round_seconds(records),
         train_loss=[float(r["train"]["train-loss"]) for r in timed],

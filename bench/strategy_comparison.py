@@ -65,7 +65,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
-import json
 import logging
 import os
 import platform
@@ -86,6 +85,7 @@ from bench_common import add_output_arguments, emit_result, quiet_flower
 from fedlora.adapters import AdapterState
 from fedlora.config import RunConfig
 from fedlora.lora_factors import is_lora_b
+from fedlora.rundir import RunDirectoryReader
 from fedlora.simulations.materialize import resolve_config, simulated_sites
 from fedlora.simulations.runner import simulate
 from fedlora.strategies import SiteUpdate, build_strategy, strategy_names
@@ -225,12 +225,13 @@ def _run_strategy(args: argparse.Namespace, strategy: str, root: Path) -> dict[s
     started = time.perf_counter()
     run_dir = simulate(config, run_id="run", engine="inprocess")
     wall_s = time.perf_counter() - started
-    records = [
-        json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line
-    ]
+    reader = RunDirectoryReader(run_dir)
+    records = reader.read_metrics()
     rounds = [record for record in records if record["round"] >= 1]
     if len(rounds) != args.rounds:
-        raise RuntimeError(f"{strategy}: {len(rounds)} rounds in metrics.jsonl, {args.rounds} run")
+        raise RuntimeError(
+            f"{strategy}: {len(rounds)} rounds in {reader.metrics_path}, {args.rounds} run"
+        )
     final = rounds[-1]
     epsilon: dict[str, float] = {}
     sigma: dict[str, float] = {}

@@ -1,16 +1,9 @@
-"""The run directory: ``runs/<run-id>/``.
+"""The run directory writer: ``runs/<run-id>/`` as the coordinator records a run.
 
-Layout::
-
-    config.json            resolved configuration, base fingerprint, sites, package versions
-    status.json            {"state": "running" | "complete" | "incomplete", ...}
-    metrics.jsonl          one JSON line per round (round 0 = the initial adapter, eval only)
-    adapters/round-NNN/    PEFT adapter directory after round NNN
-    adapters/final/        PEFT adapter directory of the last round
-
-Every file is written atomically. ``status.json`` says ``complete`` only after the final
-adapter is on disk; a run that raised is marked ``incomplete`` with the reason, and a run
-killed outright stays ``running`` -- never ``complete``.
+The layout, its file names and every read are :mod:`fedlora.rundir`'s; this module adds the
+writes. Every file is written atomically. ``status.json`` says ``complete`` only after the
+final adapter is on disk; a run that raised is marked ``incomplete`` with the reason, and a
+run killed outright stays ``running`` -- never ``complete``.
 """
 
 from __future__ import annotations
@@ -20,15 +13,13 @@ import json
 import logging
 import secrets
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from fedlora.errors import RunDirError
-from fedlora.io import append_line, atomic_write_json, atomic_write_text, read_json_lines
+from fedlora.io import append_line, atomic_write_json, atomic_write_text
+from fedlora.rundir import RunDirectoryReader, RunState
 
 logger = logging.getLogger(__name__)
-
-RunState = Literal["running", "complete", "stopped", "incomplete"]
-"""``stopped``: ended before the planned rounds because no site could train within its budget."""
 
 
 def new_run_id() -> str:
@@ -37,11 +28,8 @@ def new_run_id() -> str:
     return f"{stamp}-{secrets.token_hex(3)}"
 
 
-class RunDirectory:
-    """Writer and reader of one run directory."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
+class RunDirectory(RunDirectoryReader):
+    """Writer of one run directory; it reads back through :class:`RunDirectoryReader`."""
 
     @classmethod
     def create(cls, out: Path, run_id: str | None = None) -> RunDirectory:
@@ -64,33 +52,9 @@ class RunDirectory:
         run_dir.mark("running")
         return run_dir
 
-    @property
-    def run_id(self) -> str:
-        """The run id (directory name)."""
-        return self.path.name
-
-    @property
-    def metrics_path(self) -> Path:
-        """``metrics.jsonl``."""
-        return self.path / "metrics.jsonl"
-
-    @property
-    def config_path(self) -> Path:
-        """``config.json``."""
-        return self.path / "config.json"
-
-    def adapter_path(self, server_round: int | None) -> Path:
-        """``adapters/round-NNN`` for a round, ``adapters/final`` for ``None``."""
-        name = "final" if server_round is None else f"round-{server_round:03d}"
-        return self.path / "adapters" / name
-
     def write_config(self, payload: dict[str, Any]) -> None:
         """Write the resolved configuration."""
         atomic_write_json(self.config_path, payload)
-
-    def read_config(self) -> dict[str, Any]:
-        """Read ``config.json``."""
-        return dict(json.loads(self.config_path.read_text(encoding="utf-8")))
 
     def append_metrics(self, record: dict[str, Any]) -> None:
         """Append one round's metrics line."""
@@ -116,24 +80,7 @@ class RunDirectory:
             )
         self.rewrite_metrics([*records[:-1], record])
 
-    def read_metrics(self) -> list[dict[str, Any]]:
-        """All metrics lines, in order (``RunDirError`` naming a corrupted line)."""
-        if not self.metrics_path.exists():
-            return []
-        return read_json_lines(self.metrics_path)
-
     def mark(self, state: RunState, reason: str | None = None) -> None:
         """Record the run's state (and why, when it is incomplete)."""
         now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-        atomic_write_json(
-            self.path / "status.json", {"state": state, "reason": reason, "updated": now}
-        )
-
-    def state(self) -> RunState:
-        """The recorded state; a missing or unreadable status counts as incomplete."""
-        try:
-            payload = json.loads((self.path / "status.json").read_text())
-        except (OSError, ValueError):
-            return "incomplete"
-        state = payload.get("state")
-        return state if state in ("running", "complete", "stopped") else "incomplete"
+        atomic_write_json(self.status_path, {"state": state, "reason": reason, "updated": now})

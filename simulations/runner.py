@@ -8,7 +8,6 @@ the built-in scenario's generated files or the user's own.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from pathlib import Path
@@ -22,8 +21,9 @@ from fedlora.config import RunConfig
 from fedlora.errors import BudgetExhaustedError, FedloraError
 from fedlora.privacy.ledger_storage import default_ledger_root
 from fedlora.progress import RoundObserver
+from fedlora.rundir import RunDirectoryReader
 from fedlora.server.federation import run_federation
-from fedlora.server.rundir import RunDirectory, new_run_id
+from fedlora.server.rundir import new_run_id
 from fedlora.simulations.checks import check_run_paths
 from fedlora.simulations.inprocess_grid import InProcessGrid
 from fedlora.simulations.materialize import prepare_sites, resolve_config
@@ -152,10 +152,10 @@ def simulate(
 
 def _finished(out: Path, run_id: str) -> Path:
     """The run directory of a finished run; an error unless it completed."""
-    run_dir = RunDirectory(out / run_id)
+    run_dir = RunDirectoryReader(out / run_id)
     if run_dir.state() == "stopped":
-        reason = json.loads((run_dir.path / "status.json").read_text()).get("reason")
+        reason = run_dir.read_status().get("reason")
         raise BudgetExhaustedError(f"run {run_id} stopped early: {reason}", run_dir.path)
     if run_dir.state() != "complete":
-        raise FedloraError(f"run {run_id} did not complete; see {run_dir.path / 'status.json'}")
+        raise FedloraError(f"run {run_id} did not complete; see {run_dir.status_path}")
     return run_dir.path

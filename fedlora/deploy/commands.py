@@ -555,18 +555,11 @@ def fetch_run(run_dir: Path | str, to: Path | str, *, force: bool = False) -> Fe
         When ``run_dir`` is not a run directory, the copy exists and ``force`` is false, or
         the report cannot be written.
     """
-    import json
-
     from fedlora.report.build import write_report
+    from fedlora.rundir import RunDirectoryReader
 
     source = Path(run_dir).expanduser().absolute()
-    status_file = source / "status.json"
-    if not status_file.is_file():
-        raise RunDirError(f"{source} is not a run directory (no status.json)")
-    try:
-        state = str(json.loads(status_file.read_text(encoding="utf-8")).get("state", "unknown"))
-    except (OSError, ValueError, AttributeError) as exc:
-        raise RunDirError(f"{status_file} is unreadable: {exc}") from None
+    state = str(RunDirectoryReader(source).read_status().get("state", "unknown"))
     target_root = Path(to).expanduser().absolute()
     target = target_root / source.name
     if target == source:

@@ -1,51 +1,41 @@
 """The privacy-budget report of a run directory: what each site spent and what it guarantees.
 
-:func:`build_report` reads ``runs/<run-id>/`` (``config.json``, ``status.json``,
-``metrics.jsonl``) and, where the coordinator can read them (a simulation), the sites' privacy
-ledgers, and assembles ``privacy_report.json``. :func:`write_report` writes it with
-``report.md``, ``report.html`` and two plots into ``runs/<run-id>/report/``.
+:func:`build_report` reads ``runs/<run-id>/`` through :class:`fedlora.rundir.RunDirectoryReader`
+and, where the coordinator can read them (a simulation), the sites' privacy ledgers
+(:mod:`fedlora.report.ledgers`), and assembles ``privacy_report.json``. :func:`write_report`
+writes it with ``report.md``, ``report.html`` and two plots into ``runs/<run-id>/report/``.
 
 Numbers are copied from the inputs exactly: ε is never recomputed, rounded or given a margin
 here (the Markdown and HTML renderings show 4 significant digits). ``null`` ε means infinite,
-as in ``metrics.jsonl``.
+as in the run's metrics.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import math
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from fedlora.errors import LedgerError, RunDirError
-from fedlora.io import atomic_write_json, atomic_write_text, read_json_lines
-from fedlora.privacy.hashchain import finite_or_none
-from fedlora.privacy.ledger import SiteLedger, read_ledger
-from fedlora.privacy.ledger_entry import LedgerEntry
-from fedlora.privacy.ledger_storage import LEDGER_FILE
+from fedlora.errors import RunDirError
+from fedlora.io import atomic_write_json, atomic_write_text
+from fedlora.report.document import render_markdown
+from fedlora.report.names import (
+    GUARANTEE,
+    HTML_FILE,
+    JSON_FILE,
+    MARKDOWN_FILE,
+    NO_DP_WARNING,
+    REPORT_VERSION,
+)
+from fedlora.report.sites import refusal_records, site_detail, site_names
+from fedlora.rundir import METRICS_FILE, STATUS_FILE, RunDirectoryReader
+
+__all__ = ["HTML_FILE", "JSON_FILE", "MARKDOWN_FILE", "build_report", "write_report"]
 
 logger = logging.getLogger(__name__)
-
-REPORT_DIR = "report"
-REPORT_VERSION = 1
-JSON_FILE = "privacy_report.json"
-MARKDOWN_FILE = "report.md"
-HTML_FILE = "report.html"
-EPSILON_PNG = "epsilon.png"
-UTILITY_PNG = "utility.png"
-
-GUARANTEE = (
-    "sample-level (ε, δ)-DP per site with respect to that site's own records (each record's "
-    "influence on everything the site sent), composed over all rounds of this run and over "
-    "the dataset's lifetime"
-)
-"""The local (DP-SGD) guarantee, in words."""
-NO_DP_WARNING = "no differential privacy: run with --no-dp"
-LEDGER_NOT_AVAILABLE = "ledger on the site, not available to the coordinator"
 
 _NOT_PROTECTED_COMMON = (
     "the base model, and anything it already contains: only the sites' training records are "
@@ -59,323 +49,6 @@ _NOT_PROTECTED_COMMON = (
     "a person with several records, or records shared by several sites: the unit of privacy "
     "is one record of one site",
 )
-_LEDGER_FIELDS: tuple[tuple[str, str], ...] = (
-    ("steps", "steps"),
-    ("sample-rate", "sample_rate"),
-    ("noise-multiplier", "noise_multiplier"),
-    ("max-grad-norm", "max_grad_norm"),
-    ("delta", "delta"),
-    ("accountant", "accountant"),
-    ("epsilon-prv", "epsilon_prv"),
-    ("epsilon-rdp", "epsilon_rdp"),
-)
-_VARYING_FIELDS = ("sample-rate", "noise-multiplier", "max-grad-norm", "delta", "accountant")
-
-
-# ---- reading the run directory ---------------------------------------------------------
-
-
-def _read_json_object(path: Path, what: str) -> dict[str, Any]:
-    try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise RunDirError(f"cannot read {what} {path}: {exc}") from exc
-    if not isinstance(payload, dict):
-        raise RunDirError(f"{what} {path} is not a JSON object")
-    return payload
-
-
-def _load_config(run_dir: Path) -> dict[str, Any]:
-    if not run_dir.is_dir():
-        raise RunDirError(f"run directory {run_dir} not found")
-    path = run_dir / "config.json"
-    if not path.exists():
-        raise RunDirError(f"{run_dir} is not a run directory: it has no config.json")
-    payload = _read_json_object(path, "run configuration")
-    if not isinstance(payload.get("config"), dict):
-        raise RunDirError(f"run configuration {path} has no 'config' object")
-    return payload
-
-
-def _load_status(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "status.json"
-    try:
-        return _read_json_object(path, "run status")
-    except RunDirError as exc:
-        logger.warning("%s; reporting the run as incomplete", exc)
-        return {"state": "incomplete", "reason": "no readable status.json", "updated": None}
-
-
-def _load_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    records = read_json_lines(path)
-    for number, record in enumerate(records, start=1):
-        _check_metrics_record(path, number, record)
-    return records
-
-
-def _check_metrics_record(path: Path, number: int, record: Mapping[str, Any]) -> None:
-    where = f"{path} record {number}"
-    if not isinstance(record.get("round"), int) or isinstance(record.get("round"), bool):
-        raise RunDirError(f"{where} has no integer 'round'")
-    for key in ("privacy", "refused", "sites"):
-        if not isinstance(record.get(key, {}), dict):
-            raise RunDirError(f"{where}: '{key}' is not a JSON object")
-
-
-# ---- per-site data -----------------------------------------------------------------------
-
-
-def _site_names(config: Mapping[str, Any], metrics: Sequence[Mapping[str, Any]]) -> list[str]:
-    names = [str(name) for name in config.get("sites") or []]
-    extra: set[str] = set()
-    for record in metrics:
-        for key in ("sites", "privacy", "refused"):
-            extra.update(str(name) for name in record.get(key) or {})
-    return names + sorted(extra - set(names))
-
-
-def _privacy_series(metrics: Sequence[Mapping[str, Any]], site: str) -> list[dict[str, Any]]:
-    series = []
-    for record in metrics:
-        entry = (record.get("privacy") or {}).get(site)
-        if isinstance(entry, dict):
-            series.append({**entry, "round": record["round"]})
-    return series
-
-
-def _refusals(metrics: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    refusals = []
-    for record in metrics:
-        for site, refusal in (record.get("refused") or {}).items():
-            refusals.append({"round": record["round"], "site": site, **dict(refusal)})
-    return refusals
-
-
-def _trained_rounds(metrics: Sequence[Mapping[str, Any]], site: str) -> list[int]:
-    rounds = []
-    for record in metrics:
-        site_entry = (record.get("sites") or {}).get(site) or {}
-        if site in (record.get("privacy") or {}) or "train" in site_entry:
-            rounds.append(int(record["round"]))
-    return rounds
-
-
-def _site_budget(
-    site: str,
-    series: Sequence[Mapping[str, Any]],
-    refusals: Sequence[Mapping[str, Any]],
-    flat: Mapping[str, Any],
-) -> Any:
-    for source in (*reversed(series), *reversed(refusals)):
-        if source.get("budget-epsilon") is not None:
-            return source["budget-epsilon"]
-    for item in str(flat.get("site-budgets") or "").split(","):
-        name, sep, value = item.partition("=")
-        if sep and name.strip() == site:
-            try:
-                return float(value)
-            except ValueError:
-                break
-    return flat.get("budget-epsilon")
-
-
-def _varying(series: Sequence[Mapping[str, Any]]) -> list[str]:
-    return [key for key in _VARYING_FIELDS if len({json.dumps(e.get(key)) for e in series}) > 1]
-
-
-# ---- ledgers -------------------------------------------------------------------------------
-
-
-def _as_epsilon(value: Any) -> float:
-    """An ε as metrics.jsonl writes it (``None`` = infinite) as a float."""
-    return math.inf if value is None else float(value)
-
-
-def _same(key: str, reported: Any, recorded: Any) -> bool:
-    if key.startswith("epsilon"):
-        try:
-            return _as_epsilon(reported) == _as_epsilon(recorded)
-        except (TypeError, ValueError):
-            return False
-    if key == "accountant":
-        return bool(reported == recorded)
-    return (
-        isinstance(reported, int | float)
-        and not isinstance(reported, bool)
-        and (reported == recorded)
-    )
-
-
-def _compare_entry(number: int, reported: Mapping[str, Any], entry: LedgerEntry) -> list[str]:
-    problems = []
-    for key, attribute in _LEDGER_FIELDS:
-        recorded = getattr(entry, attribute)
-        if key not in reported:
-            problems.append(f"round {number}: metrics.jsonl has no {key}")
-        elif not _same(key, reported[key], recorded):
-            shown = None if isinstance(recorded, float) and math.isinf(recorded) else recorded
-            problems.append(
-                f"round {number}: {key} is {reported[key]!r} in metrics.jsonl "
-                f"but {shown!r} in the ledger"
-            )
-    return problems
-
-
-def _compare_ledger(
-    ledger: SiteLedger, site: str, run_id: str, series: Sequence[Mapping[str, Any]]
-) -> list[str]:
-    problems = []
-    last = series[-1] if series else {}
-    if ledger.site != site:
-        problems.append(f"the ledger belongs to site {ledger.site!r}")
-    fingerprint = last.get("data-fingerprint")
-    if fingerprint is not None and fingerprint != ledger.data_fingerprint:
-        problems.append(
-            f"the ledger is of data {ledger.data_fingerprint}, metrics.jsonl reports "
-            f"data {fingerprint}"
-        )
-    if last.get("records") is not None and last["records"] != ledger.records:
-        problems.append(
-            f"records: {last['records']!r} in metrics.jsonl but {ledger.records} in the ledger"
-        )
-    recorded: dict[int, list[LedgerEntry]] = {}
-    for entry in ledger.entries:
-        if entry.run_id == run_id:
-            recorded.setdefault(entry.round, []).append(entry)
-    reported = {int(item["round"]): item for item in series}
-    for number in sorted(set(recorded) | set(reported)):
-        if number not in recorded:
-            problems.append(f"round {number}: in metrics.jsonl but not in the ledger")
-        elif number not in reported:
-            problems.append(f"round {number}: in the ledger but not in metrics.jsonl")
-        elif len(recorded[number]) > 1:
-            problems.append(f"round {number}: recorded {len(recorded[number])} times in the ledger")
-        else:
-            problems.extend(_compare_entry(number, reported[number], recorded[number][0]))
-    return problems
-
-
-def _ledger_location(series: Sequence[Mapping[str, Any]]) -> str | None:
-    """The site's ledger directory (or file) as its last privacy entry names it."""
-    for entry in reversed(series):
-        if entry.get("ledger"):
-            return str(entry["ledger"])
-    return None
-
-
-def _ledger_section(site: str, run_id: str, series: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    location = _ledger_location(series)
-    section: dict[str, Any] = {
-        "path": location,
-        "available": False,
-        "status": "none",
-        "note": "no ledger: the site recorded no DP training in this run",
-        "agrees": None,
-        "disagreements": [],
-    }
-    if location is None:
-        return section
-    path = Path(location).expanduser()
-    if path.suffix != ".jsonl":
-        path = path / LEDGER_FILE
-    if not (path.is_file() and os.access(path, os.R_OK)):
-        section.update(status="not-available", note=LEDGER_NOT_AVAILABLE)
-        return section
-    try:
-        ledger = read_ledger(path)
-    except LedgerError as exc:
-        section.update(
-            available=True, status="invalid", note=str(exc), agrees=False, disagreements=[str(exc)]
-        )
-        return section
-    return {**section, **_verified_ledger(ledger, site, run_id, series)}
-
-
-def _verified_ledger(
-    ledger: SiteLedger, site: str, run_id: str, series: Sequence[Mapping[str, Any]]
-) -> dict[str, Any]:
-    problems = _compare_ledger(ledger, site, run_id, series)
-    for problem in problems:
-        logger.info("site %s: ledger and metrics.jsonl disagree: %s", site, problem)
-    last = ledger.entries[-1] if ledger.entries else None
-    return {
-        "available": True,
-        "status": "verified",
-        "note": "hash chain verified",
-        "site": ledger.site,
-        "data-fingerprint": ledger.data_fingerprint,
-        "records": ledger.records,
-        "entries": [entry.to_json() for entry in ledger.entries],
-        "other-run-entries": sum(1 for entry in ledger.entries if entry.run_id != run_id),
-        "lifetime-epsilon-prv": finite_or_none(last.epsilon_prv) if last else 0.0,
-        "lifetime-epsilon-rdp": finite_or_none(last.epsilon_rdp) if last else 0.0,
-        "agrees": not problems,
-        "disagreements": problems,
-    }
-
-
-# ---- assembling --------------------------------------------------------------------------
-
-
-def _summary_row(
-    site: str,
-    series: Sequence[Mapping[str, Any]],
-    refusals: Sequence[Mapping[str, Any]],
-    ledger: Mapping[str, Any],
-    context: Mapping[str, Any],
-) -> dict[str, Any]:
-    last: Mapping[str, Any] = series[-1] if series else {}
-    from_ledger = ledger["status"] == "verified"
-    lifetime_keys = ("lifetime-epsilon-prv", "lifetime-epsilon-rdp")
-    if not from_ledger:
-        lifetime_keys = ("epsilon-prv", "epsilon-rdp")
-    lifetime = ledger if from_ledger else last
-    return {
-        "site": site,
-        "records": last.get("records", ledger.get("records")),
-        "q": last.get("sample-rate"),
-        "sigma": last.get("noise-multiplier"),
-        "C": last.get("max-grad-norm"),
-        "steps": sum(int(entry.get("steps") or 0) for entry in series),
-        "delta": last.get("delta"),
-        "epsilon-prv": last.get("run-epsilon-prv"),
-        "epsilon-rdp": last.get("run-epsilon-rdp"),
-        "lifetime-epsilon-prv": lifetime.get(lifetime_keys[0]),
-        "lifetime-epsilon-rdp": lifetime.get(lifetime_keys[1]),
-        "lifetime-source": "ledger" if from_ledger else ("metrics" if series else None),
-        "accountant": last.get("accountant", context["accountant"]),
-        "budget": _site_budget(site, series, refusals, context["flat"]),
-        "budget-left": last.get("budget-left"),
-        "rounds-trained": len(context["trained"]),
-        "rounds-refused": len(refusals),
-        "ledger-available": bool(ledger["available"]),
-        "ledger-agrees": ledger["agrees"],
-        "varying": _varying(series),
-    }
-
-
-def _site_detail(
-    site: str,
-    run_id: str,
-    metrics: Sequence[Mapping[str, Any]],
-    all_refusals: Sequence[Mapping[str, Any]],
-    context: Mapping[str, Any],
-) -> dict[str, Any]:
-    series = _privacy_series(metrics, site)
-    refusals = [refusal for refusal in all_refusals if refusal["site"] == site]
-    ledger = _ledger_section(site, run_id, series)
-    trained = _trained_rounds(metrics, site)
-    row = _summary_row(site, series, refusals, ledger, {**context, "trained": trained})
-    return {
-        "row": row,
-        "series": series,
-        "ledger": ledger,
-        "rounds-trained": trained,
-        "rounds-refused": [int(refusal["round"]) for refusal in refusals],
-    }
 
 
 def _utility(metrics: Sequence[Mapping[str, Any]], task: str) -> dict[str, Any]:
@@ -461,9 +134,9 @@ def _warnings(
         if ledger["status"] == "invalid":
             warnings.append(f"site {site}: privacy ledger is invalid: {ledger['note']}")
         elif ledger["agrees"] is False:
-            warnings.append(f"site {site}: privacy ledger and metrics.jsonl disagree")
+            warnings.append(f"site {site}: privacy ledger and {METRICS_FILE} disagree")
     if central_mode not in ("", "off") and not central_rounds:
-        warnings.append(f"central-dp is {central_mode} but metrics.jsonl records no central ε")
+        warnings.append(f"central-dp is {central_mode} but {METRICS_FILE} records no central ε")
     return warnings
 
 
@@ -476,6 +149,14 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_json_safe(item) for item in value]
     return value
+
+
+def _read_status(reader: RunDirectoryReader) -> dict[str, Any]:
+    try:
+        return reader.read_status()
+    except RunDirError as exc:
+        logger.warning("%s; reporting the run as incomplete", exc)
+        return {"state": "incomplete", "reason": f"no readable {STATUS_FILE}", "updated": None}
 
 
 def build_report(run_dir: Path) -> dict[str, Any]:
@@ -500,18 +181,19 @@ def build_report(run_dir: Path) -> dict[str, Any]:
         When the run directory or its ``config.json`` is missing or unreadable, or a line of
         ``metrics.jsonl`` is not a JSON object with an integer round (naming the line).
     """
-    resolved = _load_config(run_dir)
-    status = _load_status(run_dir)
-    metrics = _load_metrics(run_dir)
+    reader = RunDirectoryReader(run_dir)
+    resolved = reader.read_config()
+    status = _read_status(reader)
+    metrics = reader.read_metrics()
     flat: dict[str, Any] = resolved["config"]
     run_id = str(resolved.get("run-id") or run_dir.name)
     dp = bool(flat.get("dp", True))
     central_mode = str(flat.get("central-dp", "off"))
-    refusals = _refusals(metrics)
+    refusals = refusal_records(metrics)
     context = {"flat": flat, "accountant": flat.get("accountant")}
     sites = {
-        site: _site_detail(site, run_id, metrics, refusals, context)
-        for site in _site_names(resolved, metrics)
+        site: site_detail(site, run_id, metrics, refusals, context)
+        for site in site_names(resolved, metrics)
     }
     central = _central(metrics, central_mode)
     warnings = _warnings(dp, sites, central_mode, len(central["rounds"]) if central else 0)
@@ -551,9 +233,6 @@ def build_report(run_dir: Path) -> dict[str, Any]:
     return dict(_json_safe(report))
 
 
-# ---- writing -----------------------------------------------------------------------------
-
-
 def write_report(run_dir: Path) -> Path:
     """Write the privacy report of a run into ``run_dir/report/``.
 
@@ -575,11 +254,11 @@ def write_report(run_dir: Path) -> Path:
     RunDirError
         As :func:`build_report`, or when the report directory cannot be written.
     """
+    # matplotlib is heavy: the ServerApp imports this module, and only draws at the run's end
     from fedlora.report import render as report_render
-    from fedlora.report.document import render_markdown
 
     report = build_report(run_dir)
-    out = run_dir / REPORT_DIR
+    out = RunDirectoryReader(run_dir).report_path
     try:
         atomic_write_json(out / JSON_FILE, report)
         atomic_write_text(out / MARKDOWN_FILE, render_markdown(report))

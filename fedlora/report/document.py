@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fedlora.report.build import EPSILON_PNG, NO_DP_WARNING, UTILITY_PNG
+from fedlora.report.names import EPSILON_PNG, NO_DP_WARNING, UTILITY_PNG
 
 # ---- document model shared by the Markdown and HTML renderings ----------------------------
 

@@ -20,7 +20,6 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from fedlora.io import atomic_write_bytes
-from fedlora.report.build import EPSILON_PNG, UTILITY_PNG
 from fedlora.report.document import (
     Banner,
     Block,
@@ -30,6 +29,7 @@ from fedlora.report.document import (
     report_sections,
     report_title,
 )
+from fedlora.report.names import EPSILON_PNG, UTILITY_PNG
 
 logger = logging.getLogger(__name__)
 

@@ -19,13 +19,8 @@ from fedlora.privacy.accounting import Release, epsilons
 from fedlora.privacy.ledger import SiteLedger
 from fedlora.privacy.ledger_entry import LedgerEntry
 from fedlora.privacy.ledger_storage import LEDGER_FILE
-from fedlora.report.build import (
-    GUARANTEE,
-    LEDGER_NOT_AVAILABLE,
-    NO_DP_WARNING,
-    build_report,
-    write_report,
-)
+from fedlora.report.build import build_report, write_report
+from fedlora.report.names import GUARANTEE, LEDGER_NOT_AVAILABLE, NO_DP_WARNING
 
 RUN_ID = "run-1"
 ROUNDS = 3
