@@ -1,6 +1,6 @@
 """A real multi-site deployment on one machine (127.0.0.1), for integration tests and benchmarks.
 
-:class:`LocalDeployment` starts the same Flower 1.41 processes a real federation runs
+:class:`LocalDeployment` starts the same Flower processes a real federation runs
 (:mod:`fedlora.deploy.commands`), each in its own session, all on loopback::
 
     from fedlora.deploy.loopback import LocalDeployment, SiteData

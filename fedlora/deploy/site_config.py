@@ -148,7 +148,7 @@ class SiteConfig:
     def to_node_config(self) -> str:
         """The ``flower-supernode --node-config`` string of this site.
 
-        Flower 1.41 splits the string with the pattern ``key=('...'|"..."|non-space)`` and
+        Flower splits the string with the pattern ``key=('...'|"..."|non-space)`` and
         parses each pair as TOML, so strings are written as TOML literal strings (single
         quotes: no escapes, spaces and backslashes kept) or, for a value holding a single
         quote, as basic strings (double quotes, backslashes escaped).
