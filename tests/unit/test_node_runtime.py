@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import io
+import sys
 import threading
 import time
 import types
@@ -10,18 +12,29 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from flwr.clientapp import ClientApp
 from flwr.supercore.fab import Fab
 
 from fedlora.errors import ConfigError
 from fedlora.flower_internals import node_supernode
 from fedlora.flower_internals import tuning as flower_tuning
-from fedlora.flower_internals.node_worker import ForeignAppError, check_fab
+from fedlora.flower_internals.node_worker import (
+    CLIENTAPP_REF,
+    ForeignAppError,
+    check_fab,
+    load_client_app,
+)
 from fedlora.flower_internals.tuning import (
     PollBackoff,
     SupernodeWaits,
     shorten_pull_backoff,
     shorten_supernode_polls,
 )
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -159,6 +172,31 @@ def test_the_worker_accepts_this_fedlora_and_refuses_other_apps() -> None:
         check_fab(_fab(changed), "0.1.0")
     with pytest.raises(ForeignAppError, match=r"no readable pyproject.toml"):
         check_fab(Fab(hash_str="0" * 64, content=b"not a zip", verifications={}), "0.1.0")
+
+
+def test_the_worker_loads_the_clientapp_the_app_names_by_its_reference() -> None:
+    app = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+    reference = app["components"]["clientapp"]
+
+    loaded = load_client_app(reference)
+
+    assert reference == CLIENTAPP_REF
+    assert isinstance(loaded, ClientApp)
+    assert loaded is importlib.import_module("fedlora.clients.app").app
+
+
+@pytest.mark.parametrize(
+    ("reference", "message"),
+    [
+        ("fedlora.clients.app", "is not 'module:attribute'"),
+        ("fedlora.no_such_room:app", "cannot load the ClientApp 'fedlora.no_such_room:app'"),
+        ("fedlora.clients.app:no_such_app", "fedlora.clients.app has no no_such_app"),
+        ("fedlora.flower_internals.node_worker:APP_NAME", "is not callable"),
+    ],
+)
+def test_a_bad_clientapp_reference_is_refused(reference: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_client_app(reference)
 
 
 def test_worker_argv_and_runtime_address() -> None:
