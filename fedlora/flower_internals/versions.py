@@ -12,6 +12,7 @@ widen the pin.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from importlib import metadata
 
 __all__ = ["CHECKED_FLOWER", "checked_flower", "installed_flower", "is_checked_flower"]
@@ -20,9 +21,9 @@ CHECKED_FLOWER: tuple[str, ...] = ("1.41", "1.42")
 """The ``flwr`` minor releases whose internals the seam was checked against."""
 
 
-def checked_flower() -> str:
+def checked_flower(releases: Sequence[str] = CHECKED_FLOWER) -> str:
     """The checked releases in words, for messages: ``"Flower 1.41 or 1.42"``."""
-    *earlier, last = CHECKED_FLOWER
+    *earlier, last = releases
     return "Flower " + (f"{', '.join(earlier)} or {last}" if earlier else last)
 
 

@@ -100,7 +100,7 @@ def test_flowers_supernode_loop_is_shortened(
 
     monkeypatch.setattr(loop, "time", time)  # restored after the test
 
-    # True only if the installed Flower still has 1.41's waits: an upgrade fails here.
+    # True only if the installed Flower still has the checked releases' waits (CHECKED_FLOWER).
     assert shorten_supernode_polls(0.25) is True
     # (through a name: the test below reads this file, which must not hold Flower's calls)
     sleep = loop.time.sleep
@@ -126,7 +126,7 @@ def test_object_pulls_retry_after_the_short_backoff(monkeypatch: pytest.MonkeyPa
     functions = (inflatable_utils.pull_objects, inflatable_utils.pull_and_inflate_object_from_tree)
     for function in functions:
         assert function.__kwdefaults__ is not None
-        # Flower 1.41's own defaults (another test's ServerApp may have shortened them already)
+        # Flower's own defaults (another test's ServerApp may have shortened them already)
         fresh = {**function.__kwdefaults__, "initial_backoff": 1, "backoff_cap": 10}
         monkeypatch.setattr(function, "__kwdefaults__", fresh)
 
@@ -226,7 +226,7 @@ def test_the_node_declares_and_keeps_the_configured_heartbeat_interval(
     for module in (sender, connection):  # restored after the test
         monkeypatch.setattr(module, "HEARTBEAT_DEFAULT_INTERVAL", 30)
 
-    # True only if the installed Flower still reads the interval where 1.41 does.
+    # True only if the installed Flower still reads the interval where the checked releases do.
     assert flower_tuning.set_node_heartbeat_interval(12.5) is True
 
     assert connection.HEARTBEAT_DEFAULT_INTERVAL == 12.5  # declared to the SuperLink
