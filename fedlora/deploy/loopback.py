@@ -16,9 +16,8 @@
 
 On entering it
 
-1. makes a federation PKI under ``ROOT/pki`` (:mod:`fedlora.pki.commands`: CA, a server certificate
-for
-   ``127.0.0.1`` and ``localhost``, one authentication key per site);
+1. makes a federation PKI under ``ROOT/pki`` (:mod:`fedlora.pki.commands`: CA, a server
+   certificate for ``127.0.0.1`` and ``localhost``, one authentication key per site);
 2. starts the SuperLink (:func:`fedlora.deploy.commands.superlink_argv`: Flower's, with held pulls
    unless ``pull_hold=0``) with TLS and SuperNode authentication on a free 127.0.0.1 port,
    with a private ``FLWR_HOME`` (``ROOT/flwr-home``), and waits until it serves TLS;
