@@ -18,7 +18,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "deploy",
         help="run a real federation: SuperLink, site SuperNodes, runs (docs/deployment.md)",
         description=(
-            "Print and run the Flower 1.41 commands of a real deployment. superlink, supernode, "
+            "Print and run the Flower commands of a real deployment. superlink, supernode, "
             "register and submit replace this process with the Flower command (foreground, "
             "for systemd)."
         ),

@@ -39,15 +39,21 @@ from __future__ import annotations
 
 import math
 import re
-import stat
 import sys
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
 
 from fedlora.config import DeviceChoice
+from fedlora.deploy.flower_values import node_config_value
+from fedlora.deploy.site_checks import (
+    auth_key_file,
+    readable_file,
+    root_certificates_file,
+    superlink_address,
+    writable_directory,
+)
 from fedlora.errors import ConfigError
 from fedlora.flower_internals.tuning import check_heartbeat_interval
 
@@ -56,7 +62,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-__all__ = ["SITE_KEYS", "SiteConfig", "load_site_config", "node_config_value"]
+__all__ = ["SITE_KEYS", "SiteConfig", "load_site_config"]
 
 _DEVICES = ("auto", "cpu", "cuda")
 _SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
@@ -148,10 +154,8 @@ class SiteConfig:
     def to_node_config(self) -> str:
         """The ``flower-supernode --node-config`` string of this site.
 
-        Flower 1.41 splits the string with the pattern ``key=('...'|"..."|non-space)`` and
-        parses each pair as TOML, so strings are written as TOML literal strings (single
-        quotes: no escapes, spaces and backslashes kept) or, for a value holding a single
-        quote, as basic strings (double quotes, backslashes escaped).
+        Each value is written by :func:`fedlora.deploy.flower_values.node_config_value`, so
+        Flower's parser reads it back unchanged.
 
         Raises
         ------
@@ -176,33 +180,6 @@ class SiteConfig:
         if self.cpu_threads is not None:
             environment["OMP_NUM_THREADS"] = str(self.cpu_threads)
         return environment
-
-
-def node_config_value(value: str | float | bool) -> str:
-    """One value of a ``--node-config`` string, written so Flower parses it back unchanged.
-
-    Raises
-    ------
-    ConfigError
-        For a string with both quote kinds or a control character, or a non-finite number.
-    """
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        number = float(value)
-        if not math.isfinite(number):
-            raise ConfigError(f"node config values must be finite numbers, got {value}")
-        return repr(number)
-    if any(ord(char) < 32 or ord(char) == 127 for char in value):
-        raise ConfigError(f"node config value {value!r} holds a control character")
-    if "'" not in value:
-        return f"'{value}'"
-    if '"' not in value:
-        return '"' + value.replace("\\", "\\\\") + '"'
-    raise ConfigError(
-        f"node config value {value!r} holds both ' and \": flower-supernode cannot parse it; "
-        "rename the file or folder"
-    )
 
 
 def load_site_config(path: Path | str, *, allow_insecure: bool = False) -> SiteConfig:
@@ -250,9 +227,9 @@ def load_site_config(path: Path | str, *, allow_insecure: bool = False) -> SiteC
     lora_rank = _optional_float(site, "lora-rank")
     if lora_rank is not None and (lora_rank != int(lora_rank) or lora_rank < 1):
         raise ConfigError(f"{where}: [site] lora-rank must be an integer >= 1, got {lora_rank:g}")
-    train_file = _readable_file(base, site["train-file"], where, "[site] train-file")
+    train_file = readable_file(base, site["train-file"], where, "[site] train-file")
     test_file = (
-        _readable_file(base, site["test-file"], where, "[site] test-file")
+        readable_file(base, site["test-file"], where, "[site] test-file")
         if "test-file" in site
         else None
     )
@@ -271,9 +248,9 @@ def load_site_config(path: Path | str, *, allow_insecure: bool = False) -> SiteC
         raise ConfigError(f"{where}: [privacy] noise-multiplier must be >= 0, got {sigma:g}")
     if target is not None and not (target > 0 and math.isfinite(target)):
         raise ConfigError(f"{where}: [privacy] target-epsilon must be > 0, got {target:g}")
-    ledger_dir = _writable_directory(base, privacy["ledger-dir"], where)
+    ledger_dir = writable_directory(base, privacy["ledger-dir"], where)
 
-    superlink = _check_address(cast(str, connection["superlink"]), where)
+    superlink = superlink_address(cast(str, connection["superlink"]), where)
     insecure = bool(connection.get("insecure", False))
     root_certificates: Path | None = None
     auth_key: Path | None = None
@@ -293,14 +270,14 @@ def load_site_config(path: Path | str, *, allow_insecure: bool = False) -> SiteC
                 f"{where}: [connection] root-certificates is missing: the federation's "
                 "ca.pem, to verify the SuperLink"
             )
-        root_certificates = _root_certificates(base, connection["root-certificates"], where)
+        root_certificates = root_certificates_file(base, connection["root-certificates"], where)
         if "auth-private-key" not in connection:
             raise ConfigError(
                 f"{where}: [connection] auth-private-key is missing: the site key "
                 "(pki/sites/NAME.key) registered with the SuperLink"
             )
     if "auth-private-key" in connection:
-        auth_key = _private_key(base, connection["auth-private-key"], where)
+        auth_key = auth_key_file(base, connection["auth-private-key"], where)
     heartbeat = _optional_float(connection, "heartbeat-interval")
     if heartbeat is not None:
         try:
@@ -391,94 +368,3 @@ def _optional_float(table: Mapping[str, Any], key: str) -> float | None:
 
 def _optional_bool(table: Mapping[str, Any], key: str) -> bool | None:
     return bool(table[key]) if key in table else None
-
-
-def _resolve(base: Path, value: str) -> Path:
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else (base / path).absolute()
-
-
-def _readable_file(base: Path, value: str, where: str, what: str) -> Path:
-    path = _resolve(base, value)
-    if not path.exists():
-        raise ConfigError(f"{where}: {what} {path} does not exist")
-    if not path.is_file():
-        raise ConfigError(f"{where}: {what} {path} is not a file")
-    try:
-        with path.open("rb") as handle:
-            handle.read(1)
-    except OSError as exc:
-        raise ConfigError(f"{where}: {what} {path} is not readable: {exc.strerror}") from None
-    return path
-
-
-def _writable_directory(base: Path, value: str, where: str) -> Path:
-    path = _resolve(base, value)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(
-            f"{where}: [privacy] ledger-dir {path} cannot be created: {exc.strerror}"
-        ) from None
-    # A real write, not os.access: root passes os.access checks on read-only mounts too.
-    try:
-        with tempfile.TemporaryFile(dir=path, prefix=".fedlora-write-check-"):
-            pass
-    except OSError as exc:
-        raise ConfigError(
-            f"{where}: [privacy] ledger-dir {path} is not writable: {exc.strerror}"
-        ) from None
-    return path
-
-
-def _check_address(address: str, where: str) -> str:
-    host, separator, port = address.strip().rpartition(":")
-    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not separator or not bare or "/" in address or not port.isdigit():
-        raise ConfigError(
-            f"{where}: [connection] superlink must be HOST:PORT without a URL prefix, "
-            f"got {address!r}"
-        )
-    if not 1 <= int(port) <= 65535:
-        raise ConfigError(f"{where}: [connection] superlink port must be 1-65535, got {port}")
-    return address.strip()
-
-
-def _root_certificates(base: Path, value: str, where: str) -> Path:
-    from cryptography import x509
-
-    path = _readable_file(base, value, where, "[connection] root-certificates")
-    try:
-        x509.load_pem_x509_certificates(path.read_bytes())
-    except ValueError:
-        raise ConfigError(
-            f"{where}: [connection] root-certificates {path} is not a PEM certificate "
-            "(use the federation's ca.pem)"
-        ) from None
-    return path
-
-
-def _private_key(base: Path, value: str, where: str) -> Path:
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.hazmat.primitives.serialization import load_ssh_private_key
-
-    path = _readable_file(base, value, where, "[connection] auth-private-key")
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        raise ConfigError(
-            f"{where}: [connection] auth-private-key {path} has mode {mode:04o}; it must be "
-            f"0600 (chmod 600 {path})"
-        )
-    try:
-        key = load_ssh_private_key(path.read_bytes(), password=None)
-    except (ValueError, TypeError):
-        raise ConfigError(
-            f"{where}: [connection] auth-private-key {path} is not an unencrypted OpenSSH "
-            "private key (make it with fedlora pki site NAME)"
-        ) from None
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise ConfigError(
-            f"{where}: [connection] auth-private-key {path} is not a NIST EC key; Flower "
-            "accepts only those (make it with fedlora pki site NAME)"
-        )
-    return path

@@ -1,6 +1,6 @@
 """Held pulls on the SuperLink: a pull that finds nothing waits for the next message.
 
-Flower 1.41's SuperLink answers every pull at once, so a SuperNode learns of its next message
+Flower's SuperLink answers every pull at once, so a SuperNode learns of its next message
 only at its next poll, and the ServerApp of a reply only at its next ask: each crossing of a
 round waits a fraction of a poll interval, and every empty poll is a request the SuperLink
 serves (about 9 ms of its CPU each on the 2-core development machine).
@@ -21,7 +21,8 @@ that time.
 A held pull keeps one of the SuperLink's request threads (FastAPI runs these handlers in a
 pool of 40), so at most ``max_held`` pulls are held at a time; the rest are answered at once,
 as Flower answers them. Each change is checked against the installed Flower first: if its
-handlers or LinkStates differ from 1.41's, nothing changes and a warning is logged.
+handlers or LinkStates differ from those of the releases fedlora was checked against
+(:mod:`fedlora.flower_internals.versions`), nothing changes and a warning is logged.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from types import ModuleType
 from typing import Any, TypeVar
 
 from fedlora.errors import ConfigError
+from fedlora.flower_internals.versions import checked_flower
 
 logger = logging.getLogger(__name__)
 
@@ -243,12 +245,11 @@ def notify_on_stores(
 ) -> bool:
     """Make the SuperLink's stores notify ``signal``: messages and the objects they carry.
 
-    Each LinkState notifies after it stores a message with its object tree (both the
-    ServerApp's instructions and the SuperNodes' replies are stored that way in Flower
-    1.41), for the message's destination node; each ObjectStore after it stores an
-    object's content, for :data:`OBJECTS`. Notifying after the store
-    returns, not inside it, means a woken pull finds the message's object tree registered:
-    Flower deletes a pulled message whose tree it cannot find.
+    Each LinkState notifies after it stores a message with its object tree (both the ServerApp's
+    instructions and the SuperNodes' replies are stored that way in the checked Flower releases),
+    for the message's destination node; each ObjectStore after it stores an object's content, for
+    :data:`OBJECTS`. Notifying after the store returns, not inside it, means a woken pull finds the
+    message's object tree registered: Flower deletes a pulled message whose tree it cannot find.
 
     Returns
     -------
@@ -333,7 +334,9 @@ def hold_pulls(
         _takes(fleet_pull, ("request", "state", "store"))
         and _takes(runtime_pull, ("request", "state", "task"))
     ):
-        logger.warning("this Flower's SuperLink pulls differ from Flower 1.41's; pulls not held")
+        logger.warning(
+            "this Flower's SuperLink pulls differ from %s's; pulls not held", checked_flower()
+        )
         return False
     if hold.hold_s == 0 or not notify_on_stores(hold.signal, state_classes, store_classes):
         return False

@@ -1,6 +1,7 @@
 """The SuperLink's operator boundary: only the Fleet API is public.
 
-Flower 1.41's SuperLink serves three APIs from one FastAPI app on one HTTPS ``--host/--port``:
+Flower's SuperLink (the releases in :mod:`fedlora.flower_internals.versions`) serves three
+APIs from one FastAPI app on one HTTPS ``--host/--port``:
 
 * **Fleet** (``/v1/fleet/...``): the sites' SuperNodes. Every request is signed with a
   registered site key (``--enable-supernode-auth``); a key cannot register itself.
@@ -41,6 +42,7 @@ from types import ModuleType
 from typing import Any
 
 from fedlora.errors import ConfigError
+from fedlora.flower_internals.versions import checked_flower
 
 logger = logging.getLogger(__name__)
 
@@ -237,8 +239,9 @@ def guard_operator_apis(
     serve = getattr(server, "run", None)
     if not callable(serve) or not callable(getattr(module, "_run_superlink_http_api", None)):
         raise ConfigError(
-            "this Flower's SuperLink is not served by uvicorn.run as Flower 1.41's is: fedlora "
-            "cannot keep its Control API to the operator; install the Flower version fedlora pins"
+            f"this Flower's SuperLink is not served by uvicorn.run as {checked_flower()}'s is: "
+            "fedlora cannot keep its Control API to the operator; install a Flower version "
+            "fedlora pins"
         )
     for variable in ("FLWR_INTERNAL_GRPC_CONTROL_API", "FLWR_INTERNAL_GRPC_FLEET_API"):
         if os.environ.get(variable) == "1":

@@ -41,7 +41,7 @@ from fedlora.flower_internals.link_hold import (
 from fedlora.flower_internals.link_operator import guard_operator_apis, operator_peers
 
 _FLOWER_DEFAULT_HOST = "127.0.0.1"
-"""``flower-superlink``'s ``--host`` default in Flower 1.41."""
+"""``flower-superlink``'s ``--host`` default in the checked Flower releases."""
 
 
 def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -118,7 +118,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     sys.argv = ["flower-superlink", *flower_args]
     try:
         flower_superlink()
-    except ConfigError as error:  # the operator guard found this Flower's app unlike 1.41's
+    except (
+        ConfigError
+    ) as error:  # the operator guard found this Flower's app unlike the checked ones
         print(f"fedlora: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
 

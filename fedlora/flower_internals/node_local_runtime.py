@@ -1,6 +1,6 @@
 """A SuperNode's Runtime API called inside the node's own process, without HTTP.
 
-Flower 1.41's SuperNode hands each message to its ClientApp through its Runtime API, a FastAPI
+Flower's SuperNode hands each message to its ClientApp through its Runtime API, a FastAPI
 server on the node's loopback: one HTTP request per step (acquire the task, pull its input with the
 whole FAB, pull the message and each of its objects, confirm, push the reply and each of its
 objects, push the task output, heartbeats), about fifteen per message, each costing both processes a

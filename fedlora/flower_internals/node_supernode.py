@@ -4,7 +4,7 @@
 FLOWER-SUPERNODE-ARGS`` runs ``flower-supernode`` (Flower's own entry point, in this process) with
 two changes:
 
-* Flower 1.41's SuperNode sleeps a fixed 3 s whenever a pull finds no message and 0.5 s
+* Flower's SuperNode sleeps a fixed 3 s whenever a pull finds no message and 0.5 s
   between checks for its ClientApp's reply, and backs off 1 s before its first retry of a message's
   objects. Every fedlora round crosses SuperLink, node and ClientApp and back, so those waits alone
   add seconds to a round of a tiny model. Here the idle pulls back off from 0.02 s after each served
@@ -30,7 +30,8 @@ two changes:
   shorter interval lets a crashed site rejoin sooner.
 
 Each change is checked against the installed Flower first: if it no longer waits the way
-1.41 does, the node starts with Flower's own waits and a warning.
+the releases in :mod:`fedlora.flower_internals.versions` do, the node starts with Flower's own
+waits and a warning.
 """
 
 from __future__ import annotations

@@ -21,6 +21,8 @@ import logging
 import threading
 from typing import Any
 
+from fedlora.flower_internals.versions import checked_flower
+
 logger = logging.getLogger(__name__)
 
 
@@ -62,13 +64,13 @@ def notify_on_new_tasks(signal: TaskSignal, state_class: type | None = None) -> 
     signal : TaskSignal
         What the worker waits on.
     state_class : type, optional
-        The node state class to change; Flower 1.41's ``InMemoryNodeState`` by default.
+        The node state class to change; Flower's ``InMemoryNodeState`` by default.
 
     Returns
     -------
     bool
         Whether task creation now notifies ``signal`` (``False``, with a warning, when the
-        installed Flower's node state creates tasks differently from 1.41's).
+        installed Flower's node state creates tasks differently from the checked releases').
     """
     if state_class is None:
         from flwr.supernode.nodestate.in_memory_nodestate import InMemoryNodeState
@@ -77,8 +79,9 @@ def notify_on_new_tasks(signal: TaskSignal, state_class: type | None = None) -> 
     create = getattr(state_class, "create_task", None)
     if not callable(create) or "task_type" not in inspect.signature(create).parameters:
         logger.warning(
-            "this Flower's SuperNode creates tasks differently from 1.41's; "
-            "the warm worker keeps asking for tasks on its own"
+            "this Flower's SuperNode creates tasks differently from %s's; "
+            "the warm worker keeps asking for tasks on its own",
+            checked_flower(),
         )
         return False
 

@@ -27,6 +27,7 @@ the code its operator installed.
 from __future__ import annotations
 
 import argparse
+import importlib
 import io
 import logging
 import os
@@ -36,7 +37,7 @@ import time
 import zipfile
 from collections.abc import Callable, Sequence
 from importlib import metadata
-from typing import Any
+from typing import Any, cast
 
 from flwr.app import Context, Error, Message
 from flwr.common.constant import ErrorCode, SubStatus
@@ -50,7 +51,7 @@ from flwr.supercore.retry import make_simple_http_retry_invoker
 from flwr.supercore.runtime import RuntimeHttpClient
 from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
 
-from fedlora.errors import FedloraError
+from fedlora.errors import ConfigError, FedloraError
 from fedlora.flower_internals.entry import LOG_FORMAT
 from fedlora.flower_internals.node_wake import TaskSignal
 from fedlora.flower_internals.tuning import (
@@ -69,6 +70,10 @@ logger = logging.getLogger(__name__)
 
 APP_NAME = "fedlora"
 CLIENTAPP_REF = "fedlora.clients.app:app"
+"""The ClientApp's component reference (``[tool.flwr.app.components] clientapp``).
+
+The worker loads it by name (:func:`load_client_app`), as Flower loads a FAB's components, so
+this seam imports no role; a FAB naming another ClientApp is refused (:func:`check_fab`)."""
 _PARENT_CHECK_S = 0.5
 
 ClientAppCallable = Callable[[Message, Context], Message]
@@ -108,6 +113,46 @@ def check_fab(fab: Fab, installed_version: str | None = None) -> None:
         )
     if clientapp != CLIENTAPP_REF:
         raise ForeignAppError(f"the run's ClientApp is {clientapp!r}, not {CLIENTAPP_REF!r}")
+
+
+def load_client_app(reference: str = CLIENTAPP_REF) -> ClientAppCallable:
+    """Import the ClientApp a component reference names, as Flower loads a FAB's components.
+
+    Parameters
+    ----------
+    reference : str
+        ``module:attribute`` (the attribute may be dotted), e.g. :data:`CLIENTAPP_REF`.
+
+    Returns
+    -------
+    callable
+        The object the reference names, called as ``client_app(message, context)``.
+
+    Raises
+    ------
+    ConfigError
+        When the reference is malformed, its module does not exist, or it names nothing
+        callable.
+    """
+    module_name, _, attributes = reference.partition(":")
+    if not module_name or not attributes:
+        raise ConfigError(f"ClientApp reference {reference!r} is not 'module:attribute'")
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name is None or not f"{module_name}.".startswith(f"{error.name}."):
+            raise  # the module exists; something it imports is missing
+        raise ConfigError(f"cannot load the ClientApp {reference!r}: {error}") from None
+    for attribute in attributes.split("."):
+        try:
+            target = getattr(target, attribute)
+        except AttributeError:
+            raise ConfigError(
+                f"{module_name} has no {attributes} (ClientApp {reference!r})"
+            ) from None
+    if not callable(target):
+        raise ConfigError(f"the ClientApp {reference!r} is not callable")
+    return cast(ClientAppCallable, target)
 
 
 RuntimeConnector = Callable[[str | None], Any]
@@ -243,7 +288,8 @@ def serve(
         the wait up to ``poll_interval``; with ``wake``, it asks when the node signals a
         task and otherwise every ``poll_interval``.
     client_app : callable, optional
-        What runs a message; fedlora's ``fedlora.clients.app.app`` by default (imported once, here).
+        What runs a message; by default the ClientApp :data:`CLIENTAPP_REF` names, loaded
+        once, here (:func:`load_client_app`).
     stop : threading.Event, optional
         Set it to end the loop (tests); the worker otherwise runs until its node exits
         (seen within ``poll_interval`` when waiting on ``wake``).
@@ -256,9 +302,7 @@ def serve(
         Which node this worker serves, for the log.
     """
     if client_app is None:
-        from fedlora.clients.app import app
-
-        client_app = app
+        client_app = load_client_app()
     # The node offers a task once it holds the message, maybe before its objects.
     shorten_pull_backoff(cap=NEARBY_PULL_BACKOFF_CAP_S)
     stop = stop or threading.Event()

@@ -1,4 +1,4 @@
-"""Shorter fixed waits in Flower 1.41's deployment runtime, for fast rounds.
+"""Shorter fixed waits in Flower's deployment runtime, for fast rounds.
 
 Flower's deployment runtime polls with fixed waits tuned for long rounds over a WAN: a
 SuperNode sleeps 3 s after every pull that finds no message and 0.5 s between checks for its
@@ -8,12 +8,12 @@ each site (two for the last round), each crossing SuperLink -> SuperNode -> Clie
 back, so on a small model those waits, not training, set the pace of a round
 (docs/benchmarks.md, ``bench/deployment_overhead.py``).
 
-Each function here changes one of those waits in the calling process only, after checking
-that the installed Flower waits the way 1.41 does; if it does not, it changes nothing, logs
-a warning and returns ``False``, so a Flower upgrade costs speed, never correctness. The
-object pulls keep their shape (exponential back-off up to Flower's cap) with a shorter first
-wait; the SuperNode's idle pulls and a worker process's asks for tasks back off from a short
-first wait after each message up to the poll interval (:class:`PollBackoff`), since a
+Each function here changes one of those waits in the calling process only, after checking that the
+installed Flower waits the way the releases in :mod:`fedlora.flower_internals.versions` do; if it
+does not, it changes nothing, logs a warning and returns ``False``, so a Flower upgrade costs speed,
+never correctness. The object pulls keep their shape (exponential back-off up to Flower's cap) with
+a shorter first wait; the SuperNode's idle pulls and a worker process's asks for tasks back off from
+a short first wait after each message up to the poll interval (:class:`PollBackoff`), since a
 round's next message follows a reply within the coordinator's aggregation time.
 """
 
@@ -28,6 +28,7 @@ from types import ModuleType
 from typing import Any
 
 from fedlora.errors import ConfigError
+from fedlora.flower_internals.versions import checked_flower
 
 logger = logging.getLogger(__name__)
 
@@ -51,17 +52,17 @@ REPLY_SIGNAL_WAIT_S = 0.1
 _SUPERNODE_IDLE_S = 3
 _SUPERNODE_LOCAL_S = 0.5
 _SUPERNODE_WAITS = tuple(f"time.sleep({s})" for s in (_SUPERNODE_IDLE_S, _SUPERNODE_LOCAL_S))
-"""The waits of Flower 1.41's SuperNode loop (idle pull, reply check) that are shortened."""
+"""The waits of the checked Flower's SuperNode loop (idle pull, reply check) that are shortened."""
 _BACKOFF_KEYS = ("initial_backoff", "backoff_cap")
 FLOWER_HEARTBEAT_INTERVAL_S = 30.0
-"""Flower 1.41's node heartbeat interval; the SuperLink accepts 10 to 1800 s."""
+"""The checked Flower's node heartbeat interval; the SuperLink accepts 10 to 1800 s."""
 MIN_HEARTBEAT_INTERVAL_S = 10.0
 MAX_HEARTBEAT_INTERVAL_S = 1800.0
 _HEARTBEAT_USES = {
     "flwr.supernode.fleet_http_connection": "heartbeat_interval=HEARTBEAT_DEFAULT_INTERVAL",
     "flwr.supercore.heartbeat": "HEARTBEAT_DEFAULT_INTERVAL - HEARTBEAT_CALL_TIMEOUT",
 }
-"""Where Flower 1.41's SuperNode reads its heartbeat interval: what it tells the SuperLink
+"""Where the checked Flower's SuperNode reads its heartbeat interval: what it tells the SuperLink
 (activation and every heartbeat) and how often it sends one."""
 
 
@@ -190,8 +191,8 @@ def shorten_supernode_polls(
         wait in source for wait in _SUPERNODE_WAITS
     ):
         logger.warning(
-            "this Flower's SuperNode does not poll as Flower 1.41's does; "
-            "keeping its own poll intervals"
+            "this Flower's SuperNode does not poll as %s's does; keeping its own poll intervals",
+            checked_flower(),
         )
         return False
     waits = SupernodeWaits(cap, replies=replies)
@@ -222,7 +223,9 @@ def shorten_pull_backoff(initial: float = DEFAULT_PULL_BACKOFF_S, cap: float | N
     functions = (inflatable_utils.pull_objects, inflatable_utils.pull_and_inflate_object_from_tree)
     defaults = [function.__kwdefaults__ for function in functions]
     if not all(d is not None and all(k in d for k in _BACKOFF_KEYS) for d in defaults):
-        logger.warning("this Flower pulls objects differently from 1.41; keeping its back-off")
+        logger.warning(
+            "this Flower pulls objects differently from %s; keeping its back-off", checked_flower()
+        )
         return False
     for default in defaults:
         assert default is not None  # checked above; for mypy
@@ -262,7 +265,7 @@ def set_node_heartbeat_interval(seconds: float) -> bool:
     -------
     bool
         Whether the interval was changed (``False``, with a warning, when the installed
-        Flower does not read it the way 1.41 does).
+        Flower does not read it the way the checked releases do).
 
     Raises
     ------
@@ -277,8 +280,9 @@ def set_node_heartbeat_interval(seconds: float) -> bool:
         value = getattr(module, "HEARTBEAT_DEFAULT_INTERVAL", None)
         if not isinstance(value, int | float) or use not in inspect.getsource(module):
             logger.warning(
-                "this Flower's SuperNode does not read its heartbeat interval as Flower "
-                "1.41's does; keeping its own"
+                "this Flower's SuperNode does not read its heartbeat interval as %s's "
+                "does; keeping its own",
+                checked_flower(),
             )
             return False
     for module in modules:

@@ -1,7 +1,7 @@
 """The federation PKI: a CA, the SuperLink's TLS certificate and the sites' SuperNode keys.
 
-``fedlora pki`` (and this module's API) creates every key and certificate a real Flower 1.41
-deployment needs, in one directory (``--dir``, default ``./pki``)::
+``fedlora pki`` (and this module's API) creates every key and certificate a real Flower deployment
+needs, in one directory (``--dir``, default ``./pki``)::
 
     pki/
       ca.key              CA private key (PKCS8 PEM, 0600)          -> stays with the operator
@@ -20,7 +20,8 @@ keyCertSign, cRLSign`` (both critical) and a SubjectKeyIdentifier; the server ce
 identifiers. Certificates are valid from one hour before issue (clock skew) until exactly
 ``days`` days after it.
 
-How Flower uses the files (checked against the ``flwr`` 1.41 command line):
+How Flower uses the files (checked against the ``flwr`` command line of the releases in
+:mod:`fedlora.flower_internals.versions`):
 
 * SuperLink: ``fedlora deploy superlink --pki DIR`` (Flower's SuperLink with ``--ssl-ca-certfile
   ca.pem --ssl-certfile server.pem --ssl-keyfile server.key --enable-supernode-auth``, its
@@ -327,7 +328,7 @@ def superlink_command(directory: Path | str = DEFAULT_DIR) -> str:
 
 
 def register_command(site: SiteKey, connection: str | None = None) -> str:
-    """The ``flwr supernode register`` command that adds ``site``'s public key (Flower 1.41).
+    """The ``flwr supernode register`` command that adds ``site``'s public key.
 
     Parameters
     ----------

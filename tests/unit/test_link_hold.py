@@ -339,7 +339,7 @@ def _store_classes() -> list[type[Any]]:
 
 
 def test_the_installed_flower_has_the_handlers_and_states_that_are_held() -> None:
-    # True only while Flower's SuperLink keeps 1.41's handlers: an upgrade fails here.
+    # True only while Flower's SuperLink keeps the checked releases' handlers (CHECKED_FLOWER).
     from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState
     from flwr.server.superlink.linkstate.sql_linkstate import SqlLinkState
     from flwr.superlink.servicer.fleet import fleet_handlers

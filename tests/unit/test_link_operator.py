@@ -125,7 +125,7 @@ def test_the_guard_refuses_a_flower_it_does_not_know(monkeypatch: pytest.MonkeyP
         guard_operator_apis(PEERS, superlink_cli=_flower_cli([]))  # type: ignore[arg-type]
 
 
-def test_flower_141_keeps_only_fleet_routes_under_the_public_prefix() -> None:
+def test_flower_keeps_only_fleet_routes_under_the_public_prefix() -> None:
     from flwr.superlink.main import create_app
 
     check_fleet_routes(create_app())  # Flower's real app: passes

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import io
+import sys
 import threading
 import time
 import types
@@ -10,18 +12,29 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from flwr.clientapp import ClientApp
 from flwr.supercore.fab import Fab
 
 from fedlora.errors import ConfigError
 from fedlora.flower_internals import node_supernode
 from fedlora.flower_internals import tuning as flower_tuning
-from fedlora.flower_internals.node_worker import ForeignAppError, check_fab
+from fedlora.flower_internals.node_worker import (
+    CLIENTAPP_REF,
+    ForeignAppError,
+    check_fab,
+    load_client_app,
+)
 from fedlora.flower_internals.tuning import (
     PollBackoff,
     SupernodeWaits,
     shorten_pull_backoff,
     shorten_supernode_polls,
 )
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -87,7 +100,7 @@ def test_flowers_supernode_loop_is_shortened(
 
     monkeypatch.setattr(loop, "time", time)  # restored after the test
 
-    # True only if the installed Flower still has 1.41's waits: an upgrade fails here.
+    # True only if the installed Flower still has the checked releases' waits (CHECKED_FLOWER).
     assert shorten_supernode_polls(0.25) is True
     # (through a name: the test below reads this file, which must not hold Flower's calls)
     sleep = loop.time.sleep
@@ -113,7 +126,7 @@ def test_object_pulls_retry_after_the_short_backoff(monkeypatch: pytest.MonkeyPa
     functions = (inflatable_utils.pull_objects, inflatable_utils.pull_and_inflate_object_from_tree)
     for function in functions:
         assert function.__kwdefaults__ is not None
-        # Flower 1.41's own defaults (another test's ServerApp may have shortened them already)
+        # Flower's own defaults (another test's ServerApp may have shortened them already)
         fresh = {**function.__kwdefaults__, "initial_backoff": 1, "backoff_cap": 10}
         monkeypatch.setattr(function, "__kwdefaults__", fresh)
 
@@ -161,6 +174,31 @@ def test_the_worker_accepts_this_fedlora_and_refuses_other_apps() -> None:
         check_fab(Fab(hash_str="0" * 64, content=b"not a zip", verifications={}), "0.1.0")
 
 
+def test_the_worker_loads_the_clientapp_the_app_names_by_its_reference() -> None:
+    app = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+    reference = app["components"]["clientapp"]
+
+    loaded = load_client_app(reference)
+
+    assert reference == CLIENTAPP_REF
+    assert isinstance(loaded, ClientApp)
+    assert loaded is importlib.import_module("fedlora.clients.app").app
+
+
+@pytest.mark.parametrize(
+    ("reference", "message"),
+    [
+        ("fedlora.clients.app", "is not 'module:attribute'"),
+        ("fedlora.no_such_room:app", "cannot load the ClientApp 'fedlora.no_such_room:app'"),
+        ("fedlora.clients.app:no_such_app", "fedlora.clients.app has no no_such_app"),
+        ("fedlora.flower_internals.node_worker:APP_NAME", "is not callable"),
+    ],
+)
+def test_a_bad_clientapp_reference_is_refused(reference: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_client_app(reference)
+
+
 def test_worker_argv_and_runtime_address() -> None:
     flower = ["--superlink", "h:9", "--host", "127.0.0.1", "--port", "9200"]
 
@@ -188,7 +226,7 @@ def test_the_node_declares_and_keeps_the_configured_heartbeat_interval(
     for module in (sender, connection):  # restored after the test
         monkeypatch.setattr(module, "HEARTBEAT_DEFAULT_INTERVAL", 30)
 
-    # True only if the installed Flower still reads the interval where 1.41 does.
+    # True only if the installed Flower still reads the interval where the checked releases do.
     assert flower_tuning.set_node_heartbeat_interval(12.5) is True
 
     assert connection.HEARTBEAT_DEFAULT_INTERVAL == 12.5  # declared to the SuperLink

@@ -72,7 +72,7 @@ def test_a_flower_that_creates_tasks_differently_is_left_alone() -> None:
 
 
 def test_the_installed_flower_has_what_the_in_process_worker_calls() -> None:
-    # True only while Flower's node keeps 1.41's Runtime handlers: an upgrade fails here.
+    # True only while Flower's node keeps the checked releases' Runtime handlers (CHECKED_FLOWER).
     assert local_runtime_available() is True
 
 

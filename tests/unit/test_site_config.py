@@ -9,7 +9,8 @@ from flwr.common.config import parse_config_args
 
 from fedlora.cli.main import main as fedlora_main
 from fedlora.deploy import commands as deploy
-from fedlora.deploy.site_config import load_site_config, node_config_value
+from fedlora.deploy.flower_values import node_config_value
+from fedlora.deploy.site_config import load_site_config
 from fedlora.errors import ConfigError
 from fedlora.pki import commands as pki
 
