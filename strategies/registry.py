@@ -106,6 +106,21 @@ def get_strategy(name: str) -> Strategy:
     return build_strategy(RunConfig(strategy=name, sites=5))
 
 
+def strategy_for_run(config: RunConfig) -> Strategy:
+    """The strategy a run aggregates with: :func:`build_strategy`, in central DP as asked.
+
+    The one place a run's strategy is built. The simulation harness calls it before any data
+    is generated (a bad setting costs nothing) and hands the strategy to the federation; a
+    deployment's coordinator has the federation call it.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown name or a setting the strategy or central DP refuses.
+    """
+    return wrap_with_central_dp(build_strategy(config), config, config.sites)
+
+
 def wrap_with_central_dp(
     strategy: Strategy,
     config: RunConfig,
