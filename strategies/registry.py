@@ -9,13 +9,15 @@ from fedlora.config import RunConfig
 from fedlora.errors import ConfigError
 from fedlora.strategies.base import Strategy
 from fedlora.strategies.central_dp import CentralDP
+from fedlora.strategies.fedadam import FedAdam
 from fedlora.strategies.fedavg import FedAvg
+from fedlora.strategies.fedavgm import FedAvgM
 from fedlora.strategies.fedprox import FedProx
+from fedlora.strategies.fedyogi import FedYogi
 from fedlora.strategies.ffa_lora import FfaLora
 from fedlora.strategies.hetero_rank import HeteroRank
 from fedlora.strategies.krum import Krum
 from fedlora.strategies.median import CoordinateMedian
-from fedlora.strategies.server_optimizers import FedAdam, FedAvgM, FedYogi
 from fedlora.strategies.trimmed_mean import TrimmedMean
 
 
