@@ -23,7 +23,6 @@ with the run directory, ``update_reference`` for every update, ``aggregate``, an
 
 from __future__ import annotations
 
-import importlib.metadata
 import logging
 import math
 import time
@@ -59,6 +58,7 @@ from fedlora.server.checkpoint import (
     write_checkpoint,
 )
 from fedlora.server.exchange import PhaseResult, SiteExchange, wait_for_nodes
+from fedlora.server.provenance import package_versions
 from fedlora.server.round_record import (
     carried_evaluation,
     retried_errors,
@@ -71,19 +71,6 @@ from fedlora.strategies import Strategy, strategy_for_run
 from fedlora.strategies.validation import AggregateRejectedError
 
 logger = logging.getLogger(__name__)
-
-_PACKAGES = ("fedlora", "flwr", "torch", "transformers", "peft", "opacus", "numpy")
-
-
-def package_versions() -> dict[str, str]:
-    """Installed versions of the packages a run's results depend on."""
-    versions = {}
-    for name in _PACKAGES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
 
 
 class Federation:
