@@ -29,10 +29,10 @@ from fedlora.config import DeviceChoice, RunConfig
 from fedlora.data import TokenizedDataset
 from fedlora.device import bf16_enabled, resolve_device
 from fedlora.errors import ConfigError, FedloraError
+from fedlora.lora_factors import trained_state
 from fedlora.models import check_fingerprint
 from fedlora.protocol import Instruction, make_reply, make_status_reply, read_instruction
 from fedlora.sites import SiteSpec, sites_from_files
-from fedlora.strategies.ffa_lora import trained_state
 
 logger = logging.getLogger(__name__)
 

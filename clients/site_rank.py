@@ -17,7 +17,7 @@ from flwr.app import Context
 from fedlora.adapters import AdapterState
 from fedlora.config import RunConfig
 from fedlora.errors import ConfigError
-from fedlora.strategies.hetero_rank import site_state_for_config
+from fedlora.lora_rank import site_state_for_config
 
 
 def site_rank(context: Context, config: RunConfig, site: str) -> int:

@@ -16,18 +16,22 @@ from collections.abc import Mapping
 
 import torch
 
+from fedlora.adapters import AdapterState
 from fedlora.errors import AdapterError, ConfigError
 
 __all__ = [
     "LORA_A_SUFFIX",
     "LORA_B_SUFFIX",
     "factor_names",
+    "frozen_names",
     "is_lora_a",
     "is_lora_b",
     "lora_modules",
     "lora_scaling",
     "module_shape",
     "other_names",
+    "trained_names",
+    "trained_state",
 ]
 
 LORA_A_SUFFIX = ".lora_A.weight"
@@ -124,3 +128,39 @@ def lora_scaling(lora_alpha: float, rank: int, *, use_rslora: bool = False) -> f
     if not (lora_alpha > 0 and math.isfinite(lora_alpha)):
         raise ConfigError(f"lora-alpha must be > 0, got {lora_alpha}")
     return float(lora_alpha) / (math.sqrt(rank) if use_rslora else rank)
+
+
+def trained_names(state: Mapping[str, torch.Tensor]) -> list[str]:
+    """The tensors an FFA-LoRA site trains and sends: every ``lora_B`` and non-factor tensor.
+
+    FFA-LoRA (:mod:`fedlora.strategies.ffa_lora`) keeps every ``A`` frozen at its shared
+    value; the site (what it trains and sends) and the coordinator (what it expects) both read
+    the list from here, so they agree.
+
+    Parameters
+    ----------
+    state
+        A full adapter state (with its ``A`` factors), e.g. the global adapter.
+
+    Returns
+    -------
+    list[str]
+        Sorted names.
+
+    Raises
+    ------
+    AdapterError
+        When the LoRA factors of ``state`` do not pair up (see :func:`lora_modules`).
+    """
+    b_names = [b_name for _, b_name in lora_modules(state).values()]
+    return sorted(b_names + other_names(state))
+
+
+def frozen_names(state: Mapping[str, torch.Tensor]) -> list[str]:
+    """The ``lora_A`` factors FFA-LoRA keeps frozen, sorted (the rest of the LoRA factors)."""
+    return sorted(a_name for a_name, _ in lora_modules(state).values())
+
+
+def trained_state(state: Mapping[str, torch.Tensor]) -> AdapterState:
+    """The part of ``state`` an FFA-LoRA site sends: the tensors of :func:`trained_names`."""
+    return {name: state[name] for name in trained_names(state)}

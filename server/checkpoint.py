@@ -31,10 +31,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
-from fedlora.adapters import AdapterState
+from fedlora.adapters import AdapterState, check_compatible
 from fedlora.config import upgrade_legacy
-from fedlora.errors import RunDirError
+from fedlora.errors import AdapterError, ConfigError, RunDirError
 from fedlora.io import atomic_write_bytes, atomic_write_json
+from fedlora.models import check_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ _RNG = "rng/torch"
 
 @runtime_checkable
 class StatefulStrategy(Protocol):
-    """A strategy whose state must survive a restart (``fedlora.strategies.server_optimizers``)."""
+    """A strategy whose state must survive a restart (server optimisers, central DP's clip norm)."""
 
     def save_state(self, path: Path) -> None: ...  # noqa: D102
 
@@ -182,6 +183,77 @@ def read_checkpoint(run_dir: Path) -> Checkpoint:
         rng_state=tensors[_RNG],
         strategy_file=folder / strategy_name if strategy_name in contents else None,
     )
+
+
+def check_resumable(
+    checkpoint: Checkpoint,
+    run_dir: Path,
+    *,
+    config: dict[str, Any],
+    base_fingerprint: str,
+    global_state: AdapterState,
+    complete: bool,
+) -> None:
+    """Refuse to continue ``run_dir`` from ``checkpoint`` unless this run is the same run.
+
+    Parameters
+    ----------
+    checkpoint
+        The run directory's verified checkpoint.
+    run_dir
+        The run directory (for messages).
+    config
+        This run's flat config; it must equal the checkpoint's, ``out`` and ``resume`` aside.
+    base_fingerprint
+        This run's base model fingerprint.
+    global_state
+        This run's initial adapter; the checkpoint's must fit it.
+    complete
+        Whether the run directory is already complete.
+
+    Raises
+    ------
+    ConfigError
+        With the differing keys (``key: checkpoint -> now``).
+    BaseMismatchError
+        When the base model's fingerprint differs from the checkpoint's.
+    RunDirError
+        When the run is already complete or its state does not fit this adapter.
+    """
+    where = ("out", "resume")  # where the run lives and that it resumes: not the run
+    current = {k: v for k, v in config.items() if k not in where}
+    saved = {k: v for k, v in checkpoint.config.items() if k not in where}
+    differences = config_differences(saved, current)
+    if differences:
+        raise ConfigError(
+            f"cannot resume {run_dir}: the config differs from its checkpoint "
+            f"({'; '.join(differences)})"
+        )
+    check_fingerprint(expected=checkpoint.base_fingerprint, local=base_fingerprint)
+    if complete:
+        raise RunDirError(f"{run_dir} is complete: there is nothing to resume")
+    try:
+        check_compatible(global_state, checkpoint.global_state)
+    except AdapterError as error:
+        raise RunDirError(f"checkpoint of {run_dir} does not fit: {error}") from None
+
+
+def restore_strategy(checkpoint: Checkpoint, strategy: object, run_dir: Path) -> None:
+    """Give a stateful ``strategy`` back the state ``checkpoint`` holds for it.
+
+    A strategy without state (no ``save_state`` / ``load_state``) needs nothing.
+
+    Raises
+    ------
+    RunDirError
+        When the strategy keeps state but the checkpoint of ``run_dir`` holds none.
+    """
+    if not isinstance(strategy, StatefulStrategy):
+        return
+    if checkpoint.strategy_file is None:
+        name = getattr(strategy, "name", type(strategy).__name__)
+        raise RunDirError(f"checkpoint of {run_dir} holds no {name} state")
+    strategy.load_state(checkpoint.strategy_file, reference=checkpoint.global_state)
 
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:

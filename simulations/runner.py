@@ -28,8 +28,7 @@ from fedlora.simulations.checks import check_run_paths
 from fedlora.simulations.inprocess_grid import InProcessGrid
 from fedlora.simulations.materialize import prepare_sites, resolve_config
 from fedlora.sites import SiteSpec
-from fedlora.strategies import build_strategy
-from fedlora.strategies.registry import wrap_with_central_dp
+from fedlora.strategies import strategy_for_run
 
 logger = logging.getLogger(__name__)
 
@@ -101,8 +100,9 @@ def simulate(
         config = dataclasses.replace(config, ledger_root=str(default_ledger_root()))
     check_run_paths(config, run_id=run_id, resume=resume)
     config = resolve_config(config)
-    # Strategy settings first: a bad one must not cost a scenario's data generation.
-    wrap_with_central_dp(build_strategy(config), config, config.sites)
+    # Strategy settings first: a bad one must not cost a scenario's data generation. The
+    # strategy built here is the run's: the federation receives it.
+    strategy = strategy_for_run(config)
     sites = prepare_sites(config)
     run_id = run_id or new_run_id()
 
@@ -111,7 +111,13 @@ def simulate(
     @server_app.main()
     def _main(grid: Grid, context: Context) -> None:
         run_federation(
-            grid, config, out=out, run_id=run_id, observer=observer, resume=resume is not None
+            grid,
+            config,
+            out=out,
+            run_id=run_id,
+            observer=observer,
+            resume=resume is not None,
+            strategy=strategy,
         )
 
     def resolve(context: Context, _config: RunConfig) -> SiteSpec:
@@ -120,7 +126,13 @@ def simulate(
     if engine == "inprocess":
         grid = InProcessGrid(make_client_app(resolve), len(sites))
         run_federation(
-            grid, config, out=out, run_id=run_id, observer=observer, resume=resume is not None
+            grid,
+            config,
+            out=out,
+            run_id=run_id,
+            observer=observer,
+            resume=resume is not None,
+            strategy=strategy,
         )
         return _finished(out, run_id)
 

@@ -1,6 +1,18 @@
 """Aggregation of adapter updates, one strategy per module, selectable by name."""
 
 from fedlora.strategies.base import SiteUpdate, Strategy
-from fedlora.strategies.registry import build_strategy, get_strategy, strategy_names
+from fedlora.strategies.registry import (
+    build_strategy,
+    get_strategy,
+    strategy_for_run,
+    strategy_names,
+)
 
-__all__ = ["SiteUpdate", "Strategy", "build_strategy", "get_strategy", "strategy_names"]
+__all__ = [
+    "SiteUpdate",
+    "Strategy",
+    "build_strategy",
+    "get_strategy",
+    "strategy_for_run",
+    "strategy_names",
+]

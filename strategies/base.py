@@ -1,9 +1,27 @@
-"""The interface every aggregation strategy implements."""
+"""The interface every aggregation strategy implements: ``aggregate`` and the round loop's hooks.
+
+The round loop (:class:`fedlora.server.federation.Federation`) never asks which strategy it
+runs; it calls these hooks, in this order:
+
+1. :meth:`Strategy.prepare` once, with the initial global adapter, when the run is built;
+2. :meth:`Strategy.open_run` once, with the run directory, before the first round (a resumed
+   run too, after :meth:`load_state` where the strategy keeps state);
+3. every round, :meth:`Strategy.update_reference` for each site's update (what it must match
+   and where its norm is measured from), then :meth:`Strategy.aggregate` over the validated
+   updates, then :meth:`Strategy.round_metrics` for the round's ``metrics.jsonl`` line.
+
+The defaults do the plain thing (a site sends a whole adapter like the global one; nothing
+to prepare, record or report), so a strategy overrides only what it does differently. A
+strategy whose state must survive a restart also has ``save_state`` / ``load_state``
+(:class:`fedlora.server.checkpoint.StatefulStrategy`).
+"""
 
 from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -24,6 +42,43 @@ class Strategy(abc.ABC):
 
     name: str = "strategy"
 
+    def prepare(self, global_state: AdapterState) -> None:
+        """Adopt the initial global adapter before any round; refuse one the strategy cannot run.
+
+        Called once when the run is built, so that an impossible combination (e.g. a LoRA
+        rank above a module's dimensions) fails before any site trains. Default: nothing.
+
+        Raises
+        ------
+        FedloraError
+            When the strategy cannot aggregate adapters of this layout.
+        """
+        del global_state
+
+    def open_run(self, run_dir: Path) -> None:
+        """Attach to the run directory ``run_dir`` before the first round (default: nothing).
+
+        Where a strategy keeps records of its own (central DP's server privacy ledger under
+        ``run_dir/privacy``), it opens them here; a resumed run reopens and continues them.
+        """
+        del run_dir
+
+    def update_reference(self, update: AdapterState, global_state: AdapterState) -> AdapterState:
+        """What a site's ``update`` must match (names, shapes, dtypes) and its norm start from.
+
+        Default: the global adapter the site received. A strategy whose sites send something
+        else (only the trained tensors; factors of their own rank) returns that instead.
+
+        Parameters
+        ----------
+        update
+            The site's tensors, not yet validated (only its layout may be read here).
+        global_state
+            The global adapter of this round.
+        """
+        del update
+        return global_state
+
     @abc.abstractmethod
     def aggregate(self, global_state: AdapterState, updates: list[SiteUpdate]) -> AdapterState:
         """Return the next global adapter.
@@ -35,6 +90,14 @@ class Strategy(abc.ABC):
         updates
             The validated updates of this round (at least one).
         """
+
+    def round_metrics(self) -> dict[str, Any]:
+        """Entries of the strategy's own for the round's ``metrics.jsonl`` line (default: none).
+
+        Called after :meth:`aggregate`, for every round that had updates; e.g. central DP's
+        ``central-privacy``.
+        """
+        return {}
 
 
 def check_finite(state: AdapterState) -> None:

@@ -35,25 +35,10 @@ Privacy statement
     sampled independently with probability ``q``). ε is reported by both Opacus accountants (PRV and
     RDP) via :func:`fedlora.privacy.accounting.epsilons` over all rounds so far.
 
-Adaptive noise split
-    ``sigma`` is the *total* noise multiplier asked for. Flower's
-    ``compute_adaptive_noise_params`` splits it into the update noise
-    ``sigma_u = (sigma^-2 - (2 sigma_b)^-2)^(-1/2)`` and the clipped-count noise ``sigma_b``
-    (default ``m / 20`` as in Flower), so that the two Gaussian queries together
-    (sensitivities ``C / m`` and ``1 / (2m)``) compose to exactly one Gaussian mechanism of
-    multiplier ``sigma`` (Andrew et al., Thm. 1). The accountant therefore uses ``sigma``. The
-    split is impossible when ``sigma >= 2 sigma_b``; that is refused as a
-    :class:`~fedlora.errors.ConfigError`.
-
-Deliberate differences from Flower's ``DifferentialPrivacyServerSideAdaptiveClipping``
-    Flower's wrapper feeds the fraction of *clipped* updates into ``exp(-lr * (f - gamma))``,
-    which shrinks ``C`` when every update is clipped; here ``b`` is the fraction of unclipped
-    updates, as in the paper, so ``C`` grows when every update is clipped. Flower also draws
-    the round's noise with the already-updated ``C``; here the noise uses the ``C`` the updates
-    were clipped to (the actual sensitivity), and only then is ``C`` updated for the next
-    round. Flower's ``add_gaussian_noise_inplace`` uses numpy's global random state, so the
-    noise is drawn here instead. A zero update is never passed to Flower's clipping helper
-    (it divides by the norm).
+Adaptive noise split and deliberate differences from Flower
+    ``sigma`` is the *total* noise multiplier asked for, split between the update and the
+    clipped-count noise; Flower's adaptive-clipping wrapper is followed with a few deliberate
+    differences (:mod:`fedlora.strategies.dp_clipping`). The accountant uses ``sigma``.
 
 Limitations
     The noise comes from numpy's PCG64 in floating point, not a cryptographically secure
@@ -62,10 +47,10 @@ Limitations
     ``δ = 1 / (10 sites)`` is large and ε is high at any useful noise level.
 
 Server ledger
-    With a ledger path (the federation passes ``runs/<id>/privacy/server-ledger.jsonl``), every
-    round is appended to a :class:`~fedlora.privacy.server_ledger.ServerPrivacyLedger`, hash-chained
-    exactly like the site ledger of :mod:`fedlora.privacy.ledger`, before the aggregate is returned.
-    The ledger's names are re-exported here.
+    Every round is accounted and appended to the hash-chained server ledger before the aggregate
+    is returned (:mod:`fedlora.strategies.central_releases`; the run's ledger is
+    ``runs/<id>/privacy/server-ledger.jsonl``, attached by :meth:`CentralDP.open_run`). The
+    ledger's names are re-exported here.
 """
 
 from __future__ import annotations
@@ -78,20 +63,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import numpy.typing as npt
 import torch
-from flwr.supercore.differential_privacy import (
-    adaptive_clip_inputs_inplace,
-    compute_adaptive_noise_params,
-    compute_stdv,
-    get_norm,
-)
+from flwr.supercore.differential_privacy import compute_stdv
 
-from fedlora.adapters import AdapterState, check_compatible
+from fedlora.adapters import AdapterState
 from fedlora.errors import ConfigError, FedloraError, LedgerError
 from fedlora.io import atomic_write_json
-from fedlora.privacy.accounting import Release, check_delta, default_delta, epsilons
-from fedlora.privacy.hashchain import finite_or_none, utc_now
 from fedlora.privacy.server_ledger import (
     SERVER_LEDGER_FILE,
     SERVER_LEDGER_VERSION,
@@ -100,6 +77,14 @@ from fedlora.privacy.server_ledger import (
     read_server_ledger,
 )
 from fedlora.strategies.base import SiteUpdate, Strategy, check_finite
+from fedlora.strategies.central_releases import CentralReleases, central_delta
+from fedlora.strategies.dp_clipping import (
+    clip_updates,
+    next_clip_norm,
+    noisy_unclipped_fraction,
+    split_adaptive_noise,
+    to_numpy,
+)
 from fedlora.strategies.fedavg import FedAvg
 
 __all__ = [
@@ -118,28 +103,6 @@ logger = logging.getLogger(__name__)
 
 CentralMode = Literal["fixed", "adaptive"]
 CENTRAL_MODES: tuple[CentralMode, ...] = ("fixed", "adaptive")
-
-Arrays = list[npt.NDArray[np.float64]]
-
-
-def central_delta(delta: float | None, sites: int) -> float:
-    """The client-level δ: ``delta`` when set, else ``1 / (10·sites)``.
-
-    δ must be well below ``1 / sites`` (a mechanism that publishes one site's whole update
-    with probability ``1/sites`` would otherwise qualify); a tenth of it mirrors the per-record
-    default of the sites (:func:`fedlora.privacy.accounting.default_delta`).
-
-    Raises
-    ------
-    ConfigError
-        For ``sites < 1`` or a set ``delta`` outside (0, 1).
-    """
-    if delta is None:
-        if sites < 1:
-            raise ConfigError(f"central DP needs at least one site, got {sites}")
-        return default_delta(sites)
-    check_delta(delta)
-    return float(delta)
 
 
 class CentralDP(Strategy):
@@ -243,31 +206,29 @@ class CentralDP(Strategy):
         self.update_noise_multiplier = self.noise_multiplier
         self.clipped_count_stddev = 0.0
         if self.mode == "adaptive":
-            try:
-                stddev, sigma_update = compute_adaptive_noise_params(
-                    self.noise_multiplier, sampled, clipped_count_stddev
-                )
-            except ValueError:
-                limit = 2 * (sampled / 20 if clipped_count_stddev is None else clipped_count_stddev)
-                raise ConfigError(
-                    f"central-dp adaptive: central-noise-multiplier {noise_multiplier:g} needs a "
-                    f"clipped-count noise above {noise_multiplier / 2:g}, but {sampled} sampled "
-                    f"sites give {limit / 2:g} (noise multiplier must be < {limit:g}); lower "
-                    "central-noise-multiplier, add sites, or use central-dp=fixed"
-                ) from None
-            self.clipped_count_stddev = float(stddev)
-            self.update_noise_multiplier = float(sigma_update)
+            self.clipped_count_stddev, self.update_noise_multiplier = split_adaptive_noise(
+                self.noise_multiplier, sampled, clipped_count_stddev
+            )
         self._rng = np.random.default_rng(secrets.randbits(128) if seed is None else seed)
-        self._releases: list[Release] = []
-        self._last: dict[str, Any] | None = None
-        self.ledger: ServerPrivacyLedger | None = None
+        self._releases = CentralReleases(
+            mode=self.mode,
+            sites=sites,
+            sampled=sampled,
+            delta=self.delta,
+            noise_multiplier=self.noise_multiplier,
+        )
         if ledger_path is not None:
             self.open_ledger(ledger_path)
 
     @property
     def rounds(self) -> int:
         """Rounds released so far (including those of a reopened ledger)."""
-        return len(self._releases)
+        return len(self._releases.releases)
+
+    @property
+    def ledger(self) -> ServerPrivacyLedger | None:
+        """The attached server ledger, if any."""
+        return self._releases.ledger
 
     def open_ledger(self, path: Path) -> ServerPrivacyLedger:
         """Attach the server ledger at ``path`` (created, or reloaded and continued).
@@ -278,16 +239,24 @@ class CentralDP(Strategy):
             When rounds were already aggregated without a ledger, or the ledger is corrupted,
             altered, or of another set-up.
         """
-        if self.ledger is not None or self._releases:
-            raise LedgerError(
-                "the server privacy ledger must be attached once, before the first round"
-            )
-        ledger = ServerPrivacyLedger.open(
-            Path(path), mode=self.mode, sites=self.sites, sampled=self.sampled, delta=self.delta
-        )
-        self.ledger = ledger
-        self._releases = ledger.releases()
-        return ledger
+        return self._releases.open_ledger(path)
+
+    def prepare(self, global_state: AdapterState) -> None:
+        """The inner strategy's preparation."""
+        self.inner.prepare(global_state)
+
+    def open_run(self, run_dir: Path) -> None:
+        """Attach the ledger ``run_dir/privacy/server-ledger.jsonl`` (:meth:`open_ledger`)."""
+        self.inner.open_run(run_dir)
+        self.open_ledger(Path(run_dir) / "privacy" / SERVER_LEDGER_FILE)
+
+    def update_reference(self, update: AdapterState, global_state: AdapterState) -> AdapterState:
+        """What the inner strategy's sites send."""
+        return self.inner.update_reference(update, global_state)
+
+    def round_metrics(self) -> dict[str, Any]:
+        """The inner strategy's entries and ``central-privacy`` (:meth:`last_round_privacy`)."""
+        return {**self.inner.round_metrics(), "central-privacy": self.last_round_privacy()}
 
     def aggregate(self, global_state: AdapterState, updates: list[SiteUpdate]) -> AdapterState:
         """Clip, average uniformly, add noise, account, and record one round.
@@ -319,27 +288,11 @@ class CentralDP(Strategy):
                 "contribute at most once per round"
             )
         names = list(global_state)
-        base = [_to_numpy(global_state[name]) for name in names]
+        base = [to_numpy(global_state[name]) for name in names]
         clip_norm = self.clip_norm
-
-        clipped_updates: list[SiteUpdate] = []
-        unclipped = 0
-        for update in updates:
-            check_compatible(global_state, update.state)
-            delta = [_to_numpy(update.state[name]) - g for name, g in zip(names, base, strict=True)]
-            norm = get_norm(delta)
-            if not math.isfinite(norm):
-                bad = next(n for n, d in zip(names, delta, strict=True) if not np.isfinite(d).all())
-                raise FloatingPointError(
-                    f"site {update.site} sent non-finite values in {bad}; it cannot be clipped"
-                )
-            # A zero update is within any norm; Flower's helper would divide by its norm.
-            was_clipped = norm > 0 and adaptive_clip_inputs_inplace(delta, clip_norm)
-            unclipped += 0 if was_clipped else 1
-            restored = [g + d for g, d in zip(base, delta, strict=True)]
-            clipped_updates.append(SiteUpdate(update.site, _to_state(names, restored), 1))
-        mean = self.inner.aggregate(_to_state(names, base), clipped_updates)
-        result = [_to_numpy(mean[name]) for name in names]
+        start, clipped_updates, unclipped = clip_updates(global_state, updates, clip_norm)
+        mean = self.inner.aggregate(start, clipped_updates)
+        result = [to_numpy(mean[name]) for name in names]
         if len(updates) != self.sampled:
             # Fixed denominator m: the uniform mean over the n received updates becomes
             # global + sum_i clip(d_i) / m, as if absent sampled sites sent zero updates.
@@ -359,20 +312,29 @@ class CentralDP(Strategy):
 
         clipped_count: float | None = None
         if self.mode == "adaptive":
-            received = len(updates)
-            noisy_centered = (unclipped - received / 2) + (
-                float(self._rng.normal(0.0, self.clipped_count_stddev))
-                if self.clipped_count_stddev > 0
-                else 0.0
+            noise = self.clipped_count_stddev
+            unclipped_fraction = noisy_unclipped_fraction(
+                unclipped=unclipped,
+                received=len(updates),
+                sampled=self.sampled,
+                noise=float(self._rng.normal(0.0, noise)) if noise > 0 else 0.0,
             )
-            unclipped_fraction = 0.5 + noisy_centered / self.sampled
             clipped_count = self.sampled * (1 - unclipped_fraction)
-            self.clip_norm = clip_norm * math.exp(
-                -self.clip_norm_lr * (unclipped_fraction - self.target_clipped_quantile)
+            self.clip_norm = next_clip_norm(
+                clip_norm,
+                unclipped_fraction,
+                learning_rate=self.clip_norm_lr,
+                target_quantile=self.target_clipped_quantile,
             )
 
-        self._account(
-            clip_norm=clip_norm, clipped_count=clipped_count, received=len(updates), std=stddev
+        self._releases.record(
+            clip_norm=clip_norm,
+            next_clip_norm=self.clip_norm,
+            update_noise_multiplier=self.update_noise_multiplier,
+            clipped_count=clipped_count,
+            clipped_count_stddev=self.clipped_count_stddev if self.mode == "adaptive" else None,
+            received=len(updates),
+            std=stddev,
         )
         aggregate: AdapterState = {
             name: torch.from_numpy(array).to(
@@ -382,55 +344,6 @@ class CentralDP(Strategy):
         }
         check_finite(aggregate)
         return aggregate
-
-    def _account(
-        self, *, clip_norm: float, clipped_count: float | None, received: int, std: float
-    ) -> None:
-        releases = [*self._releases, Release(self.noise_multiplier, self.sample_rate, 1)]
-        with np.errstate(divide="ignore"):  # Opacus's PRV takes log(1 - q) at q = 1.
-            eps = epsilons(releases, delta=self.delta)
-        entry = ServerLedgerEntry(
-            round=len(releases),
-            mode=self.mode,
-            noise_multiplier=self.noise_multiplier,
-            update_noise_multiplier=self.update_noise_multiplier,
-            clip_norm=clip_norm,
-            next_clip_norm=self.clip_norm,
-            clipped_count=clipped_count,
-            clipped_count_stddev=self.clipped_count_stddev if self.mode == "adaptive" else None,
-            updates=received,
-            sampled=self.sampled,
-            sample_rate=self.sample_rate,
-            delta=self.delta,
-            epsilon_prv=eps["prv"],
-            epsilon_rdp=eps["rdp"],
-            time=utc_now(),
-        )
-        if self.ledger is not None:
-            self.ledger.append(entry)
-        self._releases = releases
-        logger.info(
-            "central DP round %d: clip norm %.4g, noise std %.4g, epsilon %.4g (prv) %.4g (rdp) "
-            "at delta %.3g",
-            entry.round,
-            clip_norm,
-            std,
-            entry.epsilon_prv,
-            entry.epsilon_rdp,
-            self.delta,
-        )
-        self._last = {
-            "mode": self.mode,
-            "noise-multiplier": self.noise_multiplier,
-            "clip-norm": clip_norm,
-            "delta": self.delta,
-            "sample-rate": self.sample_rate,
-            "rounds": entry.round,
-            "epsilon-prv": finite_or_none(entry.epsilon_prv),
-            "epsilon-rdp": finite_or_none(entry.epsilon_rdp),
-        }
-        if clipped_count is not None:
-            self._last["clipped-fraction"] = clipped_count / self.sampled
 
     def save_state(self, path: Path) -> None:
         """Write what a restart needs beyond the server ledger: the current clip norm.
@@ -484,18 +397,4 @@ class CentralDP(Strategy):
         FedloraError
             Before the first :meth:`aggregate`.
         """
-        if self._last is None:
-            raise FedloraError("central DP: no round has been aggregated yet")
-        return dict(self._last)
-
-
-def _to_numpy(tensor: torch.Tensor) -> npt.NDArray[np.float64]:
-    """A float64 copy of ``tensor`` (numpy has no bfloat16; the copy is never shared)."""
-    array: npt.NDArray[np.float64] = (
-        tensor.detach().to(device="cpu", dtype=torch.float64).numpy().copy()
-    )
-    return array
-
-
-def _to_state(names: list[str], arrays: Arrays) -> AdapterState:
-    return {name: torch.from_numpy(array) for name, array in zip(names, arrays, strict=True)}
+        return self._releases.last_round()

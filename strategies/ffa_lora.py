@@ -3,8 +3,9 @@
 Sun, Qin, Li and Ding, "Improving LoRA in privacy-preserving federated learning" (ICLR 2024):
 every site starts from the same global adapter and keeps each module's ``A`` (``r × d_in``)
 frozen at its shared, randomly initialised value; only ``B`` (``d_out × r``) and the non-factor
-tensors (a classification head) are trained and sent. :func:`trained_names` lists exactly those
-tensors, so the client (what it trains and sends) and the server (what it expects) agree.
+tensors (a classification head) are trained and sent. :func:`~fedlora.lora_factors.trained_names`
+(in the core, re-exported here) lists exactly those tensors, so the client (what it trains and
+sends) and the server (what it expects) agree.
 
 Why the aggregate is exact
     A module adds ``s · B·A`` to its base weight. FedAvg over both factors averages ``A`` and
@@ -22,50 +23,13 @@ Why the aggregate is exact
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
-import torch
-
 from fedlora.adapters import AdapterState, check_compatible
 from fedlora.errors import AdapterError
-from fedlora.lora_factors import is_lora_a, lora_modules, other_names
+from fedlora.lora_factors import frozen_names, is_lora_a, trained_names, trained_state
 from fedlora.strategies.base import SiteUpdate, Strategy, check_finite
 from fedlora.strategies.helpers import example_weights, weighted_mean
 
 __all__ = ["FfaLora", "frozen_names", "trained_names", "trained_state"]
-
-
-def trained_names(state: Mapping[str, torch.Tensor]) -> list[str]:
-    """The tensors an FFA-LoRA site trains and sends: every ``lora_B`` and non-factor tensor.
-
-    Parameters
-    ----------
-    state
-        A full adapter state (with its ``A`` factors), e.g. the global adapter.
-
-    Returns
-    -------
-    list[str]
-        Sorted names.
-
-    Raises
-    ------
-    AdapterError
-        When the LoRA factors of ``state`` do not pair up (see
-        :func:`~fedlora.lora_factors.lora_modules`).
-    """
-    b_names = [b_name for _, b_name in lora_modules(state).values()]
-    return sorted(b_names + other_names(state))
-
-
-def frozen_names(state: Mapping[str, torch.Tensor]) -> list[str]:
-    """The ``lora_A`` factors FFA-LoRA keeps frozen, sorted (the rest of the LoRA factors)."""
-    return sorted(a_name for a_name, _ in lora_modules(state).values())
-
-
-def trained_state(state: Mapping[str, torch.Tensor]) -> AdapterState:
-    """The part of ``state`` a site sends: the tensors of :func:`trained_names`."""
-    return {name: state[name] for name in trained_names(state)}
 
 
 class FfaLora(Strategy):
@@ -78,6 +42,11 @@ class FfaLora(Strategy):
     """
 
     name = "ffa-lora"
+
+    def update_reference(self, update: AdapterState, global_state: AdapterState) -> AdapterState:
+        """The trained tensors of the global adapter: a site sends only those."""
+        del update
+        return trained_state(global_state)
 
     def aggregate(self, global_state: AdapterState, updates: list[SiteUpdate]) -> AdapterState:
         """Return the next global adapter (see the class docstring).

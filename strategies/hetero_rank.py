@@ -8,20 +8,9 @@ averaged is the weight update each module applies. Per module, with ``w_i`` the 
 
     ΔW = sum_i w_i s_i B_i A_i                                   (d_out × d_in)
 
-It is computed without ever forming a ``d_out × d_in`` matrix (:func:`factor_product`)::
-
-    B_cat = [w_1 s_1 B_1 | ... | w_n s_n B_n]     d_out × R,  R = sum_i r_i
-    A_cat = [A_1; ...; A_n]                        R × d_in,   so ΔW = B_cat A_cat
-    B_cat = Q_B R_B,  A_catᵀ = Q_A R_A             thin QR
-    R_B R_Aᵀ = U_c Σ V_cᵀ                          SVD of a core of at most R × R
-    ΔW = (Q_B U_c) Σ (Q_A V_c)ᵀ = U Σ Vᵀ
-
-in ``O((d_out + d_in) R² + R³)`` operations, all in float64. Any rank ``r`` is then cut from
-this SVD (:func:`truncate`): ``B = U_r √(Σ_r / s)``, ``A = √(Σ_r / s) V_rᵀ``, so
-``s · B·A = U_r Σ_r V_rᵀ``, the best rank-``r`` approximation of ``ΔW`` in Frobenius and
-spectral norm (Eckart–Young), with Frobenius error ``sqrt(sum_{j > r} σ_j²)``. The singular
-values are split evenly between the two factors so neither dwarfs the other when training
-resumes. For ``r >= rank(ΔW)`` the factors reproduce ``ΔW`` exactly (up to float64 rounding).
+computed from the factors only, as an SVD, and cut to any rank as the best approximation of
+that rank (:mod:`fedlora.lora_rank`: :func:`factor_product`, :func:`truncate`; the maths a
+site needs to cut its own rank lives there too, below both sides).
 
 Trade-off: SVD re-factorisation rather than FLoRA-style stacking
     Stacking (Wang et al., "FLoRA", NeurIPS 2024) sends every site the stacked ``B_cat``,
@@ -52,167 +41,28 @@ Saved adapter
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import torch
 
 from fedlora.adapters import AdapterState, check_compatible
-from fedlora.config import RunConfig
 from fedlora.errors import AdapterError, ConfigError
-from fedlora.lora_factors import lora_modules, lora_scaling, module_shape, other_names
+from fedlora.lora_factors import is_lora_a, lora_modules, lora_scaling, module_shape, other_names
+from fedlora.lora_rank import (
+    ModuleTemplate,
+    SvdFactors,
+    check_rank,
+    check_scaling,
+    cut_factors,
+    factor_product,
+    product_of,
+    state_at_rank,
+    truncate,
+)
 from fedlora.strategies.base import SiteUpdate, Strategy, check_finite
 from fedlora.strategies.helpers import example_weights, weighted_mean
 
 __all__ = ["HeteroRank", "SvdFactors", "check_rank", "factor_product", "truncate"]
-
-SvdFactors = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-"""``(U, S, V)`` of ``ΔW = U diag(S) Vᵀ``: ``d_out × k``, ``k``, ``d_in × k``, float64."""
-
-_F64 = torch.float64
-
-
-def check_rank(rank: int, d_out: int, d_in: int, *, module: str = "") -> None:
-    """Refuse a LoRA rank a ``d_out × d_in`` module cannot have.
-
-    Raises
-    ------
-    ConfigError
-        For a rank that is not an integer >= 1, or one above ``min(d_out, d_in)`` (naming
-        ``module`` and the limit).
-    """
-    where = f" for module {module}" if module else ""
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-        raise ConfigError(f"LoRA rank{where} must be an integer >= 1, got {rank!r}")
-    limit = min(d_out, d_in)
-    if rank > limit:
-        raise ConfigError(
-            f"LoRA rank {rank}{where} exceeds min(d_out, d_in) = min({d_out}, {d_in}) = {limit}"
-        )
-
-
-def _check_scaling(scaling: float, what: str) -> float:
-    if isinstance(scaling, bool) or not (scaling > 0 and math.isfinite(scaling)):
-        raise ConfigError(f"{what} must be a positive finite number, got {scaling!r}")
-    return float(scaling)
-
-
-def factor_product(
-    factors: Sequence[tuple[torch.Tensor, torch.Tensor]],
-    coefficients: Sequence[float],
-    *,
-    module: str = "",
-) -> SvdFactors:
-    """Thin SVD of ``sum_i c_i B_i A_i``, computed from the factors only.
-
-    See the module docstring for the algorithm; no ``d_out × d_in`` matrix is formed.
-
-    Parameters
-    ----------
-    factors
-        ``(B_i, A_i)`` per site: ``B_i`` is ``d_out × r_i``, ``A_i`` is ``r_i × d_in``; the
-        ranks ``r_i`` may differ.
-    coefficients
-        ``c_i`` per site, typically ``w_i · s_i`` (example weight times LoRA scaling).
-    module
-        The module's name, for error messages.
-
-    Returns
-    -------
-    SvdFactors
-        ``(U, S, V)`` in float64 with ``ΔW = U diag(S) Vᵀ``: ``U`` is ``d_out × k``, ``S``
-        the ``k`` singular values in descending order, ``V`` is ``d_in × k``, with
-        ``k = min(d_out, d_in, R)`` and ``R = sum_i r_i``.
-
-    Raises
-    ------
-    AdapterError
-        For no factors, a count of coefficients that differs, or factors whose shapes do not
-        fit together.
-    """
-    where = f"LoRA module {module}" if module else "LoRA module"
-    if not factors:
-        raise AdapterError(f"{where}: no factors to aggregate")
-    if len(coefficients) != len(factors):
-        raise AdapterError(
-            f"{where}: {len(factors)} factor pairs but {len(coefficients)} coefficients"
-        )
-    d_out, d_in = int(factors[0][0].shape[0]), int(factors[0][1].shape[1])
-    for b, a in factors:
-        if a.dim() != 2 or b.dim() != 2 or a.shape[0] != b.shape[1]:
-            raise AdapterError(
-                f"{where}: factors B {tuple(b.shape)} and A {tuple(a.shape)} do not multiply"
-            )
-        if b.shape[0] != d_out or a.shape[1] != d_in:
-            raise AdapterError(
-                f"{where}: factors B {tuple(b.shape)}, A {tuple(a.shape)} differ from "
-                f"d_out × d_in = {d_out} × {d_in} of the others"
-            )
-    b_cat = torch.cat(
-        [float(c) * b.to(_F64) for (b, _), c in zip(factors, coefficients, strict=True)], dim=1
-    )
-    a_cat = torch.cat([a.to(_F64) for _, a in factors], dim=0)
-    q_b, r_b = torch.linalg.qr(b_cat, mode="reduced")
-    q_a, r_a = torch.linalg.qr(a_cat.T, mode="reduced")
-    u_core, s, vh_core = torch.linalg.svd(r_b @ r_a.T, full_matrices=False)
-    return q_b @ u_core, s, q_a @ vh_core.T
-
-
-def truncate(
-    u: torch.Tensor,
-    s: torch.Tensor,
-    v: torch.Tensor,
-    rank: int,
-    scaling: float,
-    *,
-    module: str = "",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rank-``rank`` LoRA factors whose scaled product best approximates ``U diag(S) Vᵀ``.
-
-    Parameters
-    ----------
-    u, s, v
-        The SVD of ``ΔW`` as :func:`factor_product` returns it.
-    rank
-        The LoRA rank ``r`` of the factors to return.
-    scaling
-        The LoRA scaling ``s`` of the adapter they go into (``lora_alpha / r`` in PEFT).
-    module
-        The module's name, for error messages.
-
-    Returns
-    -------
-    tuple[torch.Tensor, torch.Tensor]
-        ``(B, A)`` in float64, ``B = U_r √(S_r / scaling)`` (``d_out × r``) and
-        ``A = √(S_r / scaling) V_rᵀ`` (``r × d_in``), so that ``scaling · B·A`` is the best
-        rank-``r`` approximation of ``ΔW`` (Eckart–Young); its Frobenius error is
-        ``sqrt(sum_{j > r} S_j²)``. When ``r`` exceeds the ``k`` singular values available,
-        ``B`` gets zero columns and ``A`` zero rows from ``k`` on.
-
-    Raises
-    ------
-    ConfigError
-        For ``rank < 1``, ``rank > min(d_out, d_in)`` (naming the module and the limit), or a
-        scaling that is not a positive finite number.
-    """
-    d_out, d_in = int(u.shape[0]), int(v.shape[0])
-    check_rank(rank, d_out, d_in, module=module)
-    scaling = _check_scaling(scaling, "LoRA scaling")
-    kept = min(rank, int(s.numel()))
-    root = torch.sqrt(s[:kept].to(_F64) / scaling)
-    b = torch.zeros(d_out, rank, dtype=_F64)
-    a = torch.zeros(rank, d_in, dtype=_F64)
-    b[:, :kept] = u[:, :kept].to(_F64) * root
-    a[:kept] = root[:, None] * v[:, :kept].to(_F64).T
-    return b, a
-
-
-def _numerical_rank(s: torch.Tensor, d_out: int, d_in: int) -> int:
-    # NumPy's matrix_rank tolerance: singular values below it are rounding noise of a zero.
-    if s.numel() == 0 or float(s[0]) == 0.0:
-        return 0
-    tolerance = float(s[0]) * max(d_out, d_in) * torch.finfo(_F64).eps
-    return int((s > tolerance).sum())
 
 
 class HeteroRank(Strategy):
@@ -291,22 +141,22 @@ class HeteroRank(Strategy):
         self.site_scalings: dict[str, float] | None = None
         if site_scalings is not None:
             self.site_scalings = {
-                site: _check_scaling(value, f"LoRA scaling of site {site}")
+                site: check_scaling(value, f"LoRA scaling of site {site}")
                 for site, value in site_scalings.items()
             }
         if global_scaling is None:
             if self.lora_alpha is None:
                 raise ConfigError("hetero-rank with site_scalings needs a global_scaling")
             global_scaling = lora_scaling(self.lora_alpha, global_rank, use_rslora=use_rslora)
-        self.global_scaling = _check_scaling(global_scaling, "global LoRA scaling")
+        self.global_scaling = check_scaling(global_scaling, "global LoRA scaling")
         self.fill_empty = fill_empty
         self.seed = seed
-        self._modules: dict[str, tuple[str, str]] = {}
-        self._shapes: dict[str, tuple[int, int]] = {}
-        self._dtypes: dict[str, tuple[torch.dtype, torch.dtype]] = {}
+        self._template = ModuleTemplate(modules={}, shapes={}, dtypes={})
         self._delta: dict[str, SvdFactors] = {}
         self._others: AdapterState = {}
         self._ready = False
+        self._references: dict[int, AdapterState] = {}
+        self._references_of: AdapterState | None = None
 
     @property
     def delta(self) -> dict[str, SvdFactors]:
@@ -342,15 +192,40 @@ class HeteroRank(Strategy):
         ConfigError
             When ``global_rank`` exceeds a module's ``min(d_out, d_in)``.
         """
-        self._adopt_template(state)
-        self._delta = {
-            prefix: factor_product(
-                [(state[b_name], state[a_name])], [self.global_scaling], module=prefix
-            )
-            for prefix, (a_name, b_name) in self._modules.items()
-        }
+        self._template = ModuleTemplate.of(state, self.global_rank)
+        self._delta = product_of(state, self._template, self.global_scaling)
         self._others = {name: state[name].clone() for name in other_names(state)}
         self._ready = True
+
+    def prepare(self, global_state: AdapterState) -> None:
+        """Adopt the initial adapter (:meth:`set_global`), refusing a rank a module cannot have."""
+        self.set_global(global_state)
+
+    def update_reference(self, update: AdapterState, global_state: AdapterState) -> AdapterState:
+        """The global adapter cut to the update's rank, as the site cut it to start from.
+
+        A site of rank ``r`` sends factors of rank ``r``, measured from its best rank-``r``
+        cut of the global adapter (:func:`fedlora.lora_rank.state_at_rank`; computed once per
+        rank and global adapter). An update without one rank in ``[1, global_rank]`` is
+        measured against the global adapter itself, whose layout it then fails to match.
+        """
+        ranks = {int(t.shape[0]) for name, t in update.items() if is_lora_a(name)}
+        if self.lora_alpha is None or len(ranks) != 1:
+            return global_state
+        rank = ranks.pop()
+        if not 1 <= rank <= self.global_rank:
+            return global_state
+        if self._references_of is not global_state:
+            self._references_of, self._references = global_state, {}
+        if rank not in self._references:
+            self._references[rank] = state_at_rank(
+                global_state,
+                global_rank=self.global_rank,
+                lora_alpha=self.lora_alpha,
+                rank=rank,
+                seed=self.seed,
+            )
+        return self._references[rank]
 
     def aggregate(self, global_state: AdapterState, updates: list[SiteUpdate]) -> AdapterState:
         """Keep ``ΔW = sum_i w_i s_i B_i A_i`` and return the global adapter at ``global_rank``.
@@ -382,31 +257,32 @@ class HeteroRank(Strategy):
         FloatingPointError
             When the aggregate has a NaN or infinity.
         """
-        self._adopt_template(global_state)
+        self._template = ModuleTemplate.of(global_state, self.global_rank)
+        template = self._template
         weights = example_weights(updates)
         global_others = {name: global_state[name] for name in other_names(global_state)}
         per_module: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {
-            prefix: [] for prefix in self._modules
+            prefix: [] for prefix in template.modules
         }
-        coefficients: dict[str, list[float]] = {prefix: [] for prefix in self._modules}
+        coefficients: dict[str, list[float]] = {prefix: [] for prefix in template.modules}
         for update, weight in zip(updates, weights, strict=True):
             try:
                 modules = lora_modules(update.state)
             except AdapterError as exc:
                 raise AdapterError(f"site {update.site}: {exc}") from None
-            if set(modules) != set(self._modules):
-                missing = sorted(set(self._modules) - set(modules))
-                unexpected = sorted(set(modules) - set(self._modules))
+            if set(modules) != set(template.modules):
+                missing = sorted(set(template.modules) - set(modules))
+                unexpected = sorted(set(modules) - set(template.modules))
                 raise AdapterError(
                     f"site {update.site}: LoRA modules do not match the global adapter: "
                     f"missing {missing[:3]}, unexpected {unexpected[:3]}"
                 )
             for prefix, names in modules.items():
                 d_out, d_in, rank = module_shape(update.state, names)
-                if (d_out, d_in) != self._shapes[prefix]:
+                if (d_out, d_in) != template.shapes[prefix]:
                     raise AdapterError(
                         f"site {update.site}: LoRA module {prefix} is {d_out} × {d_in}, "
-                        f"expected {self._shapes[prefix][0]} × {self._shapes[prefix][1]}"
+                        f"expected {template.shapes[prefix][0]} × {template.shapes[prefix][1]}"
                     )
                 per_module[prefix].append((update.state[names[1]], update.state[names[0]]))
                 coefficients[prefix].append(weight * self.scaling(update.site, rank))
@@ -417,7 +293,7 @@ class HeteroRank(Strategy):
                 raise AdapterError(f"site {update.site}: {exc}") from None
         self._delta = {
             prefix: factor_product(per_module[prefix], coefficients[prefix], module=prefix)
-            for prefix in self._modules
+            for prefix in template.modules
         }
         self._others = (
             weighted_mean(
@@ -464,7 +340,7 @@ class HeteroRank(Strategy):
             if self.lora_alpha is None:
                 raise ConfigError("site_state needs the site's scaling with site_scalings")
             site_scaling = lora_scaling(self.lora_alpha, site_rank, use_rslora=self.use_rslora)
-        return self._state_at(site_rank, _check_scaling(site_scaling, "site LoRA scaling"))
+        return self._state_at(site_rank, check_scaling(site_scaling, "site LoRA scaling"))
 
     def truncation_error(self, rank: int) -> dict[str, float]:
         """Per module, ``‖ΔW - s·B·A‖_F`` of the rank-``rank`` factors: ``sqrt(sum_{j>r} σ_j²)``.
@@ -492,80 +368,17 @@ class HeteroRank(Strategy):
             Before :meth:`set_global` or :meth:`aggregate`.
         """
         self._require_global()
-        factors = sum(site_rank * (d_out + d_in) for d_out, d_in in self._shapes.values())
+        factors = sum(site_rank * (d_out + d_in) for d_out, d_in in self._template.shapes.values())
         return factors + sum(tensor.numel() for tensor in self._others.values())
 
     def _require_global(self) -> None:
         if not self._ready:
             raise RuntimeError("hetero-rank has no global adapter yet: call set_global first")
 
-    def _adopt_template(self, state: AdapterState) -> None:
-        modules = lora_modules(state)
-        shapes: dict[str, tuple[int, int]] = {}
-        for prefix, names in modules.items():
-            d_out, d_in, rank = module_shape(state, names)
-            check_rank(self.global_rank, d_out, d_in, module=prefix)
-            if rank != self.global_rank:
-                raise AdapterError(
-                    f"global adapter has rank {rank} at LoRA module {prefix}, but the "
-                    f"hetero-rank global rank is {self.global_rank}"
-                )
-            shapes[prefix] = (d_out, d_in)
-        self._modules = modules
-        self._shapes = shapes
-        self._dtypes = {
-            prefix: (state[a_name].dtype, state[b_name].dtype)
-            for prefix, (a_name, b_name) in modules.items()
-        }
-
     def _state_at(self, rank: int, scaling: float) -> AdapterState:
-        generator = torch.Generator().manual_seed(self.seed)
-        state: AdapterState = {}
-        for prefix, (a_name, b_name) in self._modules.items():
-            u, s, v = self._delta[prefix]
-            d_out, d_in = self._shapes[prefix]
-            b, a = truncate(u, s, v, rank, scaling, module=prefix)
-            if self.fill_empty:
-                live = min(rank, _numerical_rank(s, d_out, d_in))
-                if live < rank:
-                    b[:, live:] = 0.0
-                    bound = 1.0 / math.sqrt(d_in)
-                    noise = torch.rand(rank - live, d_in, generator=generator, dtype=_F64)
-                    a[live:] = (2.0 * noise - 1.0) * bound
-            a_dtype, b_dtype = self._dtypes[prefix]
-            state[a_name] = a.to(a_dtype)
-            state[b_name] = b.to(b_dtype)
+        state = cut_factors(
+            self._delta, self._template, rank, scaling, fill_empty=self.fill_empty, seed=self.seed
+        )
         for name, tensor in self._others.items():
             state[name] = tensor.clone()
         return dict(sorted(state.items()))
-
-
-def state_at_rank(
-    global_state: AdapterState, *, global_rank: int, lora_alpha: float, rank: int, seed: int
-) -> AdapterState:
-    """A site's rank-``rank`` starting adapter cut from the rank-``global_rank`` global one.
-
-    The site (to train from it) and the coordinator (to validate the site's update against
-    it) compute the same state: the best rank-``rank`` factors of the global ``ΔW``, with
-    empty directions filled from ``seed`` as :class:`HeteroRank` does.
-    """
-    if rank == global_rank:
-        return global_state
-    refactor = HeteroRank(global_rank, lora_alpha=lora_alpha, seed=seed)
-    refactor.set_global(global_state)
-    return refactor.site_state(rank)
-
-
-def site_state_for_config(global_state: AdapterState, config: RunConfig, rank: int) -> AdapterState:
-    """:func:`state_at_rank` with the run's ``lora-r``, ``lora-alpha`` and ``seed``.
-
-    The one place where a site (to train) and the coordinator (to validate) derive a site's
-    starting adapter, so both always cut the same way.
-    """
-    return state_at_rank(
-        global_state,
-        global_rank=config.lora_r,
-        lora_alpha=config.lora_alpha,
-        rank=rank,
-        seed=config.seed,
-    )

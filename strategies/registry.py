@@ -9,13 +9,15 @@ from fedlora.config import RunConfig
 from fedlora.errors import ConfigError
 from fedlora.strategies.base import Strategy
 from fedlora.strategies.central_dp import CentralDP
+from fedlora.strategies.fedadam import FedAdam
 from fedlora.strategies.fedavg import FedAvg
+from fedlora.strategies.fedavgm import FedAvgM
 from fedlora.strategies.fedprox import FedProx
+from fedlora.strategies.fedyogi import FedYogi
 from fedlora.strategies.ffa_lora import FfaLora
 from fedlora.strategies.hetero_rank import HeteroRank
 from fedlora.strategies.krum import Krum
 from fedlora.strategies.median import CoordinateMedian
-from fedlora.strategies.server_optimizers import FedAdam, FedAvgM, FedYogi
 from fedlora.strategies.trimmed_mean import TrimmedMean
 
 
@@ -104,6 +106,21 @@ def get_strategy(name: str) -> Strategy:
         For an unknown name, listing the valid ones.
     """
     return build_strategy(RunConfig(strategy=name, sites=5))
+
+
+def strategy_for_run(config: RunConfig) -> Strategy:
+    """The strategy a run aggregates with: :func:`build_strategy`, in central DP as asked.
+
+    The one place a run's strategy is built. The simulation harness calls it before any data
+    is generated (a bad setting costs nothing) and hands the strategy to the federation; a
+    deployment's coordinator has the federation call it.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown name or a setting the strategy or central DP refuses.
+    """
+    return wrap_with_central_dp(build_strategy(config), config, config.sites)
 
 
 def wrap_with_central_dp(

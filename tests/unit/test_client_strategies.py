@@ -15,10 +15,10 @@ from fedlora.clients.app import make_client_app
 from fedlora.clients.dp_training import _private_step
 from fedlora.clients.proximal import ProximalTerm, proximal_term
 from fedlora.config import RunConfig
+from fedlora.lora_factors import trained_names
 from fedlora.models import apply_lora, load_base_model
 from fedlora.protocol import make_instruction, read_privacy, reply_adapter
 from fedlora.sites import SiteSpec
-from fedlora.strategies.ffa_lora import trained_names
 from tests.conftest import write_jsonl
 
 

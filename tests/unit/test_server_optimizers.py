@@ -11,8 +11,11 @@ import torch
 
 from fedlora.errors import AdapterError, ConfigError
 from fedlora.strategies.base import SiteUpdate
+from fedlora.strategies.fedadam import FedAdam
 from fedlora.strategies.fedavg import FedAvg
-from fedlora.strategies.server_optimizers import FedAdam, FedAvgM, FedYogi, ServerOptimizer
+from fedlora.strategies.fedavgm import FedAvgM
+from fedlora.strategies.fedopt import ServerOptimizer
+from fedlora.strategies.fedyogi import FedYogi
 
 A = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
 B = "base_model.model.score.bias"

@@ -9,8 +9,9 @@ from fedlora.cli.main import main as fedlora_main
 from fedlora.config import RunConfig
 from fedlora.errors import AdapterError, ConfigError
 from fedlora.strategies import build_strategy, strategy_names
+from fedlora.strategies.fedadam import FedAdam
+from fedlora.strategies.fedavgm import FedAvgM
 from fedlora.strategies.krum import Krum
-from fedlora.strategies.server_optimizers import FedAdam, FedAvgM
 from fedlora.strategies.validation import UpdateRejectedError, validate_update
 
 

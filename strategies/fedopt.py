@@ -1,4 +1,4 @@
-"""Server-side optimisers on adapter deltas: FedAdam, FedYogi and FedAvgM.
+"""Server-side optimisers on adapter deltas: the base of FedAdam, FedYogi and FedAvgM.
 
 Reddi et al. 2021, "Adaptive Federated Optimization" (arXiv:2003.00295), with the update rules
 of Flower's ``flwr.serverapp.strategy`` ``FedAdam``, ``FedYogi`` and ``FedAvgM`` (flwr 1.41),
@@ -12,59 +12,41 @@ site ``i``'s tensor and ``n_i`` its training examples, the pseudo-gradient is
 arithmetic, and the moments kept between rounds, are float64; each result tensor is cast back
 to the dtype (and device) of its global tensor and checked for NaN and infinity. ``Δ²``,
 ``sqrt`` and the division are element-wise; ``sign(0) = 0``. The moments start at zero.
-
-FedAdam
-    ``m = β1·m + (1 − β1)·Δ``; ``v = β2·v + (1 − β2)·Δ²``;
-    ``η_t = η·sqrt(1 − β2^(t+1)) / (1 − β1^(t+1))``; ``x ← x + η_t·m / (sqrt(v) + τ)``.
-    ``η_t`` is Flower's bias-corrected ``eta_norm``, which uses ``server_round + 1`` as the
-    exponent with ``server_round`` counting from 1. It is one step ahead of Kingma & Ba's
-    ``α_t = α·sqrt(1 − β2^t) / (1 − β1^t)``; it is kept as it is so that results match Flower's.
-FedYogi
-    ``m = β1·m + (1 − β1)·Δ``; ``v = v − (1 − β2)·Δ²·sign(v − Δ²)``;
-    ``x ← x + η·m / (sqrt(v) + τ)``. There is no bias correction, as in Flower's FedYogi.
-FedAvgM
-    ``u = μ·u + Δ``; ``x ← x + η·u``. This is Flower's ``momentum_vector`` with Flower's
-    ``pseudo_gradient = x − mean = −Δ`` and its ``x − η·u``. With ``μ = 0`` and ``η = 1`` the
-    aggregate *is* the FedAvg mean, bit for bit, because Flower then skips the server step too.
+The update rules, one strategy per module as in Flower: :mod:`fedlora.strategies.fedadam`,
+:mod:`fedlora.strategies.fedyogi`, :mod:`fedlora.strategies.fedavgm`.
 
 The moments (per tensor name) and the round count ``t`` persist across rounds; they can be
 read with :meth:`ServerOptimizer.state_dict` and written to one safetensors file with
-:meth:`ServerOptimizer.save_state`, so that a resumed run continues bit-identically.
+:meth:`ServerOptimizer.save_state` (:mod:`fedlora.strategies.optimizer_state`), so that a resumed
+run continues bit-identically.
 """
 
 from __future__ import annotations
 
 import abc
-import hashlib
-import json
 import math
 from pathlib import Path
 from typing import Any
 
-import safetensors.torch
 import torch
 
 from fedlora.adapters import AdapterState
 from fedlora.errors import AdapterError, ConfigError
-from fedlora.io import atomic_write_bytes
 from fedlora.strategies.base import SiteUpdate, Strategy, check_finite
 from fedlora.strategies.helpers import example_weights, weighted_mean
+from fedlora.strategies.optimizer_state import Moments, read_state, write_state
 
-_FORMAT = "fedlora-server-optimizer"
-_FORMAT_VERSION = 1
-_METADATA_KEY = "fedlora"
-
-Moments = dict[str, dict[str, torch.Tensor]]
+__all__ = ["FedOpt", "Moments", "ServerOptimizer"]
 
 
-def _positive(label: str, value: float) -> float:
+def positive(label: str, value: float) -> float:
     value = float(value)
     if not (math.isfinite(value) and value > 0):
         raise ConfigError(f"{label} must be > 0, got {value}")
     return value
 
 
-def _unit_interval(label: str, value: float) -> float:
+def unit_interval(label: str, value: float) -> float:
     value = float(value)
     if not 0.0 <= value < 1.0:
         raise ConfigError(f"{label} must be in [0, 1), got {value}")
@@ -200,26 +182,17 @@ class ServerOptimizer(Strategy):
     def save_state(self, path: Path) -> None:
         """Write the state atomically to the safetensors file ``path``.
 
-        The moments are stored as float64 tensors named ``<slot>/<tensor name>``; the
-        metadata key ``fedlora`` holds JSON with the format, the class name, ``step``, the
-        hyper-parameters and a SHA-256 digest over that JSON and every tensor's bytes.
+        The format is :func:`fedlora.strategies.optimizer_state.write_state`'s: the moments as
+        float64 tensors, the kind, step and hyper-parameters as metadata, under a SHA-256 digest.
         """
-        tensors = {
-            f"{slot}/{name}": tensor.contiguous()
-            for slot, by_name in self._moments.items()
-            for name, tensor in by_name.items()
-        }
-        meta: dict[str, Any] = {
-            "format": _FORMAT,
-            "version": _FORMAT_VERSION,
-            "kind": type(self).__name__,
-            "name": self.name,
-            "step": self._step,
-            "hyperparameters": self.hyperparameters(),
-        }
-        meta["sha256"] = _digest(meta, tensors)
-        data = safetensors.torch.save(tensors, metadata={_METADATA_KEY: json.dumps(meta)})
-        atomic_write_bytes(path, data)
+        write_state(
+            path,
+            kind=type(self).__name__,
+            name=self.name,
+            step=self._step,
+            hyperparameters=self.hyperparameters(),
+            moments=self._moments,
+        )
 
     def load_state(self, path: Path, *, reference: AdapterState | None = None) -> None:
         """Replace the state with the one :meth:`save_state` wrote to ``path``.
@@ -239,43 +212,7 @@ class ServerOptimizer(Strategy):
         AdapterError
             When its moments do not match ``reference`` or do not agree among themselves.
         """
-        source = f"optimiser state {path}"
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise ConfigError(f"cannot read {source}: {exc.strerror or exc}") from exc
-        try:
-            tensors = safetensors.torch.load(data)
-            header_len = int.from_bytes(data[:8], "little")
-            header = json.loads(data[8 : 8 + header_len])
-            meta = json.loads(header["__metadata__"][_METADATA_KEY])
-        except Exception as exc:
-            detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise ConfigError(f"{source} is truncated or corrupt ({detail})") from exc
-        if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
-            raise ConfigError(f"{source} is not a fedlora server optimiser state")
-        if meta.get("version") != _FORMAT_VERSION:
-            raise ConfigError(f"{source} has unsupported format version {meta.get('version')!r}")
-        digest = meta.pop("sha256", None)
-        try:
-            expected_digest = _digest(meta, tensors)
-        except Exception as exc:
-            raise ConfigError(f"{source} is corrupt ({exc})") from exc
-        if digest != expected_digest:
-            raise ConfigError(f"{source} is corrupt: its checksum does not match its content")
-        moments: Moments = {}
-        for key, tensor in tensors.items():
-            slot, sep, name = key.partition("/")
-            if not sep:
-                raise ConfigError(f"{source} has an unexpected tensor {key!r}")
-            moments.setdefault(slot, {})[name] = tensor
-        state = {
-            "kind": meta.get("kind"),
-            "step": meta.get("step"),
-            "hyperparameters": meta.get("hyperparameters"),
-            "moments": moments,
-        }
-        self._load(state, source, reference)
+        self._load(read_state(path), f"optimiser state {path}", reference)
 
     def _load(self, state: dict[str, Any], source: str, reference: AdapterState | None) -> None:
         kind = type(self).__name__
@@ -344,7 +281,7 @@ class ServerOptimizer(Strategy):
                     )
 
 
-class _AdaptiveOptimizer(ServerOptimizer):
+class FedOpt(ServerOptimizer):
     """FedAdam's and FedYogi's shared settings: ``η``, ``β1``, ``β2``, ``τ``."""
 
     _slots = ("m", "v")
@@ -356,10 +293,10 @@ class _AdaptiveOptimizer(ServerOptimizer):
         beta2: float = 0.99,
         tau: float = 1e-9,
     ) -> None:
-        self.server_lr = _positive("server learning rate", server_lr)
-        self.beta1 = _unit_interval("beta1", beta1)
-        self.beta2 = _unit_interval("beta2", beta2)
-        self.tau = _positive("tau", tau)
+        self.server_lr = positive("server learning rate", server_lr)
+        self.beta1 = unit_interval("beta1", beta1)
+        self.beta2 = unit_interval("beta2", beta2)
+        self.tau = positive("tau", tau)
         super().__init__()
 
     def hyperparameters(self) -> dict[str, float]:
@@ -370,144 +307,6 @@ class _AdaptiveOptimizer(ServerOptimizer):
             "beta2": self.beta2,
             "tau": self.tau,
         }
-
-
-class FedAdam(_AdaptiveOptimizer):
-    """FedAdam (Reddi et al. 2021, Alg. 2) as Flower's ``FedAdam`` computes it.
-
-    Per tensor, in round ``t`` (1 for the first), with ``Δ`` the pseudo-gradient::
-
-        m = β1·m + (1 − β1)·Δ
-        v = β2·v + (1 − β2)·Δ²
-        η_t = η·sqrt(1 − β2^(t+1)) / (1 − β1^(t+1))
-        x ← x + η_t·m / (sqrt(v) + τ)
-
-    ``η_t`` is Flower's bias-corrected step (``eta_norm``), exponent ``t + 1`` included.
-
-    Parameters
-    ----------
-    server_lr
-        ``η`` (> 0).
-    beta1, beta2
-        ``β1`` and ``β2``, each in [0, 1).
-    tau
-        ``τ`` (> 0), the adaptivity floor of the denominator.
-
-    Raises
-    ------
-    ConfigError
-        For a setting outside its range.
-    """
-
-    name = "fedadam"
-
-    def step_size(self, t: int) -> float:
-        """Flower's bias-corrected ``η_t = η·sqrt(1 − β2^(t+1)) / (1 − β1^(t+1))``."""
-        return (
-            self.server_lr
-            * math.sqrt(1.0 - math.pow(self.beta2, t + 1.0))
-            / (1.0 - math.pow(self.beta1, t + 1.0))
-        )
-
-    def _step_tensor(
-        self, x: torch.Tensor, mean: torch.Tensor, moments: dict[str, torch.Tensor], t: int
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        delta = mean - x
-        m = self.beta1 * moments["m"] + (1.0 - self.beta1) * delta
-        v = self.beta2 * moments["v"] + (1.0 - self.beta2) * delta**2
-        return x + self.step_size(t) * m / (v.sqrt() + self.tau), {"m": m, "v": v}
-
-
-class FedYogi(_AdaptiveOptimizer):
-    """FedYogi (Reddi et al. 2021, Alg. 2) as Flower's ``FedYogi`` computes it.
-
-    Per tensor, with ``Δ`` the pseudo-gradient (no bias correction, as in Flower)::
-
-        m = β1·m + (1 − β1)·Δ
-        v = v − (1 − β2)·Δ²·sign(v − Δ²)
-        x ← x + η·m / (sqrt(v) + τ)
-
-    Parameters
-    ----------
-    server_lr
-        ``η`` (> 0).
-    beta1, beta2
-        ``β1`` and ``β2``, each in [0, 1).
-    tau
-        ``τ`` (> 0), the adaptivity floor of the denominator.
-
-    Raises
-    ------
-    ConfigError
-        For a setting outside its range.
-    """
-
-    name = "fedyogi"
-
-    def _step_tensor(
-        self, x: torch.Tensor, mean: torch.Tensor, moments: dict[str, torch.Tensor], t: int
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        delta = mean - x
-        squared = delta**2
-        m = self.beta1 * moments["m"] + (1.0 - self.beta1) * delta
-        v = moments["v"] - (1.0 - self.beta2) * squared * torch.sign(moments["v"] - squared)
-        return x + self.server_lr * m / (v.sqrt() + self.tau), {"m": m, "v": v}
-
-
-class FedAvgM(ServerOptimizer):
-    """FedAvg with server momentum (Hsu et al. 2019) as Flower's ``FedAvgM`` computes it.
-
-    Per tensor, with ``Δ`` the pseudo-gradient::
-
-        u = μ·u + Δ
-        x ← x + η·u
-
-    With ``μ = 0`` and ``η = 1`` the result is the FedAvg mean itself (bit-identical to
-    :class:`~fedlora.strategies.fedavg.FedAvg`), as Flower skips its server step then.
-
-    Parameters
-    ----------
-    server_lr
-        ``η`` (> 0).
-    momentum
-        ``μ``, in [0, 1).
-
-    Raises
-    ------
-    ConfigError
-        For a setting outside its range.
-    """
-
-    name = "fedavgm"
-    _slots = ("momentum",)
-
-    def __init__(self, server_lr: float = 1.0, momentum: float = 0.9) -> None:
-        self.server_lr = _positive("server learning rate", server_lr)
-        self.momentum = _unit_interval("momentum", momentum)
-        super().__init__()
-
-    def hyperparameters(self) -> dict[str, float]:
-        """``server_lr`` and ``momentum``."""
-        return {"server_lr": self.server_lr, "momentum": self.momentum}
-
-    def _step_tensor(
-        self, x: torch.Tensor, mean: torch.Tensor, moments: dict[str, torch.Tensor], t: int
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        u = self.momentum * moments["momentum"] + (mean - x)
-        if self.momentum == 0.0 and self.server_lr == 1.0:
-            # x + (mean - x) can differ from mean in the last bit.
-            return mean, {"momentum": u}
-        return x + self.server_lr * u, {"momentum": u}
-
-
-def _digest(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> str:
-    hasher = hashlib.sha256(json.dumps(meta, sort_keys=True).encode("utf-8"))
-    for key in sorted(tensors):
-        tensor = tensors[key].detach().to("cpu").contiguous()
-        header = json.dumps([key, str(tensor.dtype), list(tensor.shape)])
-        hasher.update(header.encode("utf-8"))
-        hasher.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return hasher.hexdigest()
 
 
 def _check_updates(global_state: AdapterState, updates: list[SiteUpdate]) -> None:
