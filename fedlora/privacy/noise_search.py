@@ -166,7 +166,7 @@ def find_sigma(
     """Add guide values around σ where guide(σ) = level to ``points``.
 
     A safeguarded secant (Illinois) in (log σ, log ε), started from the tightest bracket the
-    points already give (else from σ = 1 and σ = 20, widened by factors of 4).
+    points already give (else from σ = 1 and σ = 20, widened step by step).
     """
 
     def at(sigma: float) -> float:
@@ -182,11 +182,12 @@ def find_sigma(
         if low is not None and high is not None:
             break
         if low is None:
-            low = min(1.0, high / 4) if high is not None else 1.0
+            # Small σ means a wide PRV domain (a slow guide): step down gently.
+            low = min(1.0, high / 1.5) if high is not None else 1.0
             if at(low) <= level:
                 high, low = low, None
         else:
-            high = max(20.0, low * 4)
+            high = max(20.0, low * 2)
             if at(high) > level:
                 low, high = high, None
     if low is None or high is None or not at(high) > 0:
