@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
-from opacus.accountants import PRVAccountant, RDPAccountant
-from opacus.accountants.analysis import rdp as rdp_analysis
-from opacus.accountants.utils import get_noise_multiplier
-
 from fedlora.errors import ConfigError
+from fedlora.privacy import noise_search
+from fedlora.privacy.sgm_prv import guide_prv_epsilon, prv_epsilon
+from fedlora.privacy.sgm_rdp import rdp_epsilon
 
 AccountantName = Literal["prv", "rdp"]
 ACCOUNTANTS: tuple[AccountantName, ...] = ("prv", "rdp")
@@ -87,38 +85,25 @@ def epsilon(releases: Iterable[Release], *, delta: float, accountant: Accountant
         0.0 for no steps; ``inf`` when any release has σ = 0 (no privacy at all).
     """
     check_delta(delta)
-    history = compose(releases)
+    return _history_epsilon(tuple(compose(releases)), delta, accountant)
+
+
+@functools.lru_cache(maxsize=4096)
+def _history_epsilon(
+    history: tuple[tuple[float, float, int], ...], delta: float, accountant: AccountantName
+) -> float:
+    """ε of a composed history, memoised on exactly the history, δ and accountant.
+
+    Opacus's own value: :mod:`fedlora.privacy.sgm_prv` / :mod:`fedlora.privacy.sgm_rdp` are
+    its accountants' computations, bit for bit, at a fraction of the cost.
+    """
     if not history:
         return 0.0
     if any(sigma == 0 for sigma, _, _ in history):
         return math.inf
     if accountant == "rdp":
-        return _rdp_epsilon(history, delta)
-    prv = PRVAccountant()
-    prv.history = list(history)
-    return float(prv.get_epsilon(delta=delta, eps_error=PRV_EPS_ERROR))
-
-
-@functools.lru_cache(maxsize=256)
-def _rdp_per_step(noise_multiplier: float, sample_rate: float) -> tuple[float, ...]:
-    orders = RDPAccountant.DEFAULT_ALPHAS
-    rdp = rdp_analysis.compute_rdp(
-        q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=orders
-    )
-    return tuple(float(value) for value in rdp)
-
-
-def _rdp_epsilon(history: list[tuple[float, float, int]], delta: float) -> float:
-    """Opacus ``RDPAccountant.get_epsilon`` term for term, with the per-step RDP memoised.
-
-    Opacus computes each entry as ``compute_rdp(q, σ, 1) * steps`` and sums the entries; the
-    per-step curve is the slow part (seconds on fractional orders) and depends only on (σ, q).
-    """
-    rdp = sum(np.array(_rdp_per_step(sigma, q)) * steps for sigma, q, steps in history)
-    eps, _ = rdp_analysis.get_privacy_spent(
-        orders=RDPAccountant.DEFAULT_ALPHAS, rdp=rdp, delta=delta
-    )
-    return float(eps)
+        return rdp_epsilon(history, delta=delta)
+    return prv_epsilon(history, delta=delta, eps_error=PRV_EPS_ERROR)
 
 
 def epsilons(releases: Sequence[Release], *, delta: float) -> dict[AccountantName, float]:
@@ -160,13 +145,8 @@ def calibrate_noise(
         accountant=accountant,
     )
     try:
-        sigma = get_noise_multiplier(
-            target_epsilon=target_epsilon,
-            target_delta=delta,
-            sample_rate=sample_rate,
-            steps=steps,
-            accountant=accountant,
-            epsilon_tolerance=CALIBRATION_TOLERANCE,
+        sigma = _calibrated(
+            float(target_epsilon), float(delta), float(sample_rate), int(steps), accountant
         )
     except ValueError as exc:
         raise ConfigError(
@@ -174,6 +154,55 @@ def calibrate_noise(
             f"{steps} steps at sample rate {sample_rate:.4g}: {exc}"
         ) from exc
     return float(sigma)
+
+
+@functools.lru_cache(maxsize=256)
+def _calibrated(
+    target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: AccountantName
+) -> float:
+    """Opacus ``get_noise_multiplier``'s answer, memoised: sites with equal inputs share it.
+
+    The search is Opacus's bisection replayed decision for decision against the exact ε
+    (:func:`fedlora.privacy.noise_search.opacus_bisection`); only the number of exact ε
+    evaluations changes.
+    """
+    exact = noise_search.MonotoneEpsilon(
+        lambda sigma: epsilon(
+            [Release(sigma, sample_rate, steps)], delta=delta, accountant=accountant
+        )
+    )
+    search = functools.partial(
+        noise_search.opacus_bisection, target=target_epsilon, tolerance=CALIBRATION_TOLERANCE
+    )
+    sigma = noise_search.steered(
+        search,
+        exact,
+        _guide(exact, [], sample_rate, steps, delta, accountant),
+        levels=(target_epsilon, target_epsilon - CALIBRATION_TOLERANCE),
+    )
+    assert sigma is not None  # the Opacus search returns a σ or raises
+    return sigma
+
+
+def _guide(
+    exact: noise_search.MonotoneEpsilon,
+    history: Sequence[Release],
+    sample_rate: float,
+    steps: int,
+    delta: float,
+    accountant: AccountantName,
+) -> Callable[[float], float]:
+    """An estimate of ε(σ) to steer a σ search; the exact ε itself where that is cheap (RDP)."""
+    if accountant == "rdp":
+        return exact.value
+
+    def guide(sigma: float) -> float:
+        history_sigma = compose([*history, Release(sigma, sample_rate, steps)])
+        if any(s == 0 for s, _, _ in history_sigma):
+            return math.inf
+        return guide_prv_epsilon(history_sigma, delta=delta, eps_error=PRV_EPS_ERROR)
+
+    return guide
 
 
 def calibrate_noise_to_fit(
@@ -204,21 +233,19 @@ def calibrate_noise_to_fit(
         planned = Release(sigma, sample_rate, steps)
         return epsilon([*history, planned], delta=delta, accountant=accountant)
 
-    if spent(MAX_CALIBRATED_NOISE) > budget_epsilon:
-        return None
-    low, high = 0.0, min(10.0, MAX_CALIBRATED_NOISE)
-    eps_high = spent(high)
-    while eps_high > budget_epsilon:
-        low, high = high, min(2 * high, MAX_CALIBRATED_NOISE)
-        eps_high = spent(high)
-    while budget_epsilon - eps_high > CALIBRATION_TOLERANCE and high - low > 1e-4 * high:
-        middle = (low + high) / 2
-        eps = spent(middle)
-        if eps <= budget_epsilon:
-            high, eps_high = middle, eps
-        else:
-            low = middle
-    return high
+    exact = noise_search.MonotoneEpsilon(spent)
+    search = functools.partial(
+        noise_search.fit_bisection,
+        budget=budget_epsilon,
+        tolerance=CALIBRATION_TOLERANCE,
+        max_sigma=MAX_CALIBRATED_NOISE,
+    )
+    return noise_search.steered(
+        search,
+        exact,
+        _guide(exact, history, sample_rate, steps, delta, accountant),
+        levels=(budget_epsilon, budget_epsilon - CALIBRATION_TOLERANCE),
+    )
 
 
 def check_target_reachable(
