@@ -22,7 +22,7 @@ from fedlora.clients.evaluation import evaluate_model
 from fedlora.clients.private_round import Declined, train_with_privacy
 from fedlora.clients.proximal import freeze_for_strategy, unfreeze
 from fedlora.clients.runtime import LoadedModel, get_datasets, get_model
-from fedlora.clients.site_privacy import check_dp_allowed
+from fedlora.clients.site_policy import check_dp_allowed
 from fedlora.clients.site_rank import adapter_for_rank, config_for_rank, site_rank
 from fedlora.clients.training import TrainResult, train_locally
 from fedlora.config import DeviceChoice, RunConfig

@@ -19,14 +19,8 @@ from flwr.app import ConfigRecord, Context
 from peft import PeftModel
 
 from fedlora.clients.dp_training import DpSettings, dp_train_locally
-from fedlora.clients.site_privacy import (
-    RoundDecision,
-    SitePolicy,
-    decide_round,
-    ledger_delta,
-    new_ledger_delta,
-    site_policy,
-)
+from fedlora.clients.site_policy import SitePolicy, ledger_delta, new_ledger_delta, site_policy
+from fedlora.clients.site_privacy import RoundDecision, decide_round
 from fedlora.clients.training import TrainResult
 from fedlora.config import RunConfig
 from fedlora.data import TokenizedDataset

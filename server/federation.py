@@ -8,17 +8,10 @@ adapter on its held-out split; that evaluation travels in the next round's train
 round is one exchange with each site, not two, and the adapter goes down once per round. Only
 the last round's adapter is evaluated in an exchange of its own.
 
-A round's ``metrics.jsonl`` line is therefore written in two steps: when its adapter is
-aggregated (with ``"eval": null``, before the round's checkpoint, so that a resumed run knows
-the evaluation is still owed) and again, complete, when the evaluation arrives
-(:mod:`fedlora.server.round_record`). The exchange with the sites, every reply parsed and bound
-to its node, is :mod:`fedlora.server.exchange`. Updates are validated before any strategy sees
-them, and the aggregate before it is saved (:mod:`fedlora.strategies.validation`).
-
-The loop never asks which strategy it runs: it calls the strategy's hooks
-(:class:`fedlora.strategies.Strategy`): ``prepare`` with the initial adapter, ``open_run``
-with the run directory, ``update_reference`` for every update, ``aggregate``, and
-``round_metrics`` for the round's line.
+A round's ``metrics.jsonl`` line is written when its adapter is aggregated (``"eval": null``,
+before the checkpoint, so a resume knows the evaluation is owed) and again when the evaluation
+arrives (:mod:`fedlora.server.round_record`); the sites: :mod:`fedlora.server.exchange`. The
+loop never asks which strategy it runs: it calls its hooks (:class:`fedlora.strategies.Strategy`).
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ checks everything a node needs before it connects (files readable, ledger direct
 key file private, certificate parsable) and raises :class:`~fedlora.errors.ConfigError` with a
 one-line message naming the file and the key. :meth:`SiteConfig.to_node_config` renders the
 node-config string ``flower-supernode --node-config`` takes, with the keys the ClientApp reads
-(``clients/app.py`` and ``clients/site_privacy.py``).
+(``clients/app.py`` and ``clients/site_policy.py``).
 
 ``insecure = true`` in ``[connection]`` (no TLS) is accepted only when the caller passes
 ``allow_insecure=True`` (the CLI's ``--insecure``): a typo in a config file must never turn

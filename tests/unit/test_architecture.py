@@ -37,10 +37,19 @@ def _dotted(parts: tuple[str, ...]) -> str:
 
 
 def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
-    """The project modules ``name`` imports (at any depth of the file), resolved to modules."""
+    """The project modules ``name`` imports at run time (at any depth), resolved to modules."""
     found = set()
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    type_only = {
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and ast.unparse(node.test).endswith("TYPE_CHECKING")
+        for inner in ast.walk(node)
+    }
+    for node in ast.walk(tree):
+        if id(node) in type_only:
+            continue  # annotations only: no import at run time, no arrow
         targets: list[str] = []
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]

@@ -22,7 +22,7 @@ from flwr.app import Context, RecordDict
 
 import fedlora.clients.private_round
 from fedlora.clients.private_round import Declined, PrivateRound, train_with_privacy
-from fedlora.clients.site_privacy import site_policy
+from fedlora.clients.site_policy import site_policy
 from fedlora.clients.training import TrainResult
 from fedlora.config import RunConfig
 from fedlora.errors import LedgerError
