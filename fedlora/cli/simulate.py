@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
 
     from fedlora.console import ProgressDisplay, summary_table, traffic_table
     from fedlora.report.build import HTML_FILE, write_report
-    from fedlora.server.rundir import RunDirectory
+    from fedlora.rundir import RunDirectoryReader
     from fedlora.simulations.runner import simulate
 
     if resume is not None:
@@ -112,13 +112,13 @@ def run(args: argparse.Namespace) -> int:
         if error.run_dir is None:
             raise
         stopped, run_path = error, error.run_dir
-    metrics = RunDirectory(run_path).read_metrics()
+    run = RunDirectoryReader(Path(run_path))
+    metrics = run.read_metrics()
     console.print(summary_table(metrics, config.task))
     console.print(traffic_table(metrics))
     report = write_report(Path(run_path))
     console.print(f"run directory: {run_path}", soft_wrap=True, highlight=False)
-    final = Path(run_path) / "adapters" / "final"
-    console.print(f"final adapter: {final}", soft_wrap=True, highlight=False)
+    console.print(f"final adapter: {run.adapter_path(None)}", soft_wrap=True, highlight=False)
     console.print(f"privacy report: {report / HTML_FILE}", soft_wrap=True, highlight=False)
     if stopped is not None:
         raise stopped
