@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader sees the old content or the new, never half of it."""
+"""Atomic file writes (a reader sees the old content or the new, never half of it) and the
+per-user data folder."""
 
 from __future__ import annotations
 
@@ -9,6 +10,23 @@ from pathlib import Path
 from typing import Any
 
 from fedlora.errors import RunDirError
+
+HOME_ENV = "FEDLORA_HOME"
+"""Environment variable naming the per-user folder where fedlora keeps ledgers and assets."""
+
+
+def user_data_root() -> Path:
+    """The per-user folder where fedlora keeps what outlives a run (ledgers, cached assets).
+
+    ``$FEDLORA_HOME`` when set, else ``$XDG_DATA_HOME/fedlora``, else
+    ``~/.local/share/fedlora``: outside any repository or run output folder.
+    """
+    home = os.environ.get(HOME_ENV)
+    if home:
+        return Path(home).expanduser()
+    xdg = os.environ.get("XDG_DATA_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".local" / "share"
+    return base / "fedlora"
 
 
 def _umask() -> int:

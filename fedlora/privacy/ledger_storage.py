@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from fedlora.errors import LedgerError
-from fedlora.io import atomic_write_json
+from fedlora.io import atomic_write_json, user_data_root
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,6 @@ LEDGER_FILE = "privacy-ledger.jsonl"
 LOCK_FILE = "privacy-ledger.lock"
 LOCK_WAIT_S = 120.0
 """How long a run waits for another run that holds the same ledger before it is refused."""
-LEDGERS_ENV = "FEDLORA_HOME"
 _LABEL = "privacy ledger"
 
 
@@ -42,12 +41,7 @@ def default_ledger_root() -> Path:
     ``~/.local/share/fedlora/ledgers``. Ledgers are keyed by site and data fingerprint below
     it, so the same data keeps its lifetime spend across runs wherever their outputs go.
     """
-    home = os.environ.get(LEDGERS_ENV)
-    if home:
-        return Path(home).expanduser() / "ledgers"
-    xdg = os.environ.get("XDG_DATA_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".local" / "share"
-    return base / "fedlora" / "ledgers"
+    return user_data_root() / "ledgers"
 
 
 def data_fingerprint(path: Path) -> str:
