@@ -76,3 +76,9 @@ class PkiError(FedloraError):
     """A federation PKI file is missing, unreadable, would be overwritten, or a request is bad."""
 
     error_code = 109
+
+
+class AssetError(FedloraError):
+    """A real model or data asset is not in the cache, unknown, or failed its hash check."""
+
+    error_code = 110

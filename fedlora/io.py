@@ -1,5 +1,7 @@
-"""Atomic file writes (a reader sees the old content or the new, never half of it) and the
-per-user data folder."""
+"""Atomic file writes and the per-user data folder.
+
+A reader of a file written here sees the old content or the new, never half of it.
+"""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from fedlora import __version__
-from fedlora.cli import deploy, pki, report, simulate
+from fedlora.cli import assets, deploy, pki, report, simulate
 from fedlora.errors import FedloraError
 
 logger = logging.getLogger("fedlora")
@@ -25,6 +25,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "report": report.run,
     "pki": pki.run,
     "deploy": deploy.run,
+    "assets": assets.run,
 }
 
 
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_parser(commands)
     pki.add_parser(commands)
     deploy.add_parser(commands)
+    assets.add_parser(commands)
     return parser
 
 
