@@ -20,7 +20,7 @@ from typing import Any, cast
 
 from fedlora.config import DEFAULT_TARGET_EPSILON, RunConfig
 from fedlora.data import collect_labels, load_examples, write_jsonl
-from fedlora.errors import ConfigError
+from fedlora.errors import ConfigError, DataError
 from fedlora.models import check_model_spec
 from fedlora.privacy.accounting import check_target_reachable, default_delta, plan_steps
 from fedlora.simulations.scenarios import (
@@ -29,6 +29,7 @@ from fedlora.simulations.scenarios import (
     SiteSplit,
     build_sites,
     get_scenario,
+    scenario_source,
 )
 from fedlora.sites import SiteSpec, sites_from_files, split_held_out
 
@@ -91,6 +92,9 @@ def scenario_sites(
         "examples-per-site": config.examples_per_site,
         "test-fraction": config.test_fraction,
     }
+    source = scenario_source(config.scenario)
+    if source:
+        settings["source"] = source
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     folder = data_root / f"{config.scenario}-{config.task}-{key}"
     scenario = _scenario(config.scenario)
@@ -159,6 +163,8 @@ def _publish(staging: Path, folder: Path, specs: list[SiteSpec]) -> None:
 def _build(scenario: Scenario, **kwargs: Any) -> list[SiteSplit]:
     try:
         return build_sites(scenario, **kwargs)
+    except DataError:
+        raise
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 

@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from fedlora.simulations import drug_reviews
 from fedlora.simulations.generators.banks import (
     INTENTS,
     generate_support_messages,
@@ -112,6 +113,17 @@ _SCENARIOS: dict[str, Scenario] = {
         labels=INTENTS,
         site_prefix="bank",
     ),
+    "drug-reviews": Scenario(
+        name="drug-reviews",
+        description=(
+            "Hospitals hold real patient-written drug reviews (drugs.com via the UCI ML "
+            "repository): classify the rating (classification) or answer questions about the "
+            "experience and the condition in words (sft); the real test file is held out."
+        ),
+        site_names=("northgate-hospital", "harbourview-clinic", "county-general", "st-lukes"),
+        labels=drug_reviews.LABELS,
+        site_prefix="hospital",
+    ),
 }
 
 _GENERATORS: dict[str, dict[Task, _Generator]] = {
@@ -157,6 +169,21 @@ def get_scenario(name: str) -> Scenario:
         raise ValueError(f"unknown scenario {name!r}; valid: {valid}") from None
 
 
+def scenario_source(name: str) -> str:
+    """A fingerprint of the files a real scenario reads; ``""`` for a generated one.
+
+    Caches of generated site files key on it, so new data files are never served stale sites.
+
+    Raises
+    ------
+    DataError
+        For a real scenario whose files cannot be found or read.
+    """
+    if name != drug_reviews.ASSET_NAME:
+        return ""
+    return drug_reviews.source_fingerprint()
+
+
 def build_sites(
     scenario: Scenario,
     *,
@@ -171,7 +198,9 @@ def build_sites(
 
     ``examples_per_site * num_sites`` records are generated, partitioned with
     :func:`~fedlora.simulations.partition.dirichlet_partition` grouped by label (classification) or
-    topic (sft), and each site is split into train and test.
+    topic (sft), and each site is split into train and test. The ``drug-reviews`` scenario reads
+    real files instead (:mod:`fedlora.simulations.drug_reviews`): its train file is partitioned,
+    its test file is the held-out data, and ``examples_per_site`` / ``test_fraction`` do not apply.
 
     Parameters
     ----------
@@ -201,6 +230,8 @@ def build_sites(
     ------
     ValueError
         For an unknown scenario or task, or an out-of-range argument.
+    DataError
+        For a real scenario whose files are missing or malformed.
     """
     _check_build_args(
         scenario,
@@ -211,6 +242,8 @@ def build_sites(
         examples_per_site=examples_per_site,
         test_fraction=test_fraction,
     )
+    if scenario.name == drug_reviews.ASSET_NAME:
+        return _real_sites(scenario, task=task, num_sites=num_sites, alpha=alpha, seed=seed)
     generate = _GENERATORS[scenario.name][task]
     records = generate(examples_per_site * num_sites, seed=derive_seed(seed, _GENERATE_STREAM))
     groups = [record[_GROUP_KEY[task]] for record in records]
@@ -240,6 +273,30 @@ def build_sites(
         task,
         scenario.name,
         [len(site.train) + len(site.test) for site in sites],
+    )
+    return sites
+
+
+def _real_sites(
+    scenario: Scenario, *, task: Task, num_sites: int, alpha: float, seed: int
+) -> list[SiteSplit]:
+    """The drug-review files dealt out to sites (their own train / test files, no generation)."""
+    parts = drug_reviews.split_reviews(
+        task=task, num_sites=num_sites, alpha=alpha, seed=seed, min_per_site=MIN_SITE_SIZE
+    )
+    sites = [
+        SiteSplit(
+            name=scenario.site_name(index),
+            train=drug_reviews.to_records(train, task),
+            test=drug_reviews.to_records(test, task),
+        )
+        for index, (train, test) in enumerate(parts)
+    ]
+    logger.debug(
+        "dealt drug reviews to %d %s sites: train sizes %s",
+        num_sites,
+        task,
+        [len(site.train) for site in sites],
     )
     return sites
 

@@ -69,7 +69,9 @@ class RunConfig:
     comma-separated strings in the flat form, ``None`` is ``"auto"``.
     """
 
-    scenario: str = _setting("hospitals", "built-in scenario: hospitals or banks", DATA)
+    scenario: str = _setting(
+        "hospitals", "built-in scenario: hospitals, banks or drug-reviews", DATA
+    )
     task: Task = _setting("sft", "sft: prompt -> response; classification: text -> label", DATA)
     model: str = _setting(
         "tiny-llama",

@@ -172,11 +172,12 @@ def test_medical_answers_give_no_dosages() -> None:
 
 
 def test_scenario_names_are_sorted() -> None:
-    assert scenario_names() == ("banks", "hospitals")
+    assert scenario_names() == ("banks", "drug-reviews", "hospitals")
 
 
 def test_unknown_scenario_lists_valid_names() -> None:
-    with pytest.raises(ValueError, match="unknown scenario 'x'; valid: banks, hospitals"):
+    valid = "banks, drug-reviews, hospitals"
+    with pytest.raises(ValueError, match=f"unknown scenario 'x'; valid: {valid}"):
         get_scenario("x")
 
 
