@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from fedlora import __version__
-from fedlora.cli import deploy, pki, report, simulate
+from fedlora.cli import deploy, evaluate, pki, report, simulate
 from fedlora.errors import FedloraError
 
 logger = logging.getLogger("fedlora")
@@ -25,6 +25,8 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "report": report.run,
     "pki": pki.run,
     "deploy": deploy.run,
+    "evaluate": evaluate.run,
+    "generate": evaluate.run_generate,
 }
 
 
@@ -40,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_parser(commands)
     pki.add_parser(commands)
     deploy.add_parser(commands)
+    evaluate.add_parser(commands)
     return parser
 
 
