@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from fedlora import __version__
-from fedlora.cli import assets, deploy, pki, report, simulate
+from fedlora.cli import assets, deploy, evaluate, pki, report, simulate
 from fedlora.errors import FedloraError
 
 logger = logging.getLogger("fedlora")
@@ -26,6 +26,8 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "pki": pki.run,
     "deploy": deploy.run,
     "assets": assets.run,
+    "evaluate": evaluate.run,
+    "generate": evaluate.run_generate,
 }
 
 
@@ -42,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     pki.add_parser(commands)
     deploy.add_parser(commands)
     assets.add_parser(commands)
+    evaluate.add_parser(commands)
     return parser
 
 

@@ -1,0 +1,99 @@
+"""``fedlora evaluate`` and ``fedlora generate`` on tiny runs made in this process."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fedlora.cli.main import main
+from fedlora.testing import run_tiny_federation, write_sft_file
+
+pytestmark = pytest.mark.slow
+
+TINY = {"rounds": 1, "examples_per_site": 12, "sites": 2, "engine": "inprocess"}
+
+
+@pytest.fixture(scope="module")
+def sft_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("sft")
+    return run_tiny_federation(out, task="sft", ledger_root=str(out / "ledgers"), **TINY)
+
+
+@pytest.fixture(scope="module")
+def classification_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cls")
+    return run_tiny_federation(out, task="classification", ledger_root=str(out / "ledgers"), **TINY)
+
+
+def _metrics_round_zero(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
+
+
+def test_evaluate_sft_writes_every_adapter(sft_run, capsys):
+    assert main(["evaluate", str(sft_run), "--max-new-tokens", "4"]) == 0
+    table = capsys.readouterr().out
+    assert "exact-match" in table
+    report = json.loads((sft_run / "evaluation.json").read_text())
+    assert report["task"] == "sft"
+    assert [row["adapter"] for row in report["adapters"]] == ["initial", "round-001", "final"]
+    assert sum(report["data"]["sites"].values()) == report["adapters"][0]["num-examples"]
+    for row in report["adapters"]:
+        assert 0.0 <= row["exact-match"] <= 1.0
+        assert row["loss"] > 0
+    # the initial adapter is the one the run evaluated at round 0: the same held-out loss,
+    # pooled over the sites' response tokens
+    sites = _metrics_round_zero(sft_run)["sites"].values()
+    tokens = sum(site["eval"]["num-tokens"] for site in sites)
+    pooled = sum(site["eval"]["loss"] * site["eval"]["num-tokens"] for site in sites) / tokens
+    assert report["adapters"][0]["loss"] == pytest.approx(pooled, rel=1e-4)
+
+
+def test_evaluate_classification_with_a_data_file(classification_run, tmp_path, capsys):
+    config = json.loads((classification_run / "config.json").read_text())["config"]
+    labels = config["labels"].split(",")
+    data = tmp_path / "held_out.jsonl"
+    rows = [{"text": f"record {index} text", "label": labels[index % 2]} for index in range(6)]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert main(["evaluate", str(classification_run), "--data", str(data)]) == 0
+    assert "macro-f1" in capsys.readouterr().out
+    report = json.loads((classification_run / "evaluation.json").read_text())
+    assert report["data"] == {"file": str(data.resolve())}
+    for row in report["adapters"]:
+        assert row["num-examples"] == 6
+        assert 0.0 <= row["macro-f1"] <= 1.0
+        assert 0.0 <= row["accuracy"] <= 1.0
+
+
+def test_generate_prints_an_answer(sft_run, capsys):
+    assert main(["generate", str(sft_run), "Question 3 at a site?", "--max-new-tokens", "5"]) == 0
+    first = capsys.readouterr().out
+    assert first.strip()
+    assert main(["generate", str(sft_run), "Question 3 at a site?", "--max-new-tokens", "5"]) == 0
+    assert capsys.readouterr().out == first  # greedy: the same answer every time
+
+
+def test_generate_refuses_a_classification_run(classification_run, capsys):
+    assert main(["generate", str(classification_run), "hello"]) == 2
+    assert "sft" in capsys.readouterr().err
+
+
+def test_a_bad_run_dir_is_one_line_and_exit_2(tmp_path, capsys):
+    for command in (["evaluate", str(tmp_path / "missing")], ["generate", str(tmp_path), "q"]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("fedlora: error:") and err.count("\n") == 1
+
+
+def test_a_run_whose_site_files_are_gone_asks_for_data(tmp_path, capsys):
+    files = [write_sft_file(tmp_path / f"site{i}.jsonl", f"s{i}", 10) for i in range(2)]
+    run_dir = run_tiny_federation(
+        tmp_path / "runs",
+        task="sft",
+        data_files=files,
+        rounds=1,
+        engine="inprocess",
+        ledger_root=str(tmp_path / "ledgers"),
+    )
+    files[0].unlink()
+    assert main(["evaluate", str(run_dir)]) == 2
+    assert "--data" in capsys.readouterr().err
