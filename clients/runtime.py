@@ -17,7 +17,7 @@ from peft import PeftModel
 
 from fedlora.config import RunConfig
 from fedlora.data import TokenizedDataset, load_examples, tokenize
-from fedlora.models import BaseModel, apply_lora, load_base_model
+from fedlora.models import BaseModel, apply_lora, load_run_base
 from fedlora.sites import SiteSpec, split_held_out
 
 logger = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ _datasets: dict[tuple[object, ...], tuple[TokenizedDataset, TokenizedDataset]] =
 def _model_key(config: RunConfig) -> tuple[object, ...]:
     return (
         config.model,
+        config.gguf_file,
         config.task,
         config.labels,
         config.max_length,
@@ -53,9 +54,7 @@ def get_model(config: RunConfig) -> LoadedModel:
     key = _model_key(config)
     if key not in _models:
         _models.clear()
-        base = load_base_model(
-            config.model, task=config.task, labels=config.labels, max_length=config.max_length
-        )
+        base = load_run_base(config)
         _models[key] = LoadedModel(base, apply_lora(base, config))
         logger.info("loaded base model %s (%s)", config.model, base.fingerprint)
     return _models[key]

@@ -1,9 +1,10 @@
-"""Base models and LoRA: presets, hub ids and local directories, target modules, fingerprints.
+"""Base models and LoRA: presets, hub ids, local directories and GGUF files, targets, fingerprints.
 
 Every node must build bit-identical base weights (the adapter is only meaningful on the base it
 was trained on). Models are created under a fixed seed, so randomly initialised parts such as a
 fresh classification head are identical everywhere, and :func:`fingerprint` hashes the weights
-so a node can prove it.
+so a node can prove it. A GGUF file is dequantised on load and fingerprinted like any other
+model: the hash covers the weights as loaded, not the file's bytes.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -32,6 +32,7 @@ from transformers import (
 
 from fedlora.config import RunConfig, Task
 from fedlora.errors import BaseMismatchError, ConfigError, ModelError
+from fedlora.model_source import ModelSource, resolve_source
 from fedlora.tokenizer import BOS_ID, EOS_ID, PAD_ID, TINY_VOCAB_SIZE, tiny_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -148,21 +149,28 @@ def preset_names() -> tuple[str, ...]:
 
 
 def load_base_model(
-    spec: str, *, task: Task, labels: Sequence[str] = (), max_length: int = 512
+    spec: str,
+    *,
+    task: Task,
+    labels: Sequence[str] = (),
+    max_length: int = 512,
+    gguf_file: str = "",
 ) -> BaseModel:
-    """Load a base model for ``task`` from a preset name, a local directory or a hub id.
+    """Load a base model for ``task`` from a preset, a local directory, a hub id or a GGUF file.
 
     Parameters
     ----------
     spec
-        A preset (``tiny-llama``, ...), a directory holding a saved model and tokenizer, or a
-        Hugging Face hub id.
+        A preset (``tiny-llama``, ...), a directory holding a saved model and tokenizer, a
+        Hugging Face hub id, or a ``.gguf`` file (dequantised to float32 on load).
     task
         ``"sft"`` loads a causal LM, ``"classification"`` a sequence classifier.
     labels
         Class names for classification (their order fixes the label ids).
     max_length
         Longest sequence the tokenizer will produce.
+    gguf_file
+        A GGUF file inside the directory or hub repository ``spec``; ``""`` for none.
 
     Returns
     -------
@@ -179,36 +187,49 @@ def load_base_model(
         raise ConfigError(f"classification needs at least 2 labels, got {list(labels)}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(BASE_SEED)
-        if spec in PRESETS:
+        if spec in PRESETS and not gguf_file:
             model, tokenizer = _build_preset(PRESETS[spec], task, labels, max_length)
         else:
-            model, tokenizer = _load_pretrained(spec, task, labels, max_length)
+            source = _source(spec, gguf_file)
+            model, tokenizer = _load_pretrained(source, task, labels, max_length)
     model.eval()
     model_type = str(getattr(model.config, "model_type", "unknown"))
     return BaseModel(model, tokenizer, model_type, fingerprint(model), tuple(labels))
 
 
-def check_model_spec(spec: str) -> Literal["preset", "directory", "hub"]:
-    """Say what kind of model ``spec`` names, without loading anything.
+def load_run_base(config: RunConfig) -> BaseModel:
+    """The base model of a run: :func:`load_base_model` with the run's model settings."""
+    return load_base_model(
+        config.model,
+        task=config.task,
+        labels=config.labels,
+        max_length=config.max_length,
+        gguf_file=config.gguf_file,
+    )
+
+
+def check_model_spec(
+    spec: str, gguf_file: str = ""
+) -> Literal["preset", "directory", "hub", "gguf"]:
+    """Say what kind of model ``spec`` (with ``gguf_file``) names, without loading anything.
 
     Raises
     ------
     ModelError
-        For a path that does not exist, or a name that is neither a preset nor a hub id.
+        For a path that does not exist, a name that is neither a preset nor a hub id, a
+        GGUF file that is missing or named twice, or a GGUF model without the gguf package.
     """
-    if spec in PRESETS:
+    if spec in PRESETS and not gguf_file:
         return "preset"
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        return "directory"
-    if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or path.exists():
-        raise ModelError(f"model directory not found: {spec}")
-    if "/" not in spec:
+    return _source(spec, gguf_file).kind
+
+
+def _source(spec: str, gguf_file: str) -> ModelSource:
+    if spec in PRESETS:
         raise ModelError(
-            f"unknown model {spec!r}: not a preset ({', '.join(preset_names())}), not a local "
-            "directory, and not a hub id of the form org/name"
+            f"gguf-file ({gguf_file}) needs a folder or hub id as model, not preset {spec}"
         )
-    return "hub"
+    return resolve_source(spec, gguf_file, preset_names())
 
 
 def _label_kwargs(labels: Sequence[str]) -> dict[str, Any]:
@@ -238,22 +259,23 @@ def _build_preset(
 
 
 def _load_pretrained(
-    spec: str, task: Task, labels: Sequence[str], max_length: int
+    source: ModelSource, task: Task, labels: Sequence[str], max_length: int
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    local = check_model_spec(spec) == "directory"
-    source = str(Path(spec).expanduser()) if local else spec
+    spec = source.describe()
+    where: dict[str, Any] = {"local_files_only": source.local}
+    if source.gguf_file is not None:
+        where["gguf_file"] = source.gguf_file
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
+        tokenizer = AutoTokenizer.from_pretrained(source.location, **where)
         if task == "classification":
             model = AutoModelForSequenceClassification.from_pretrained(
-                source, local_files_only=local, **_label_kwargs(labels)
+                source.location, **where, **_label_kwargs(labels)
             )
         else:
-            model = AutoModelForCausalLM.from_pretrained(source, local_files_only=local)
-    except (OSError, ValueError, KeyError) as exc:
-        where = "local directory" if local else "hub id"
+            model = AutoModelForCausalLM.from_pretrained(source.location, **where)
+    except (OSError, ValueError, KeyError, ImportError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"cannot load model from {where} {spec}: {first_line}") from exc
+        raise ModelError(f"cannot load model from {spec}: {first_line}") from exc
     if tokenizer.pad_token_id is None:
         if tokenizer.eos_token is None:
             raise ModelError(f"tokenizer of {spec} has neither a pad nor an eos token")

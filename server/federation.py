@@ -39,7 +39,7 @@ from fedlora.errors import (
     ConfigError,
     FedloraError,
 )
-from fedlora.models import apply_lora, load_base_model
+from fedlora.models import apply_lora, load_run_base
 from fedlora.progress import Phase, RoundObserver
 from fedlora.protocol import make_instruction
 from fedlora.server.aggregation import BoundedUpdate, checked_aggregate, validated_updates
@@ -87,9 +87,7 @@ class Federation:
         self.run_dir = RunDirectory(Path())
         self.observer = observer or RoundObserver()
         self.strategy = strategy if strategy is not None else strategy_for_run(config)
-        self.base = load_base_model(
-            config.model, task=config.task, labels=config.labels, max_length=config.max_length
-        )
+        self.base = load_run_base(config)
         self.peft = apply_lora(self.base, config)
         self.global_state: AdapterState = adapter_state(self.peft)
         self.strategy.prepare(self.global_state)

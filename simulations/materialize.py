@@ -194,7 +194,7 @@ def prepare_sites(config: RunConfig) -> list[SiteSpec]:
         For a bad data file or a site whose privacy target is out of reach; nothing is
         left on disk.
     """
-    check_model_spec(config.model)
+    check_model_spec(config.model, config.gguf_file)
     return simulated_sites(config, functools.partial(preflight, config))
 
 

@@ -75,8 +75,15 @@ class RunConfig:
     task: Task = _setting("sft", "sft: prompt -> response; classification: text -> label", DATA)
     model: str = _setting(
         "tiny-llama",
-        "preset (tiny-llama, tiny-gpt2, tiny-bloom, tiny-bert), hub id or local directory",
+        "preset (tiny-llama, tiny-gpt2, tiny-bloom, tiny-bert), hub id, local directory, or a "
+        "GGUF file (dequantised on load; needs the gguf package: pip install 'fedlora[real]')",
         MODEL,
+    )
+    gguf_file: str = _setting(
+        "",
+        "with a directory or hub id as model: the GGUF file in it to load ('': none)",
+        MODEL,
+        metavar="NAME",
     )
     rounds: int = _setting(3, "federated rounds", TRAINING)
     sites: int = _setting(
