@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 
 from fedlora.config import RunConfig
 from fedlora.data import load_examples
-from fedlora.errors import AssetError, DataError, FedloraError
+from fedlora.errors import AssetError, DataError
 from fedlora.simulations import drug_reviews
 from fedlora.simulations.drug_reviews import (
     CONDITION_QUESTION,
@@ -26,6 +27,7 @@ from fedlora.simulations.drug_reviews import (
 )
 from fedlora.simulations.materialize import resolve_config, scenario_sites
 from fedlora.simulations.scenarios import build_sites, get_scenario, scenario_names
+from tests.real_assets import require_asset
 
 HEADER = ["", "drugName", "condition", "review", "rating", "date", "usefulCount"]
 CONDITIONS = ["Pain", "Acne", "Depression", "Insomnia", "Birth Control", ""]
@@ -231,18 +233,10 @@ def test_no_folder_configured_says_what_to_run(monkeypatch: pytest.MonkeyPatch) 
         data_folder()
 
 
-def _real_folder() -> Path | None:
-    try:
-        return data_folder()
-    except FedloraError:
-        return None
-
-
 @pytest.mark.real
 def test_real_files_split_into_the_default_sites() -> None:
-    folder = _real_folder()
-    if folder is None:
-        pytest.skip(f"drug-review files absent: run `fedlora assets fetch` or set {FOLDER_ENV_VAR}")
+    folder = Path(os.environ.get(FOLDER_ENV_VAR, "")) if os.environ.get(FOLDER_ENV_VAR) else None
+    folder = folder or require_asset("drug-reviews")
     train = read_reviews(folder / TRAIN_FILE)
     parts = split_reviews(task="classification", num_sites=4, alpha=0.5, seed=0, folder=folder)
 
