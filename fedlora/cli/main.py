@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from fedlora import __version__
-from fedlora.cli import assets, deploy, evaluate, pki, report, simulate
+from fedlora.cli import assets, budget, deploy, evaluate, pki, report, simulate
 from fedlora.errors import FedloraError
 
 logger = logging.getLogger("fedlora")
@@ -28,6 +28,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "assets": assets.run,
     "evaluate": evaluate.run,
     "generate": evaluate.run_generate,
+    "budget": budget.run,
 }
 
 
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_parser(commands)
     assets.add_parser(commands)
     evaluate.add_parser(commands)
+    budget.add_parser(commands)
     return parser
 
 
