@@ -5,6 +5,7 @@ by ``sgm_rdp`` (the subsampled Gaussian's RDP, memoised), ``sgm_prv`` (Opacus's 
 on it) and ``noise_search`` (calibration that replays Opacus's bisection), all giving the very
 values Opacus gives. ``ledger`` is a site's durable, hash-chained record of its data's spend,
 with its round line in ``ledger_entry`` and its files on disk (lock, high-water mark, where
-ledgers live) in ``ledger_storage``; ``server_ledger`` is the coordinator's record of its
+ledgers live) in ``ledger_storage``, and every ledger under a root summarised read-only (for
+``fedlora budget``) in ``ledger_summary``; ``server_ledger`` is the coordinator's record of its
 central-DP releases; ``hashchain`` the chained-line format both ledgers use.
 """
