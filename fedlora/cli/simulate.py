@@ -84,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
     from fedlora.console import ProgressDisplay, summary_table, traffic_table
     from fedlora.report.build import HTML_FILE, write_report
     from fedlora.rundir import RunDirectoryReader
+    from fedlora.server.checkpoint import CHECKPOINT_DIR, MANIFEST
     from fedlora.server.rundir import new_run_id
     from fedlora.simulations.runner import simulate
 
@@ -110,10 +111,15 @@ def run(args: argparse.Namespace) -> int:
                 with ProgressDisplay(console) as display:
                     run_path = simulate(config, observer=display, run_id=run_id, **options)
     except RunInterrupted as interrupted:
-        if RunDirectoryReader(target).status_path.is_file():
+        if (target / CHECKPOINT_DIR / MANIFEST).is_file():
             where = (
                 f"run directory {target} is marked incomplete; "
                 f"continue it with: fedlora simulate --resume {target}"
+            )
+        elif RunDirectoryReader(target).status_path.is_file():
+            where = (
+                f"run directory {target} is marked incomplete; it stopped before its first "
+                "checkpoint, so there is nothing to resume: start the run again"
             )
         else:
             where = "before the run started; nothing to resume"
