@@ -23,7 +23,7 @@ from fedlora.privacy.ledger_storage import default_ledger_root
 from fedlora.progress import RoundObserver
 from fedlora.rundir import RunDirectoryReader
 from fedlora.server.federation import run_federation
-from fedlora.server.rundir import new_run_id
+from fedlora.server.rundir import RunDirectory, new_run_id
 from fedlora.simulations.checks import check_run_paths
 from fedlora.simulations.inprocess_grid import InProcessGrid
 from fedlora.simulations.materialize import prepare_sites, resolve_config
@@ -125,15 +125,19 @@ def simulate(
 
     if engine == "inprocess":
         grid = InProcessGrid(make_client_app(resolve), len(sites))
-        run_federation(
-            grid,
-            config,
-            out=out,
-            run_id=run_id,
-            observer=observer,
-            resume=resume is not None,
-            strategy=strategy,
-        )
+        try:
+            run_federation(
+                grid,
+                config,
+                out=out,
+                run_id=run_id,
+                observer=observer,
+                resume=resume is not None,
+                strategy=strategy,
+            )
+        except KeyboardInterrupt as exc:
+            _mark_interrupted(out / run_id, exc)  # stopped before the round loop took over
+            raise
         return _finished(out, run_id)
 
     backend_config = {
@@ -159,7 +163,27 @@ def simulate(
         if isinstance(exc.__cause__, FedloraError):
             raise exc.__cause__ from None
         raise
+    except KeyboardInterrupt as exc:
+        # An interrupt reaches this (main) thread, not Flower's ServerApp thread: the
+        # federation cannot mark its run, so the driver does.
+        _mark_interrupted(out / run_id, exc)
+        raise
     return _finished(out, run_id)
+
+
+def _mark_interrupted(path: Path, exc: KeyboardInterrupt) -> None:
+    """Mark an interrupted run still recorded as ``running`` incomplete, with the reason.
+
+    Only for interrupts (SIGINT, or SIGTERM under ``fedlora.cli.interrupts``): another error
+    may come from a directory that belongs to another process.
+    """
+    if not RunDirectoryReader(path).status_path.is_file():
+        return
+    run_dir = RunDirectory(path)
+    if run_dir.state() == "running":
+        reason = f"{type(exc).__name__}: {exc}"
+        run_dir.mark("incomplete", reason)
+        logger.error("run %s stopped: %s", run_dir.run_id, reason)
 
 
 def _finished(out: Path, run_id: str) -> Path:

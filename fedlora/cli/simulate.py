@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 
 from fedlora.cli.flags import add_run_config_flags, config_from_args
+from fedlora.cli.interrupts import RunInterrupted, stop_on_signals
 from fedlora.config import RunConfig
 from fedlora.config.settings import OUTPUT
 from fedlora.errors import BudgetExhaustedError
@@ -83,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
     from fedlora.console import ProgressDisplay, summary_table, traffic_table
     from fedlora.report.build import HTML_FILE, write_report
     from fedlora.rundir import RunDirectoryReader
+    from fedlora.server.checkpoint import CHECKPOINT_DIR, MANIFEST
+    from fedlora.server.rundir import new_run_id
     from fedlora.simulations.runner import simulate
 
     if resume is not None:
@@ -96,18 +99,32 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     stopped: BudgetExhaustedError | None = None
+    # Named here, so an interrupted run can say which directory to resume.
+    run_id = resume.name if resume is not None else args.run_id or new_run_id()
+    target = resume if resume is not None else Path(config.out) / run_id
     try:
         options = {"verbose": args.verbose, "engine": args.engine, "resume": resume}
-        if args.quiet:
-            run_path = simulate(config, run_id=args.run_id, **options)
+        with stop_on_signals():
+            if args.quiet:
+                run_path = simulate(config, run_id=run_id, **options)
+            else:
+                with ProgressDisplay(console) as display:
+                    run_path = simulate(config, observer=display, run_id=run_id, **options)
+    except RunInterrupted as interrupted:
+        if (target / CHECKPOINT_DIR / MANIFEST).is_file():
+            where = (
+                f"run directory {target} is marked incomplete; "
+                f"continue it with: fedlora simulate --resume {target}"
+            )
+        elif RunDirectoryReader(target).status_path.is_file():
+            where = (
+                f"run directory {target} is marked incomplete; it stopped before its first "
+                "checkpoint, so there is nothing to resume: start the run again"
+            )
         else:
-            with ProgressDisplay(console) as display:
-                run_path = simulate(
-                    config,
-                    observer=display,
-                    run_id=args.run_id,
-                    **options,
-                )
+            where = "before the run started; nothing to resume"
+        print(f"fedlora: {interrupted}; {where}", file=sys.stderr)
+        return interrupted.exit_code
     except BudgetExhaustedError as error:
         if error.run_dir is None:
             raise
