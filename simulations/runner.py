@@ -106,10 +106,7 @@ def simulate(
     sites = prepare_sites(config)
     run_id = run_id or new_run_id()
 
-    server_app = ServerApp()
-
-    @server_app.main()
-    def _main(grid: Grid, context: Context) -> None:
+    def federate(grid: Grid) -> None:
         run_federation(
             grid,
             config,
@@ -120,21 +117,19 @@ def simulate(
             strategy=strategy,
         )
 
+    server_app = ServerApp()
+
+    @server_app.main()
+    def _main(grid: Grid, context: Context) -> None:
+        federate(grid)
+
     def resolve(context: Context, _config: RunConfig) -> SiteSpec:
         return sites[int(context.node_config["partition-id"])]
 
     if engine == "inprocess":
         grid = InProcessGrid(make_client_app(resolve), len(sites))
         try:
-            run_federation(
-                grid,
-                config,
-                out=out,
-                run_id=run_id,
-                observer=observer,
-                resume=resume is not None,
-                strategy=strategy,
-            )
+            federate(grid)
         except KeyboardInterrupt as exc:
             _mark_interrupted(out / run_id, exc)  # stopped before the round loop took over
             raise
