@@ -12,12 +12,12 @@ import functools
 import math
 
 import torch
-import torch.nn.functional as F  # noqa: N812
 from torch.utils.data import DataLoader
 
 from fedlora.config import Task
-from fedlora.data import IGNORE_INDEX, TokenizedDataset, collate
+from fedlora.data import TokenizedDataset, collate
 from fedlora.device import autocast
+from fedlora.losses import summed_loss
 
 
 @torch.no_grad()
@@ -53,19 +53,11 @@ def evaluate_model(
         labels = batch.pop("labels")
         with autocast(device, bf16):
             logits = model(**batch).logits.float()
-        if task == "sft":
-            shifted_logits = logits[:, :-1, :].reshape(-1, logits.shape[-1])
-            shifted_labels = labels[:, 1:].reshape(-1)
-            loss_sum += float(
-                F.cross_entropy(
-                    shifted_logits, shifted_labels, ignore_index=IGNORE_INDEX, reduction="sum"
-                )
-            )
-            count += int((shifted_labels != IGNORE_INDEX).sum())
-        else:
-            loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
+        batch_sum, batch_count = summed_loss(logits, labels, task=task)
+        loss_sum += batch_sum
+        count += batch_count
+        if task == "classification":
             correct += int((logits.argmax(dim=-1) == labels).sum())
-            count += int(labels.numel())
     loss = loss_sum / count if count else math.nan
     metrics = {"loss": loss, "num-examples": float(len(dataset))}
     if task == "sft":

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F  # noqa: N812
 from peft import PeftModel
 from safetensors.torch import load_file
 
@@ -41,6 +40,7 @@ from fedlora.data import (
     tokenize,
 )
 from fedlora.errors import AdapterError, DataError, RunDirError
+from fedlora.losses import summed_loss
 from fedlora.metrics import accuracy, exact_match, macro_f1
 from fedlora.models import apply_lora, check_fingerprint, load_base_model
 from fedlora.rundir import ADAPTERS_DIR, FINAL_ADAPTER, RunDirectoryReader
@@ -195,7 +195,7 @@ class RunEvaluator:
             batch = collate(chunk, pad_id=self.pad_id, task="classification")
             labels = batch.pop("labels")
             logits = self.peft(**batch).logits.float()
-            loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
+            loss_sum += summed_loss(logits, labels, task="classification")[0]
             predictions += logits.argmax(dim=-1).tolist()
             references += labels.tolist()
         return {
@@ -216,16 +216,9 @@ class RunEvaluator:
             batch = collate(chunk, pad_id=self.pad_id, task="sft")
             labels = batch.pop("labels")
             logits = self.peft(**batch).logits.float()
-            shifted = labels[:, 1:].reshape(-1)
-            loss_sum += float(
-                F.cross_entropy(
-                    logits[:, :-1, :].reshape(-1, logits.shape[-1]),
-                    shifted,
-                    ignore_index=IGNORE_INDEX,
-                    reduction="sum",
-                )
-            )
-            tokens += int((shifted != IGNORE_INDEX).sum())
+            batch_sum, batch_tokens = summed_loss(logits, labels, task="sft")
+            loss_sum += batch_sum
+            tokens += batch_tokens
             prompts = [_prompt_ids(item) for item in chunk]
             answers += self._generate(prompts, max_new_tokens)
             references += [self._reference(item) for item in chunk]
