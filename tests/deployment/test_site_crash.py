@@ -18,10 +18,10 @@ pytestmark = [pytest.mark.deployment, pytest.mark.faults]
 ROOT = Path(__file__).resolve().parents[2]
 # Enough rounds that some remain once the SuperLink admits the restarted node: it refuses it
 # until two heartbeat intervals pass without one (here 10 s, Flower's shortest; 30 s by
-# default), and the rounds without it take about a second each on 2 cores (the round the kill
-# falls in waits those 20 s for Flower to report the node unavailable): 20 rounds leave the
-# restarted node some 15 s to start and activate.
-ROUNDS = 20
+# default), and the rounds without it take under a second each on 2 cores since the accounting
+# became fast (the round the kill falls in waits those 20 s for Flower to report the node
+# unavailable). 20 rounds once failed to outlast the restart; 40 leave it some 25 s.
+ROUNDS = 40
 HEARTBEAT_S = 10.0
 
 
