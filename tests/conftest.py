@@ -17,6 +17,20 @@ os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_user_home_in_any_scope(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A temporary ``$FEDLORA_HOME`` before any module- or class-scoped fixture runs.
+
+    The per-test home below comes too late for fixtures of a wider scope, which would
+    otherwise spend budget in the user's own ledgers (and find it spent on the next run).
+    Real assets were looked up at collection (``tests/real_assets.py``), before this.
+    """
+    home = tmp_path_factory.mktemp("fedlora-session-home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FEDLORA_HOME", str(home))
+        yield home
+
+
 @pytest.fixture(autouse=True)
 def _ledgers_in_tmp(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
