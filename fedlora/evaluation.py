@@ -257,6 +257,31 @@ class RunEvaluator:
         with torch.no_grad():
             return self._generate([prompt], _bounded_new_tokens(max_new_tokens))[0]
 
+    @torch.no_grad()
+    def answer(self, example: Example, *, max_new_tokens: int = 32) -> str:
+        """The loaded adapter's answer to one held-out example.
+
+        Returns
+        -------
+        str
+            The greedy response (sft, the example's prompt as the sites saw it) or the
+            predicted label's name (classification).
+
+        Raises
+        ------
+        DataError
+            When nothing of the example is left after tokenisation, or a bad
+            ``max_new_tokens``.
+        """
+        items = tokenize([example], self.base.tokenizer, max_length=self.config.max_length).items
+        if not items:
+            raise DataError("the example is empty after tokenisation")
+        if self.config.task == "classification":
+            batch = collate(items, pad_id=self.pad_id, task="classification")
+            batch.pop("labels")
+            return self.config.labels[int(self.peft(**batch).logits.argmax(dim=-1)[0])]
+        return self._generate([_prompt_ids(items[0])], _bounded_new_tokens(max_new_tokens))[0]
+
     def _generate(self, prompts: list[list[int]], max_new_tokens: int) -> list[str]:
         """Greedy continuations of left-padded prompts, decoded without special tokens."""
         width = max(len(prompt) for prompt in prompts)

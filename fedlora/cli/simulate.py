@@ -7,12 +7,16 @@ import logging
 import sys
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fedlora.cli.flags import add_run_config_flags, config_from_args
 from fedlora.cli.interrupts import RunInterrupted, stop_on_signals
 from fedlora.config import RunConfig
 from fedlora.config.settings import OUTPUT
 from fedlora.errors import BudgetExhaustedError
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -26,6 +30,12 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     output.add_argument("--run-id", default=None, help="run directory name (default: timestamp)")
     output.add_argument("--quiet", action="store_true", help="no progress display")
     output.add_argument("--verbose", action="store_true", help="show Flower and Ray logs")
+    output.add_argument(
+        "--no-example",
+        action="store_true",
+        help="skip the end's one held-out question answered before and after training "
+        "(it loads the base model once more)",
+    )
     output.add_argument(
         "--resume",
         default=None,
@@ -51,6 +61,20 @@ def _quiet_third_parties(verbose: bool) -> None:
     warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
     for name in ("flwr", "ray", "transformers", "alembic"):
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _show_example(run_dir: Path, console: Console) -> None:
+    """Print one held-out question answered before and after; a failure only logs."""
+    from fedlora.cli.answers import before_and_after
+    from fedlora.errors import FedloraError
+
+    try:
+        comparison = before_and_after(run_dir)
+    except FedloraError as error:
+        logging.getLogger(__name__).warning("no before/after example: %s", error)
+        return
+    for line in comparison.lines():
+        console.print(line, soft_wrap=True, highlight=False, markup=False)
 
 
 def _resumed_config(given: RunConfig, run_dir: Path) -> RunConfig:
@@ -137,6 +161,8 @@ def run(args: argparse.Namespace) -> int:
     console.print(f"run directory: {run_path}", soft_wrap=True, highlight=False)
     console.print(f"final adapter: {run.adapter_path(None)}", soft_wrap=True, highlight=False)
     console.print(f"privacy report: {report / HTML_FILE}", soft_wrap=True, highlight=False)
+    if not (args.quiet or args.no_example):
+        _show_example(Path(run_path), console)
     if stopped is not None:
         raise stopped
     return 0

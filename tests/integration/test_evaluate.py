@@ -97,3 +97,31 @@ def test_a_run_whose_site_files_are_gone_asks_for_data(tmp_path, capsys):
     files[0].unlink()
     assert main(["evaluate", str(run_dir)]) == 2
     assert "--data" in capsys.readouterr().err
+
+
+def test_the_example_answers_are_the_initial_and_final_adapters_own(sft_run):
+    from fedlora.cli.answers import before_and_after
+    from fedlora.cli.evaluate import held_out_sources
+    from fedlora.evaluation import INITIAL, Checkpoint, RunEvaluator
+
+    comparison = before_and_after(sft_run)
+    evaluator = RunEvaluator(sft_run)
+    site, examples = held_out_sources(sft_run, evaluator.config)[0]
+    evaluator.use(Checkpoint(INITIAL, None))
+    assert comparison.before == evaluator.answer(examples[0])
+    evaluator.use(evaluator.checkpoints()[-1])
+    assert comparison.after == evaluator.answer(examples[0])
+    assert comparison.site == site
+    assert comparison.reference == examples[0].response.strip()
+    assert "### Instruction" not in comparison.question and comparison.question in (
+        examples[0].prompt
+    )
+
+
+def test_a_classification_example_is_answered_with_label_names(classification_run):
+    from fedlora.cli.answers import before_and_after
+
+    config = json.loads((classification_run / "config.json").read_text())["config"]
+    comparison = before_and_after(classification_run)
+    labels = config["labels"].split(",")
+    assert {comparison.before, comparison.after, comparison.reference} <= set(labels)
