@@ -42,22 +42,31 @@ window.addEventListener("load", () => {
   };
   const out = document.createElement("pre");
   out.id = "probe";
+  out.hidden = true;  // in the DOM dump, not on the screenshot
   out.textContent = JSON.stringify(probe);
   document.body.appendChild(out);
 });
 </script>"""
 
 
-def _chromium() -> str:
-    found = shutil.which("chromium") or (
-        "/usr/bin/chromium" if Path("/usr/bin/chromium").is_file() else None
-    )
+def _chromium(which: Any = shutil.which, fallback: Path = Path("/usr/bin/chromium")) -> str:
+    found = which("chromium") or (str(fallback) if fallback.is_file() else None)
     if found:
-        return found
+        return str(found)
     reason = "needs Debian's chromium (apt-get install chromium); .ci/run installs it in CI"
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(f"CI is set but chromium is missing: {reason}")
     pytest.skip(reason)
+
+
+@pytest.mark.parametrize(("ci", "outcome"), [("true", "Failed"), ("", "Skipped")])
+def test_without_chromium_ci_fails_and_a_laptop_skips(
+    ci: str, outcome: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("CI", ci)
+    with pytest.raises(BaseException) as raised:
+        _chromium(lambda _name: None, tmp_path / "no-chromium")
+    assert type(raised.value).__name__ == outcome
 
 
 def _run(chromium: str, profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -79,7 +88,7 @@ def _load(chromium: str, page: Path, screenshot: Path, profile: Path) -> dict[st
     probed = page.with_name("probe.html")
     probed.write_text(page.read_text(encoding="utf-8").replace("</body>", PROBE + "</body>"))
     done = _run(chromium, profile, f"--screenshot={screenshot}", "--dump-dom", probed.as_uri())
-    match = re.search(r'<pre id="probe">(.*?)</pre>', done.stdout, re.DOTALL)
+    match = re.search(r'<pre id="probe"[^>]*>(.*?)</pre>', done.stdout, re.DOTALL)
     assert match, f"no probe in the DOM (exit {done.returncode}): {done.stderr[-1500:]}"
     assert screenshot.is_file(), done.stderr[-1500:]
     return dict(json.loads(match.group(1)))
