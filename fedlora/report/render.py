@@ -41,13 +41,13 @@ p { margin: .45em 0; }
           gap: .3em 1.6em; margin: .6em 0; }
 .meter { break-inside: avoid; }
 .meter-head { display: flex; align-items: center; gap: .6em; }
-.meter-name { font-weight: 600; overflow-wrap: anywhere; }
+.meter-name { font-weight: 600; flex: 0 0 auto; max-width: 60%; overflow-wrap: anywhere; }
 .bar { flex: 0 0 8em; height: .7em; background: #e3e3e3; border-radius: 2px;
        margin-left: auto; overflow: hidden; }
 .bar span { display: block; height: 100%; background: #1f5fa8; }
 .meter.low .bar span { background: #d08a00; } .meter.over .bar span { background: #c9302c; }
 .meter-text { font-size: .9em; }
-.meter-detail { font-size: .85em; color: #555; }
+.meter-detail { font-size: .85em; color: #555; flex: 1 1 auto; min-width: 0; }
 .protection { display: grid; grid-template-columns: 1fr 1fr; gap: 1.6em; font-size: .92em; }
 .protection h3 { font-size: 1em; margin: .6em 0 .2em; }
 .protection ul { margin: 0; padding-left: 1.2em; }
@@ -68,7 +68,7 @@ footer { margin-top: 2em; font-size: .85em; color: #555; }
 @media print {
   body { max-width: none; margin: 0; padding: 0; font-size: 10pt; }
   .scroll { overflow: visible; }
-  .meters { grid-template-columns: 1fr 1fr; }
+  .meters { grid-template-columns: 1fr 1fr; } .bar { flex-basis: 5em; }
   .bar, .bar span, .warning, .note, .guarantee, th {
     -webkit-print-color-adjust: exact; print-color-adjust: exact; }
   h2 { break-after: avoid; } figure, tr, .note, .warning, dl.glossary div { break-inside: avoid; }
