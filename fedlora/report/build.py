@@ -3,7 +3,8 @@
 :func:`build_report` reads ``runs/<run-id>/`` through :class:`fedlora.rundir.RunDirectoryReader`
 and, where the coordinator can read them (a simulation), the sites' privacy ledgers
 (:mod:`fedlora.report.ledgers`), and assembles ``privacy_report.json``. :func:`write_report`
-writes it with ``report.md``, ``report.html`` and two plots into ``runs/<run-id>/report/``.
+writes it with ``report.md``, ``report.html`` (self-contained, print-ready) and two plots into
+``runs/<run-id>/report/``.
 
 Numbers are copied from the inputs exactly: ε is never recomputed, rounded or given a margin
 here (the Markdown and HTML renderings show 4 significant digits). ``null`` ε means infinite,
@@ -29,6 +30,7 @@ from fedlora.report.names import (
     MARKDOWN_FILE,
     NO_DP_WARNING,
     REPORT_VERSION,
+    repeated_note,
 )
 from fedlora.report.sites import refusal_records, site_detail, site_names
 from fedlora.rundir import METRICS_FILE, STATUS_FILE, RunDirectoryReader
@@ -140,6 +142,19 @@ def _warnings(
     return warnings
 
 
+def _notes(sites: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """One note per round that sites trained again after a resume (grouped by history)."""
+    grouped: dict[tuple[int, int, int], list[str]] = {}
+    for site, detail in sites.items():
+        for item in detail["ledger"]["repeated-rounds"]:
+            key = (item["round"], item["times"], item["cut-short"])
+            grouped.setdefault(key, []).append(site)
+    return [
+        repeated_note(names, {"round": number, "times": times, "cut-short": cut})
+        for (number, times, cut), names in sorted(grouped.items())
+    ]
+
+
 def _json_safe(value: Any) -> Any:
     """``value`` with non-finite floats as ``None`` (the report's "infinite"), strict JSON."""
     if isinstance(value, float):
@@ -172,8 +187,9 @@ def build_report(run_dir: Path) -> dict[str, Any]:
     -------
     dict
         Run summary, the guarantee in words, one summary row per site, per-site per-round ε,
-        utility per round, refusals, central privacy (or ``None``), the sites' ledgers and
-        warnings. Every number is the input's own value; ``None`` ε means infinite.
+        utility per round, refusals, central privacy (or ``None``), the sites' ledgers,
+        warnings and notes (rounds a site trained again after a resume: real, counted spend).
+        Every number is the input's own value; ``None`` ε means infinite.
 
     Raises
     ------
@@ -229,6 +245,7 @@ def build_report(run_dir: Path) -> dict[str, Any]:
         "central-privacy": central,
         "ledgers": {site: detail["ledger"] for site, detail in sites.items()},
         "warnings": warnings,
+        "notes": _notes(sites),
     }
     return dict(_json_safe(report))
 
@@ -236,8 +253,8 @@ def build_report(run_dir: Path) -> dict[str, Any]:
 def write_report(run_dir: Path) -> Path:
     """Write the privacy report of a run into ``run_dir/report/``.
 
-    Files: ``privacy_report.json``, ``report.md``, ``report.html``, ``epsilon.png`` and
-    ``utility.png``, each written atomically.
+    Files: ``privacy_report.json``, ``report.md``, ``report.html`` (the plots embedded, so it
+    can be sent alone), ``epsilon.png`` and ``utility.png``, each written atomically.
 
     Parameters
     ----------
@@ -255,6 +272,7 @@ def write_report(run_dir: Path) -> Path:
         As :func:`build_report`, or when the report directory cannot be written.
     """
     # matplotlib is heavy: the ServerApp imports this module, and only draws at the run's end
+    from fedlora.report import plots as report_plots
     from fedlora.report import render as report_render
 
     report = build_report(run_dir)
@@ -262,8 +280,8 @@ def write_report(run_dir: Path) -> Path:
     try:
         atomic_write_json(out / JSON_FILE, report)
         atomic_write_text(out / MARKDOWN_FILE, render_markdown(report))
-        report_render.write_plots(report, out)
-        atomic_write_text(out / HTML_FILE, report_render.render_html(report))
+        images = report_plots.write_plots(report, out)
+        atomic_write_text(out / HTML_FILE, report_render.render_html(report, images))
     except OSError as exc:
         raise RunDirError(f"cannot write the report into {out}: {exc}") from exc
     logger.info("privacy report of run %s written to %s", report["run-id"], out)

@@ -1,88 +1,35 @@
-"""The privacy report as a document: titled sections of text, tables and images, and Markdown.
+"""The privacy report as a document: its sections in reading order, and Markdown.
 
 :func:`report_sections` turns the content assembled by :func:`fedlora.report.build.build_report`
-into a small document model that both renderings share: :func:`render_markdown` here and the HTML
-page in :mod:`fedlora.report.render`. Numbers are shown to 4 significant digits; ``∞`` for an
-infinite ε.
+into the document model of :mod:`fedlora.report.blocks` that both renderings share:
+:func:`render_markdown` here and the HTML page in :mod:`fedlora.report.render`. First the plain
+summary (:mod:`fedlora.report.glance`), then the plots, then the statistics
+(:mod:`fedlora.report.details`) and the tables behind them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
-from fedlora.report.names import EPSILON_PNG, NO_DP_WARNING, UTILITY_PNG
-
-# ---- document model shared by the Markdown and HTML renderings ----------------------------
-
-
-@dataclass(frozen=True)
-class Text:
-    """A paragraph."""
-
-    text: str
-
-
-@dataclass(frozen=True)
-class Banner:
-    """A warning banner."""
-
-    text: str
-
-
-@dataclass(frozen=True)
-class Bullets:
-    """A bulleted list."""
-
-    items: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Table:
-    """A table of already-formatted cells."""
-
-    header: tuple[str, ...]
-    rows: tuple[tuple[str, ...], ...]
-
-
-@dataclass(frozen=True)
-class Image:
-    """A picture next to the report, by relative file name."""
-
-    file: str
-    alt: str
-
-
-Block = Text | Banner | Bullets | Table | Image
-
-
-@dataclass(frozen=True)
-class Section:
-    """A titled part of the report."""
-
-    title: str
-    blocks: tuple[Block, ...]
-
-
-def fmt_number(value: Any) -> str:
-    """A number to 4 significant digits for display; ``—`` for a missing value."""
-    if value is None:
-        return "—"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def fmt_epsilon(value: Any, *, present: bool = True) -> str:
-    """An ε for display: ``∞`` for ``None`` (infinite) when the value is expected."""
-    if value is None:
-        return "∞" if present else "—"
-    return fmt_number(value)
+from fedlora.report.blocks import (
+    Banner,
+    Block,
+    Bullets,
+    Glossary,
+    Image,
+    Meter,
+    Note,
+    Protection,
+    Section,
+    Table,
+    Text,
+    fmt_epsilon,
+    fmt_number,
+)
+from fedlora.report.details import statistics_section
+from fedlora.report.glance import summary_section
+from fedlora.report.names import EPSILON_PNG, UTILITY_PNG, repeated_note
 
 
 def report_title(report: Mapping[str, Any]) -> str:
@@ -101,23 +48,21 @@ def report_sections(report: Mapping[str, Any]) -> list[Section]:
     Returns
     -------
     list of Section
-        Warnings first, then run, guarantee, sites, ε, utility, refusals, central privacy
-        and ledgers.
+        The summary (warnings, guarantee, each site's budget, what is and is not protected),
+        the plots, the statistics with a glossary, then ε per round, utility, refusals,
+        central privacy, the site ledgers and the run's facts.
     """
-    sections = []
-    if report["warnings"]:
-        sections.append(Section("Warnings", tuple(Banner(w) for w in report["warnings"])))
-    sections += [
-        _run_section(report),
-        _guarantee_section(report),
-        _sites_section(report),
+    sections = [
+        summary_section(report),
+        _plots_section(report),
+        statistics_section(report),
         _epsilon_section(report),
         _utility_section(report),
         _refusals_section(report),
     ]
     if report["central-privacy"] is not None:
         sections.append(_central_section(report["central-privacy"]))
-    sections.append(_ledgers_section(report))
+    sections += [_ledgers_section(report), _run_section(report)]
     return sections
 
 
@@ -137,86 +82,33 @@ def _run_section(report: Mapping[str, Any]) -> Section:
         ),
         ("sites", ", ".join(report["sites"]) or "none"),
         ("differential privacy", "on (DP-SGD at every site)" if report["dp"] else "OFF"),
-        ("accountant", f"{report['accountant']} (budgets and refusals use it)"),
+        ("accountant that counts", str(report["accountant"])),
         ("DP mode", str(report["dp-mode"])),
         ("central (client-level) DP", str(report["central-dp"])),
         ("report generated", str(report["generated"])),
     ]
-    return Section("Run", (Table(("", ""), tuple(rows)),))
+    return Section("Run", (Table(("", ""), tuple(rows)),), key="run")
 
 
-def _guarantee_section(report: Mapping[str, Any]) -> Section:
-    guarantee = report["guarantee"]
-    blocks: list[Block] = []
-    if guarantee["sample-level"]:
-        blocks.append(Text(f"Each site that trained gives {guarantee['sample-level']}."))
-        blocks.append(
+def _plots_section(report: Mapping[str, Any]) -> Section:
+    metric = report["utility"]["metric"]
+    return Section(
+        "Over the rounds",
+        (
+            Image(EPSILON_PNG, "ε used per site after each round, with its budget"),
             Text(
-                "ε is reported at each site's own δ by both Opacus accountants (PRV and RDP); "
-                "lifetime ε counts every run recorded in the site's ledger for the same data. "
-                "A site refuses a round that would take its lifetime ε past its budget."
-            )
-        )
-    else:
-        blocks.append(
+                f"One panel per site: its ε used (lifetime, {report['accountant']} accountant) "
+                "after each round it trained, on the same scale from 0 for every site; the "
+                "dashed line is its budget; × marks a round it declined."
+            ),
+            Image(UTILITY_PNG, f"federated evaluation {metric} and loss per round"),
             Text(
-                f"None ({NO_DP_WARNING}): no formal privacy guarantee covers the sites' "
-                "training records."
-            )
-        )
-    if guarantee["client-level"]:
-        blocks.append(Text(f"In addition, the run gives {guarantee['client-level']}."))
-    blocks.append(Text("Not protected:"))
-    blocks.append(Bullets(tuple(guarantee["not-protected"])))
-    return Section("Guarantee", tuple(blocks))
-
-
-def _ledger_cell(row: Mapping[str, Any]) -> str:
-    if not row["ledger-available"]:
-        return "not available"
-    return {True: "agrees", False: "DISAGREES", None: "—"}[row["ledger-agrees"]]
-
-
-def _sites_section(report: Mapping[str, Any]) -> Section:
-    header = (
-        "site", "records", "q", "σ", "C", "steps", "δ", "ε PRV (run)", "ε RDP (run)",
-        "ε PRV (lifetime)", "ε RDP (lifetime)", "accountant", "budget", "budget left",
-        "rounds trained", "rounds refused", "ledger",
-    )  # fmt: skip
-    rows = []
-    for row in report["summary"]:
-        trained = row["lifetime-source"] is not None
-        rows.append(
-            (
-                str(row["site"]),
-                fmt_number(row["records"]),
-                fmt_number(row["q"]),
-                fmt_number(row["sigma"]),
-                fmt_number(row["C"]),
-                fmt_number(row["steps"]),
-                fmt_number(row["delta"]),
-                fmt_epsilon(row["epsilon-prv"], present=trained),
-                fmt_epsilon(row["epsilon-rdp"], present=trained),
-                fmt_epsilon(row["lifetime-epsilon-prv"], present=trained),
-                fmt_epsilon(row["lifetime-epsilon-rdp"], present=trained),
-                str(row["accountant"]),
-                fmt_number(row["budget"]),
-                fmt_number(row["budget-left"]),
-                str(row["rounds-trained"]),
-                str(row["rounds-refused"]),
-                _ledger_cell(row),
-            )
-        )
-    notes = [
-        f"site {row['site']}: {', '.join(row['varying'])} changed between rounds; "
-        "the table shows the last round's value"
-        for row in report["summary"]
-        if row["varying"]
-    ]
-    blocks: list[Block] = [Table(header, tuple(rows))]
-    if notes:
-        blocks.append(Bullets(tuple(notes)))
-    return Section("Sites", tuple(blocks))
+                "How well the shared adapter does on the sites' held-out data after each round "
+                "(round 0: before training), axes from 0."
+            ),
+        ),
+        key="plots",
+    )
 
 
 def _epsilon_section(report: Mapping[str, Any]) -> Section:
@@ -231,7 +123,6 @@ def _epsilon_section(report: Mapping[str, Any]) -> Section:
         for number in rounds
     )
     blocks: list[Block] = [
-        Image(EPSILON_PNG, "lifetime ε per site per round, budgets dashed"),
         Text(
             f"Lifetime ε after each round by the {report['accountant']} accountant "
             "(— : the site did not train that round)."
@@ -239,7 +130,7 @@ def _epsilon_section(report: Mapping[str, Any]) -> Section:
     ]
     if rows:
         blocks.append(Table(("round", *report["sites"]), rows))
-    return Section("ε per round", tuple(blocks))
+    return Section("ε per round", tuple(blocks), key="epsilon")
 
 
 def _epsilon_at(values: Mapping[int, Any], number: int) -> str:
@@ -256,17 +147,17 @@ def _utility_section(report: Mapping[str, Any]) -> Section:
     return Section(
         "Utility",
         (
-            Image(UTILITY_PNG, f"federated evaluation {metric} and loss per round"),
             Text("Example-weighted evaluation of the global adapter (round 0: before training)."),
             Table(("round", "loss", metric), rows),
         ),
+        key="utility",
     )
 
 
 def _refusals_section(report: Mapping[str, Any]) -> Section:
     refusals = report["refusals"]
     if not refusals:
-        return Section("Refusals", (Text("No site refused a round."),))
+        return Section("Refusals", (Text("No site refused a round."),), key="refusals")
     rows = tuple(
         (
             str(refusal["round"]),
@@ -279,7 +170,7 @@ def _refusals_section(report: Mapping[str, Any]) -> Section:
         for refusal in refusals
     )
     header = ("round", "site", "ε spent", "ε after the round", "budget", "reason")
-    return Section("Refusals", (Table(header, rows),))
+    return Section("Refusals", (Table(header, rows),), key="refusals")
 
 
 def _central_section(central: Mapping[str, Any]) -> Section:
@@ -300,6 +191,7 @@ def _central_section(central: Mapping[str, Any]) -> Section:
     return Section(
         "Central (client-level) privacy",
         (Text("Client-level ε of the aggregate after each round."), Table(header, rows)),
+        key="central",
     )
 
 
@@ -312,9 +204,10 @@ def _ledgers_section(report: Mapping[str, Any]) -> Section:
         blocks.append(Text(status))
         if ledger["disagreements"]:
             blocks.append(Bullets(tuple(ledger["disagreements"])))
+        blocks.extend(Note(repeated_note([site], item)) for item in ledger["repeated-rounds"])
         if ledger["status"] == "verified" and ledger["entries"]:
             blocks.append(_ledger_table(ledger["entries"]))
-    return Section("Site ledgers", tuple(blocks))
+    return Section("Site ledgers", tuple(blocks), key="ledgers")
 
 
 def _ledger_table(entries: Iterable[Mapping[str, Any]]) -> Table:
@@ -347,6 +240,17 @@ def _md_cell(text: str) -> str:
 def _md_block(block: Block) -> str:
     if isinstance(block, Banner):
         return f"> **WARNING: {block.text}**"
+    if isinstance(block, Note):
+        return f"> **Note:** {block.text}"
+    if isinstance(block, Meter):
+        detail = f" ({block.detail})" if block.detail else ""
+        return f"- **{block.label}**: {block.text}{detail}"
+    if isinstance(block, Protection):
+        protected = "\n".join(f"- {item}" for item in block.protected)
+        exposed = "\n".join(f"- {item}" for item in block.not_protected)
+        return f"**Protected:**\n\n{protected}\n\n**Not protected:**\n\n{exposed}"
+    if isinstance(block, Glossary):
+        return "**Glossary**\n\n" + "\n".join(f"- **{t}**: {d}" for t, d in block.terms)
     if isinstance(block, Bullets):
         return "\n".join(f"- {item}" for item in block.items)
     if isinstance(block, Image):
@@ -358,7 +262,7 @@ def _md_block(block: Block) -> str:
         ]
         lines += ["| " + " | ".join(_md_cell(cell) for cell in row) + " |" for row in block.rows]
         return "\n".join(lines)
-    return block.text
+    return f"**{block.text}**" if block.lead else block.text
 
 
 def render_markdown(report: Mapping[str, Any]) -> str:
@@ -377,5 +281,12 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     parts = [f"# {report_title(report)}"]
     for section in report_sections(report):
         parts.append(f"## {section.title}")
-        parts.extend(_md_block(block) for block in section.blocks)
+        previous: Block | None = None
+        for block in section.blocks:
+            text = _md_block(block)
+            if isinstance(block, Meter) and isinstance(previous, Meter):
+                parts[-1] += "\n" + text  # one list, not one list per site
+            else:
+                parts.append(text)
+            previous = block
     return "\n\n".join(parts) + "\n"

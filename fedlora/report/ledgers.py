@@ -88,21 +88,72 @@ def _compare_ledger(
         problems.append(
             f"records: {last['records']!r} in {METRICS_FILE} but {ledger.records} in the ledger"
         )
-    recorded: dict[int, list[LedgerEntry]] = {}
-    for entry in ledger.entries:
-        if entry.run_id == run_id:
-            recorded.setdefault(entry.round, []).append(entry)
+    entries = [entry for entry in ledger.entries if entry.run_id == run_id]
+    cut = cut_short(entries)
+    final = {entry.round: entry for index, entry in enumerate(entries) if index not in cut}
+    cut_rounds = {entries[index].round for index in cut}
     reported = {int(item["round"]): item for item in series}
-    for number in sorted(set(recorded) | set(reported)):
-        if number not in recorded:
+    for number in sorted(set(final) | set(reported)):
+        if number not in final and number not in cut_rounds:
             problems.append(f"round {number}: in {METRICS_FILE} but not in the ledger")
+        elif number not in final:
+            problems.append(f"round {number}: only a cut-short attempt is in the ledger")
         elif number not in reported:
             problems.append(f"round {number}: in the ledger but not in {METRICS_FILE}")
-        elif len(recorded[number]) > 1:
-            problems.append(f"round {number}: recorded {len(recorded[number])} times in the ledger")
         else:
-            problems.extend(_compare_entry(number, reported[number], recorded[number][0]))
+            problems.extend(_compare_entry(number, reported[number], final[number]))
     return problems
+
+
+def cut_short(entries: Sequence[LedgerEntry]) -> set[int]:
+    """Indices of one run's ledger entries that a restart of the run superseded.
+
+    A run resumed after an interruption trains again from the round after its checkpoint: its
+    ledger then goes back to an earlier (or the same) round number. Every entry recorded before
+    that point for a round at or after the one the run restarted from was cut short; its
+    privacy was spent and stays counted in the lifetime ε, but ``metrics.jsonl`` keeps only
+    the rounds the resumed run recorded.
+
+    Parameters
+    ----------
+    entries
+        The ledger's entries of one run, in chain order.
+
+    Returns
+    -------
+    set of int
+        Positions in ``entries`` of the cut-short attempts.
+    """
+    cut: set[int] = set()
+    lowest_later = math.inf
+    for index in range(len(entries) - 1, -1, -1):
+        if entries[index].round >= lowest_later:
+            cut.add(index)
+        lowest_later = min(lowest_later, entries[index].round)
+    return cut
+
+
+def repeated_rounds(ledger: SiteLedger, run_id: str) -> list[dict[str, int]]:
+    """The run's rounds with an attempt that a restart cut short (see :func:`cut_short`).
+
+    Returns
+    -------
+    list of dict
+        ``{"round": n, "times": k, "cut-short": c}`` per such round: the site trained it ``k``
+        times in all, ``c`` of them cut short. Every attempt spent privacy, and the ledger's
+        lifetime ε counts each.
+    """
+    entries = [entry for entry in ledger.entries if entry.run_id == run_id]
+    cut = cut_short(entries)
+    rounds = sorted({entries[index].round for index in cut})
+    return [
+        {
+            "round": number,
+            "times": sum(1 for entry in entries if entry.round == number),
+            "cut-short": sum(1 for index in cut if entries[index].round == number),
+        }
+        for number in rounds
+    ]
 
 
 def _ledger_location(series: Sequence[Mapping[str, Any]]) -> str | None:
@@ -141,6 +192,7 @@ def ledger_section(site: str, run_id: str, series: Sequence[Mapping[str, Any]]) 
         "note": "no ledger: the site recorded no DP training in this run",
         "agrees": None,
         "disagreements": [],
+        "repeated-rounds": [],
     }
     if location is None:
         return section
@@ -180,4 +232,5 @@ def _verified_ledger(
         "lifetime-epsilon-rdp": finite_or_none(last.epsilon_rdp) if last else 0.0,
         "agrees": not problems,
         "disagreements": problems,
+        "repeated-rounds": repeated_rounds(ledger, run_id),
     }

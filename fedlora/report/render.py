@@ -1,55 +1,81 @@
-"""HTML and PNG renderings of the privacy report built by :mod:`fedlora.report.build`.
+"""The privacy report as one HTML page that can be sent alone, read on screen and printed.
 
-The HTML page is self-contained (inline CSS) and refers to the plots by relative file name;
-every string from the run is escaped. Plots are drawn with matplotlib's Agg canvas through the
-object API (no pyplot, no global backend switch).
+The page is self-contained: inline CSS, the plots embedded as ``data:`` URIs (sent alone, it
+keeps them), no script and nothing fetched. Print CSS lays it out for A4 paper, so printing it
+(or ``fedlora report --pdf``) gives a document a person can file. Every string from the run is
+escaped.
 """
 
 from __future__ import annotations
 
+import base64
 import html
-import io
-import logging
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
-from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
-
-from fedlora.io import atomic_write_bytes
-from fedlora.report.document import (
+from fedlora.report.blocks import (
     Banner,
     Block,
     Bullets,
+    Glossary,
     Image,
+    Meter,
+    Note,
+    Protection,
+    Section,
     Table,
-    report_sections,
-    report_title,
 )
-from fedlora.report.names import EPSILON_PNG, UTILITY_PNG
+from fedlora.report.document import report_sections, report_title
 
-logger = logging.getLogger(__name__)
-
-_DPI = 110
 _CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto;
-       max-width: 1200px; padding: 0 1em; color: #222; line-height: 1.45; }
-h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 1.6em;
-     border-bottom: 1px solid #ddd; padding-bottom: .2em; }
-table { border-collapse: collapse; margin: .6em 0; font-size: .9em; }
-th, td { border: 1px solid #ccc; padding: .25em .55em; text-align: left; }
+:root { color-scheme: light; }
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 1.2em auto;
+       max-width: 1100px; padding: 0 1em; color: #1d1d1d; line-height: 1.4; }
+h1 { font-size: 1.5em; margin: 0 0 .3em; }
+h2 { font-size: 1.2em; margin-top: 1.6em; border-bottom: 1px solid #ccc; padding-bottom: .2em; }
+#summary h2 { margin-top: .2em; }
+p { margin: .45em 0; }
+.guarantee { font-size: 1.05em; margin: .5em 0; background: #eef4fb; border-left: 4px solid #1f5fa8;
+             padding: .45em .8em; }
+.meters { display: grid; grid-template-columns: repeat(auto-fill, minmax(31em, 1fr));
+          gap: .3em 1.6em; margin: .6em 0; }
+.meter { break-inside: avoid; }
+.meter-head { display: flex; align-items: center; gap: .6em; }
+.meter-name { font-weight: 600; flex: 0 0 auto; max-width: 60%; overflow-wrap: anywhere; }
+.bar { flex: 0 0 8em; height: .7em; background: #e3e3e3; border-radius: 2px;
+       margin-left: auto; overflow: hidden; }
+.bar span { display: block; height: 100%; background: #1f5fa8; }
+.meter.low .bar span { background: #d08a00; } .meter.over .bar span { background: #c9302c; }
+.meter-text { font-size: .9em; }
+.meter-detail { font-size: .85em; color: #555; flex: 1 1 auto; min-width: 0; }
+.protection { display: grid; grid-template-columns: 1fr 1fr; gap: 1.6em; font-size: .92em; }
+.protection h3 { font-size: 1em; margin: .6em 0 .2em; }
+.protection ul { margin: 0; padding-left: 1.2em; }
+.scroll { overflow-x: auto; }
+table { border-collapse: collapse; margin: .6em 0; font-size: .88em; }
+th, td { border: 1px solid #ccc; padding: .22em .5em; text-align: left; vertical-align: top; }
 th { background: #f3f3f3; }
-td { font-variant-numeric: tabular-nums; }
+td { font-variant-numeric: tabular-nums; overflow-wrap: anywhere; }
 .warning { background: #fff3cd; border: 2px solid #c9302c; color: #7a1c1a;
-           padding: .6em 1em; margin: .6em 0; font-weight: bold; }
-img { max-width: 100%; border: 1px solid #eee; }
+           padding: .5em 1em; margin: .5em 0; font-weight: bold; }
+.note { background: #f1f6ee; border-left: 4px solid #4a7a2c; padding: .45em .8em;
+        margin: .5em 0; }
+figure { margin: .8em 0; } img { max-width: 100%; height: auto; }
+dl.glossary div { display: grid; grid-template-columns: 13em 1fr; gap: 1em; margin: .25em 0; }
+dl.glossary dt { font-weight: 600; } dl.glossary dd { margin: 0; }
+footer { margin-top: 2em; font-size: .85em; color: #555; }
+@page { size: A4; margin: 14mm 12mm; }
+@media print {
+  body { max-width: none; margin: 0; padding: 0; font-size: 10pt; }
+  .scroll { overflow: visible; }
+  .meters { grid-template-columns: 1fr 1fr; } .bar { flex-basis: 5em; }
+  .bar, .bar span, .warning, .note, .guarantee, th {
+    -webkit-print-color-adjust: exact; print-color-adjust: exact; }
+  h2 { break-after: avoid; } figure, tr, .note, .warning, dl.glossary div { break-inside: avoid; }
+  section#plots, section#details { break-before: page; }
+  table { font-size: 8pt; } footer .screen-only { display: none; }
+}
 """
-
-
-# ---- HTML --------------------------------------------------------------------------------
 
 
 def _esc(text: object) -> str:
@@ -62,33 +88,99 @@ def _html_table(table: Table) -> str:
         "<tr>" + "".join(f"<td>{_esc(cell)}</td>" for cell in row) + "</tr>" for row in table.rows
     )
     thead = f"<thead><tr>{head}</tr></thead>" if any(table.header) else ""
-    return f"<table>{thead}<tbody>{body}</tbody></table>"
+    return f'<div class="scroll"><table>{thead}<tbody>{body}</tbody></table></div>'
 
 
-def _html_block(block: Block) -> str:
+def _html_meter(meter: Meter) -> str:
+    bar = ""
+    if meter.used is not None:
+        width = max(0.0, min(meter.used, 1.0)) * 100
+        bar = (
+            f'<span class="bar" role="img" aria-label="{meter.used:.0%} of the budget used">'
+            f'<span style="width: {width:.1f}%"></span></span>'
+        )
+    return (
+        f'<div class="meter {_esc(meter.state)}"><div class="meter-head">'
+        f'<span class="meter-name">{_esc(meter.label)}</span>'
+        f'<span class="meter-detail">{_esc(meter.detail)}</span>{bar}</div>'
+        f'<div class="meter-text">{_esc(meter.text)}</div></div>'
+    )
+
+
+def _html_list(items: tuple[str, ...]) -> str:
+    return "<ul>" + "".join(f"<li>{_esc(item)}</li>" for item in items) + "</ul>"
+
+
+def _html_image(image: Image, images: Mapping[str, bytes]) -> str:
+    data = images.get(image.file)
+    src = f"data:image/png;base64,{base64.b64encode(data).decode()}" if data else image.file
+    return (
+        f'<figure><img src="{_esc(src)}" alt="{_esc(image.alt)}" data-file="{_esc(image.file)}">'
+        "</figure>"
+    )
+
+
+def _html_block(block: Block, images: Mapping[str, bytes]) -> str:
     if isinstance(block, Banner):
         return f'<div class="warning" role="alert">WARNING: {_esc(block.text)}</div>'
+    if isinstance(block, Note):
+        return f'<div class="note" role="note"><b>Note:</b> {_esc(block.text)}</div>'
     if isinstance(block, Bullets):
-        return "<ul>" + "".join(f"<li>{_esc(item)}</li>" for item in block.items) + "</ul>"
+        return _html_list(block.items)
     if isinstance(block, Image):
-        return f'<p><img src="{_esc(block.file)}" alt="{_esc(block.alt)}"></p>'
+        return _html_image(block, images)
     if isinstance(block, Table):
         return _html_table(block)
-    return f"<p>{_esc(block.text)}</p>"
+    if isinstance(block, Meter):
+        return _html_meter(block)
+    if isinstance(block, Protection):
+        return (
+            '<div class="protection"><div><h3>Protected</h3>'
+            f"{_html_list(block.protected)}</div><div><h3>Not protected</h3>"
+            f"{_html_list(block.not_protected)}</div></div>"
+        )
+    if isinstance(block, Glossary):
+        terms = "".join(
+            f"<div><dt>{_esc(term)}</dt><dd>{_esc(text)}</dd></div>" for term, text in block.terms
+        )
+        return f'<h3>Glossary</h3><dl class="glossary">{terms}</dl>'
+    lead = ' class="guarantee"' if block.lead else ""
+    return f"<p{lead}>{_esc(block.text)}</p>"
 
 
-def render_html(report: Mapping[str, Any]) -> str:
-    """The report as one self-contained HTML page.
+def _html_section(section: Section, images: Mapping[str, bytes]) -> list[str]:
+    key = f' id="{_esc(section.key)}"' if section.key else ""
+    parts = [f"<section{key}><h2>{_esc(section.title)}</h2>"]
+    meters: list[str] = []
+    for block in section.blocks:
+        if isinstance(block, Meter):
+            meters.append(_html_block(block, images))
+            continue
+        if meters:
+            parts.append('<div class="meters">' + "".join(meters) + "</div>")
+            meters = []
+        parts.append(_html_block(block, images))
+    if meters:
+        parts.append('<div class="meters">' + "".join(meters) + "</div>")
+    parts.append("</section>")
+    return parts
+
+
+def render_html(report: Mapping[str, Any], images: Mapping[str, bytes] | None = None) -> str:
+    """The report as one self-contained, print-ready HTML page.
 
     Parameters
     ----------
     report
         The content built by :func:`fedlora.report.build.build_report`.
+    images
+        PNG bytes by file name (``epsilon.png``, ``utility.png``), embedded as ``data:``
+        URIs; a plot missing here is linked by its relative file name instead.
 
     Returns
     -------
     str
-        The HTML document (inline CSS; plots referenced by relative file name).
+        The HTML document.
     """
     title = _esc(report_title(report))
     parts = [
@@ -102,158 +194,11 @@ def render_html(report: Mapping[str, Any]) -> str:
         f"<h1>{title}</h1>",
     ]
     for section in report_sections(report):
-        parts.append(f"<section><h2>{_esc(section.title)}</h2>")
-        parts.extend(_html_block(block) for block in section.blocks)
-        parts.append("</section>")
+        parts.extend(_html_section(section, images or {}))
+    parts.append(
+        f"<footer>Generated {_esc(report['generated'])} by fedlora from {_esc(report['run-dir'])}."
+        ' <span class="screen-only">To file it: print this page or save it as PDF from the '
+        "browser, or run <code>fedlora report RUN_DIR --pdf</code>.</span></footer>"
+    )
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
-
-
-# ---- plots -------------------------------------------------------------------------------
-
-
-def _new_figure(width: float = 7.5, height: float = 4.2) -> Figure:
-    figure = Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
-    FigureCanvasAgg(figure)
-    return figure
-
-
-def _png_bytes(figure: Figure) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", metadata={"Software": None})
-    return buffer.getvalue()
-
-
-def _as_float(value: Any) -> float:
-    """A plottable value: ``nan`` (a gap) for a missing or infinite ε."""
-    return (
-        float(value)
-        if isinstance(value, int | float) and not isinstance(value, bool)
-        else (float("nan"))
-    )
-
-
-def _message(axes: Axes, text: str) -> None:
-    axes.text(0.5, 0.5, text, ha="center", va="center", transform=axes.transAxes, wrap=True)
-
-
-def _plot_site(
-    axes: Axes,
-    site: str,
-    entries: Sequence[Mapping[str, Any]],
-    budget: Any,
-    refusals: Sequence[Mapping[str, Any]],
-) -> None:
-    rounds = [int(entry["round"]) for entry in entries]
-    values = [_as_float(entry.get("epsilon")) for entry in entries]
-    (line,) = axes.plot(rounds, values, marker="o", label=site)
-    if refusals:
-        axes.plot(
-            [int(refusal["round"]) for refusal in refusals],
-            [_as_float(refusal.get("epsilon-spent")) for refusal in refusals],
-            linestyle="none",
-            marker="x",
-            markersize=9,
-            color=line.get_color(),
-            label=f"{site} refused",
-        )
-    if isinstance(budget, int | float) and not isinstance(budget, bool):
-        axes.axhline(
-            float(budget),
-            color=line.get_color(),
-            linestyle="--",
-            linewidth=1,
-            label=f"{site} budget",
-        )
-
-
-def render_epsilon_png(report: Mapping[str, Any]) -> bytes:
-    """``epsilon.png``: lifetime ε per site per round, each site's budget dashed.
-
-    Parameters
-    ----------
-    report
-        The content built by :func:`fedlora.report.build.build_report`.
-
-    Returns
-    -------
-    bytes
-        The PNG image.
-    """
-    figure = _new_figure()
-    axes = figure.add_subplot()
-    budgets = {row["site"]: row["budget"] for row in report["summary"]}
-    series = report["epsilon-series"]
-    for site in report["sites"]:
-        refusals = [refusal for refusal in report["refusals"] if refusal["site"] == site]
-        if series.get(site) or refusals:
-            _plot_site(axes, site, series.get(site) or [], budgets.get(site), refusals)
-    if not report["dp"]:
-        _message(axes, "no differential privacy (run with --no-dp)")
-    elif not any(series.values()):
-        _message(axes, "no site trained with DP in this run")
-    else:
-        axes.legend(fontsize="small", ncols=2)
-    axes.set_xlabel("round")
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes.set_ylabel(f"lifetime ε ({report['accountant']})")
-    axes.set_title("Privacy spent per site (lifetime of each dataset)")
-    axes.grid(alpha=0.3)
-    return _png_bytes(figure)
-
-
-def render_utility_png(report: Mapping[str, Any]) -> bytes:
-    """``utility.png``: the federated evaluation metric and loss per round.
-
-    Parameters
-    ----------
-    report
-        The content built by :func:`fedlora.report.build.build_report`.
-
-    Returns
-    -------
-    bytes
-        The PNG image.
-    """
-    utility = report["utility"]
-    metric = str(utility["metric"])
-    rounds = [int(entry["round"]) for entry in utility["rounds"]]
-    figure = _new_figure(9.0, 3.8)
-    for index, name in enumerate((metric, "loss"), start=1):
-        axes = figure.add_subplot(1, 2, index)
-        values = [_as_float(entry.get(name)) for entry in utility["rounds"]]
-        if rounds:
-            axes.plot(rounds, values, marker="o")
-        else:
-            _message(axes, "no evaluation recorded")
-        axes.set_xlabel("round")
-        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-        axes.set_ylabel(name)
-        axes.set_title(f"evaluation {name}")
-        axes.grid(alpha=0.3)
-    figure.suptitle("Utility of the global adapter (round 0: before training)")
-    return _png_bytes(figure)
-
-
-def write_plots(report: Mapping[str, Any], out: Path) -> list[Path]:
-    """Write ``epsilon.png`` and ``utility.png`` into ``out`` atomically.
-
-    Parameters
-    ----------
-    report
-        The content built by :func:`fedlora.report.build.build_report`.
-    out
-        The report directory.
-
-    Returns
-    -------
-    list of Path
-        The two image files.
-    """
-    paths = []
-    for name, render in ((EPSILON_PNG, render_epsilon_png), (UTILITY_PNG, render_utility_png)):
-        path = out / name
-        atomic_write_bytes(path, render(report))
-        logger.debug("wrote %s", path)
-        paths.append(path)
-    return paths

@@ -88,6 +88,8 @@ def _summary_row(
     if not from_ledger:
         lifetime_keys = ("epsilon-prv", "epsilon-rdp")
     lifetime = ledger if from_ledger else last
+    accountant = last.get("accountant", context["accountant"])
+    counted = lifetime_keys[1] if accountant == "rdp" else lifetime_keys[0]
     return {
         "site": site,
         "records": last.get("records", ledger.get("records")),
@@ -101,13 +103,15 @@ def _summary_row(
         "lifetime-epsilon-prv": lifetime.get(lifetime_keys[0]),
         "lifetime-epsilon-rdp": lifetime.get(lifetime_keys[1]),
         "lifetime-source": "ledger" if from_ledger else ("metrics" if series else None),
-        "accountant": last.get("accountant", context["accountant"]),
+        "epsilon-used": lifetime.get(counted),
+        "accountant": accountant,
         "budget": _site_budget(site, series, refusals, context["flat"]),
         "budget-left": last.get("budget-left"),
         "rounds-trained": len(context["trained"]),
         "rounds-refused": len(refusals),
         "ledger-available": bool(ledger["available"]),
         "ledger-agrees": ledger["agrees"],
+        "repeated-rounds": ledger["repeated-rounds"],
         "varying": _varying(series),
     }
 

@@ -6,6 +6,7 @@ import hashlib
 import html
 import json
 import math
+import re
 import shutil
 from functools import cache
 from pathlib import Path
@@ -407,8 +408,12 @@ def test_write_report_writes_every_file(run_dir: Path):
         assert site in markdown
         assert html.escape(site) in page
     assert "clinic-b <&>" not in page  # escaped
-    assert 'src="epsilon.png"' in page and "(utility.png)" in markdown
-    assert "<style>" in page and "http" not in page.replace("http-equiv", "")
+    assert "(utility.png)" in markdown
+    sources = re.findall(r'<img src="([^"]*)"', page)
+    assert len(sources) == 2
+    assert all(src.startswith("data:image/png;base64,") for src in sources)  # sent alone
+    without_images = re.sub(r'src="data:[^"]*"', "", page)
+    assert "<style>" in page and "http" not in without_images.replace("http-equiv", "")
     assert "WARNING" not in markdown
 
 
