@@ -318,7 +318,7 @@ def tokenize(
             # Past the budget the prompt alone fills max-length: no response token would fit.
             dropped += 1
             continue
-        prompt_ids = _with_bos(tokenizer(example.prompt)["input_ids"], tokenizer)
+        prompt_ids = _prompt_ids(example, tokenizer)
         room = max(max_length - len(prompt_ids), 1)
         response = example.response[: text_budget(room)]
         response_ids = list(tokenizer(response, add_special_tokens=False)["input_ids"])
@@ -336,6 +336,24 @@ def tokenize(
             "%d example(s) dropped: prompt longer than max-length %d", dropped, max_length
         )
     return TokenizedDataset(items)
+
+
+def shortest_prompt(examples: Sequence[Example], tokenizer: PreTrainedTokenizerBase) -> int:
+    """Tokens of the shortest SFT prompt in ``examples`` (0 when there is none).
+
+    :func:`tokenize` keeps an SFT example only when ``max-length`` exceeds its prompt's
+    tokens, so this says which ``max-length`` keeps at least one.
+    """
+    lengths = [
+        len(_prompt_ids(SftExample(example.prompt[:MAX_TEXT_CHARS], ""), tokenizer))
+        for example in examples
+        if isinstance(example, SftExample)
+    ]
+    return min(lengths, default=0)
+
+
+def _prompt_ids(example: SftExample, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    return _with_bos(tokenizer(example.prompt)["input_ids"], tokenizer)
 
 
 def text_budget(max_tokens: int) -> int:
