@@ -181,7 +181,7 @@ def _as_text(value: object) -> str:
         value
         if isinstance(value, str)
         else json.dumps(value)
-        if not isinstance(value, int | float)
+        if isinstance(value, bool) or not isinstance(value, int | float)
         else str(value)
     )
 

@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any, cast
 
 from fedlora.config import DEFAULT_TARGET_EPSILON, RunConfig
-from fedlora.data import collect_labels, load_examples, write_jsonl
 from fedlora.errors import ConfigError, DataError
 from fedlora.models import check_model_spec
 from fedlora.privacy.accounting import check_target_reachable, default_delta, plan_steps
+from fedlora.records import collect_labels, write_jsonl
+from fedlora.simulations.checks import check_sites_data
 from fedlora.simulations.scenarios import (
     DATA_VERSION,
     Scenario,
@@ -31,7 +32,7 @@ from fedlora.simulations.scenarios import (
     get_scenario,
     scenario_source,
 )
-from fedlora.sites import SiteSpec, sites_from_files, split_held_out
+from fedlora.sites import SiteSpec, sites_from_files
 
 logger = logging.getLogger(__name__)
 
@@ -204,19 +205,13 @@ def preflight(config: RunConfig, sites: list[SiteSpec]) -> None:
     Raises
     ------
     DataError
-        Naming the file (and line) of the first problem.
+        Naming the file (and line) of the first problem, or two files of one data set
+        (:func:`~fedlora.simulations.checks.check_sites_data`, which also warns of a tiny site).
     ConfigError
         When a site cannot reach the privacy target.
     """
-    for site in sites:
-        train = load_examples(site.train_file, config.task, config.labels)
-        if site.test_file is not None:
-            load_examples(site.test_file, config.task, config.labels)
-        else:
-            train, _ = split_held_out(
-                train, test_fraction=config.test_fraction, seed=config.seed, where=site.name
-            )
-        _check_privacy_target(config, site, len(train))
+    for site, records in zip(sites, check_sites_data(config, sites), strict=True):
+        _check_privacy_target(config, site, records)
 
 
 def _check_privacy_target(config: RunConfig, site: SiteSpec, records: int) -> None:

@@ -72,12 +72,14 @@ def _resumed_config(given: RunConfig, run_dir: Path) -> RunConfig:
 
 def run(args: argparse.Namespace) -> int:
     """``fedlora simulate``: run, then print the summary tables."""
-    from fedlora.simulations.checks import check_run_paths
+    from fedlora.simulations.checks import check_own_data, check_run_paths
 
-    # Settings and paths first: a refusal costs no import of torch or Flower.
+    # Settings, paths and the user's data first: a refusal costs no import of torch or Flower.
     config = config_from_args(args)
     resume = Path(args.resume) if args.resume else None
     check_run_paths(config, run_id=args.run_id, resume=resume)
+    if resume is None:
+        check_own_data(config)
 
     from rich.console import Console
 
