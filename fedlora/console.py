@@ -166,7 +166,7 @@ def traffic_table(metrics: list[dict[str, Any]]) -> Table:
     (:func:`fedlora.progress.round_seconds`): that round's values are starred, and
     :func:`traffic_footnote` says why.
     """
-    table = Table(title="Adapter traffic per round", box=box.SIMPLE_HEAD, pad_edge=False)
+    table = Table(title="Adapter traffic per round")
     for name in ("round", "sent", "received", "errors", "seconds"):
         table.add_column(name, justify="right")
     timed = [record for record in metrics if int(record["round"]) >= 1]
