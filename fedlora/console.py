@@ -110,7 +110,8 @@ def evaluated_rounds(metrics: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def summary_table(metrics: list[dict[str, Any]], task: str) -> Table:
     """Per-site held-out evaluation before training (round 0) and after the last evaluated round.
 
-    The site names are never cut: at 80 columns the numbers' headers wrap instead.
+    Nothing is cut at 80 columns: headers take two lines, and a site name longer than the
+    line has room for folds onto the next line.
     """
     evaluated = evaluated_rounds(metrics)
     first = metrics[0]
@@ -125,12 +126,13 @@ def summary_table(metrics: list[dict[str, Any]], task: str) -> Table:
         title += f" (the last evaluated; the run stopped in round {metrics[-1]['round']})"
     table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     names = sorted(set(first.get("sites", {})) | set(last["sites"] if last else ()))
-    width = max([len(name) for name in names] + [len("weighted")])
-    table.add_column("site", no_wrap=True, min_width=width)
-    table.add_column("test examples", justify="right")
+    # The numbers never wrap (two-line headers keep them narrow); a site name too long for
+    # the rest of the line folds onto a second line, whole, instead of being cut.
+    table.add_column("site", overflow="fold", min_width=len("weighted"))
+    table.add_column("test\nexamples", justify="right", no_wrap=True)
     for when in ("before", "after"):
-        table.add_column(f"loss {when}", justify="right")
-        table.add_column(f"{score} {when}", justify="right")
+        table.add_column(f"loss\n{when}", justify="right", no_wrap=True)
+        table.add_column(f"{score}\n{when}", justify="right", no_wrap=True)
     after_sites = last["sites"] if last is not None else {}
     for site in names:
         before = first.get("sites", {}).get(site, {}).get("eval", {})

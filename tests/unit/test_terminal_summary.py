@@ -95,11 +95,28 @@ def test_a_run_stopped_before_any_round_says_so_and_shows_dashes() -> None:
 
 
 def test_site_names_are_whole_at_80_columns() -> None:
-    text = _render(summary_table(_stopped_run(), "classification"))
+    text = _render(summary_table(_stopped_run(), "sft"))
     assert "…" not in text
     for name in NAMES:
         assert any(line.split()[:1] == [name] for line in text.splitlines()), (name, text)
+    assert " ".join(text.split()).count("perplexity before") == 0  # headers on two lines
+    assert text.count("perplexity") == 2 and text.count("examples") == 1
     assert max(len(line.rstrip()) for line in text.splitlines()) <= 80
+
+
+def test_a_site_name_too_long_for_the_line_folds_whole() -> None:
+    long_name = "lakeside-university-hospital-cardiology-department-north"
+    metrics = _stopped_run()
+    for record in metrics[:2]:
+        record["sites"][long_name] = record["sites"].pop("lakeside-medical")
+    text = _render(summary_table(metrics, "sft"))
+    assert "…" not in text
+    lines = [line for line in text.splitlines() if line.strip()]
+    start = next(i for i, line in enumerate(lines) if line.split()[0].startswith("lakeside"))
+    first, second = lines[start].split(), lines[start + 1].split()
+    assert len(second) == 1  # the rest of the name, alone on the next line
+    assert first[0] + second[0] == long_name
+    assert first[1:] == ["20", "7.6100", f"{2**7.61:.2f}", "7.1100", f"{2**7.11:.2f}"]
 
 
 def test_the_last_rounds_doubled_traffic_is_starred_and_explained() -> None:
