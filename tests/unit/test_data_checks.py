@@ -176,23 +176,39 @@ print(code, heavy)
 """
 
 
-@pytest.mark.parametrize("fault", ["response-42", "same-file-twice", "wrong-task"])
+@pytest.mark.parametrize(
+    "fault", ["response-42", "same-file-twice", "wrong-task", "malformed", "unknown-label"]
+)
 def test_data_errors_come_before_any_heavy_import(tmp_path, fault):
     path = tmp_path / "site.jsonl"
+    expected = {
+        "response-42": f"{path}:31: field 'response' {TEXT} number 42",
+        "same-file-twice": f"{path} holds the same data as {path}",
+        "wrong-task": f"{path}:1: missing field 'prompt' (the record has 'text' and 'label'",
+        "malformed": f"{path}:31: malformed JSON",
+        "unknown-label": f"{path}:2: label 'c' is not in the label set (a, b)",
+    }[fault]
     if fault == "response-42":
         write_jsonl(path, [*SFT, {"prompt": "q", "response": 42}])
         argv = ["--data", str(path)]
     elif fault == "same-file-twice":
         write_jsonl(path, SFT)
         argv = ["--data", str(path), "--data", str(path)]
-    else:
+    elif fault == "wrong-task":
         write_jsonl(path, [{"text": "t", "label": "a"}] * 20)
         argv = ["--data", str(path)]
+    elif fault == "malformed":
+        write_jsonl(path, SFT)
+        path.write_text(path.read_text() + '{"prompt": "q", "response": \n')
+        argv = ["--data", str(path)]
+    else:
+        write_jsonl(path, [{"text": "t", "label": "a"}, {"text": "u", "label": "c"}])
+        argv = ["--task", "classification", "--labels", "a,b", "--data", str(path)]
     result = subprocess.run(
         [sys.executable, "-c", _PROBE, str(tmp_path / "runs"), *argv],
         capture_output=True,
         text=True,
     )
     assert result.stdout.strip() == "2 []", result.stdout + result.stderr
-    assert result.stderr.startswith("fedlora: error: "), result.stderr
+    assert result.stderr.startswith(f"fedlora: error: {expected}"), result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
