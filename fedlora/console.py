@@ -123,7 +123,7 @@ def summary_table(metrics: list[dict[str, Any]], task: str) -> Table:
         else "Held-out evaluation before training (no round's adapter was evaluated)"
     )
     if last is not None and int(last["round"]) < int(metrics[-1]["round"]):
-        title += f" (the last evaluated; the run stopped in round {metrics[-1]['round']})"
+        title += f" (the last evaluated; round {metrics[-1]['round']} has no evaluation)"
     table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     names = sorted(set(first.get("sites", {})) | set(last["sites"] if last else ()))
     # The numbers never wrap (two-line headers keep them narrow); a site name too long for
@@ -194,14 +194,11 @@ def _pair(metrics: dict[str, Any], score: str) -> tuple[str, str]:
     loss, value = metrics.get("loss"), metrics.get(score)
     if score == "perplexity" and value is None and loss is not None:
         value = math.exp(min(loss, 50.0))
-    return (
-        f"{loss:.4f}" if loss is not None else "-",
-        f"{value:.4f}" if value is not None and score == "accuracy" else _score(value),
-    )
+    return _number(loss, 4), _number(value, 4 if score == "accuracy" else 2)
 
 
-def _score(perplexity: float | None) -> str:
-    return "-" if perplexity is None else f"{perplexity:.2f}"
+def _number(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def _bytes(count: float) -> str:

@@ -66,9 +66,7 @@ def _stopped_run() -> list[dict[str, Any]]:
 
 def test_a_stopped_runs_after_cells_are_its_last_evaluated_round() -> None:
     text = _render(summary_table(_stopped_run(), "sft"))
-    assert "after round 1 (the last evaluated; the run stopped in round 2)" in " ".join(
-        text.split()
-    )
+    assert "after round 1 (the last evaluated; round 2 has no evaluation)" in " ".join(text.split())
     rows = {line.split()[0]: line.split() for line in text.splitlines() if line.strip()}
     assert rows["lakeside-medical"][1:] == [
         "20",
