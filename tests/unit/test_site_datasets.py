@@ -65,3 +65,14 @@ def test_splits_that_fit_are_kept_and_score_a_finite_loss(tmp_path) -> None:
             loaded.peft, test, task="sft", pad_id=0, device=torch.device("cpu")
         )
         assert math.isfinite(metrics["loss"])
+
+
+def test_an_empty_held_out_split_is_never_scored_as_nan(tmp_path) -> None:
+    from fedlora.clients.evaluation import evaluate_model
+    from fedlora.data import TokenizedDataset
+
+    loaded = get_model(_config(tmp_path, 32))
+    with pytest.raises(DataError, match="a held-out split with no examples cannot be evaluated"):
+        evaluate_model(
+            loaded.peft, TokenizedDataset([]), task="sft", pad_id=0, device=torch.device("cpu")
+        )
