@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from fedlora.config import Task
 from fedlora.data import TokenizedDataset, collate
 from fedlora.device import autocast
+from fedlora.errors import DataError
 from fedlora.losses import summed_loss
 
 
@@ -38,7 +39,15 @@ def evaluate_model(
     dict
         ``loss`` and ``num-examples`` always; ``perplexity`` and ``num-tokens`` for SFT;
         ``accuracy`` for classification.
+
+    Raises
+    ------
+    DataError
+        For an empty ``dataset`` (the site's own check, ``get_datasets``, refuses it first).
     """
+    if len(dataset) == 0:
+        # 0/0 would be a NaN loss, which no reply may carry (fedlora.replies).
+        raise DataError("a held-out split with no examples cannot be evaluated")
     model.to(device)
     model.eval()
     loader = DataLoader(

@@ -16,7 +16,8 @@ from pathlib import Path
 from peft import PeftModel
 
 from fedlora.config import RunConfig
-from fedlora.data import TokenizedDataset, load_examples, tokenize
+from fedlora.data import TokenizedDataset, load_examples, shortest_prompt, tokenize
+from fedlora.errors import DataError
 from fedlora.models import BaseModel, apply_lora, load_run_base
 from fedlora.sites import SiteSpec, split_held_out
 
@@ -87,10 +88,20 @@ def get_datasets(
         else:
             test_examples = load_examples(site.test_file, config.task, config.labels)
         tokenizer = loaded.base.tokenizer
-        _datasets[key] = (
-            tokenize(train_examples, tokenizer, max_length=config.max_length),
-            tokenize(test_examples, tokenizer, max_length=config.max_length),
-        )
+        train_set = tokenize(train_examples, tokenizer, max_length=config.max_length)
+        test_set = tokenize(test_examples, tokenizer, max_length=config.max_length)
+        for split, examples, dataset in (
+            ("training", train_examples, train_set),
+            ("held-out", test_examples, test_set),
+        ):
+            if len(dataset) == 0:
+                raise DataError(
+                    f"site {site.name}: none of its {len(examples)} {split} records fits "
+                    f"max-length {config.max_length}: every prompt fills it before a response "
+                    f"token (the shortest prompt takes {shortest_prompt(examples, tokenizer)} "
+                    "tokens); raise --max-length"
+                )
+        _datasets[key] = (train_set, test_set)
     return _datasets[key]
 
 

@@ -21,6 +21,14 @@ class RoundObserver:
     ) -> None:
         """A site replied (``metrics`` is ``None`` for an error reply)."""
 
+    def on_declined(self, *, server_round: int, phase: Phase, site: str, status: str) -> None:
+        """A site declined under its own policy (``status``: ``budget-exhausted``).
+
+        By default the reply is counted like an error reply (:meth:`on_reply` with no
+        metrics), so an observer that does not tell declines apart still counts it.
+        """
+        self.on_reply(server_round=server_round, phase=phase, site=site, metrics=None)
+
     def on_round_end(self, record: dict[str, Any]) -> None:
         """A round finished; ``record`` is its ``metrics.jsonl`` line."""
 

@@ -214,7 +214,9 @@ class SiteExchange:
                 parsed.status.get("reason", ""),
             )
             result.refused[site] = dict(parsed.status)
-            self.observer.on_reply(server_round=server_round, phase=phase, site=site, metrics=None)
+            self.observer.on_declined(
+                server_round=server_round, phase=phase, site=site, status=parsed.status["status"]
+            )
             return
         privacy = dict(parsed.privacy) if parsed.privacy is not None else None
         rolled_back = self.receipts.check(site, privacy, server_round)

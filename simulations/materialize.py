@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any, cast
 
 from fedlora.config import DEFAULT_TARGET_EPSILON, RunConfig
-from fedlora.data import collect_labels, load_examples, write_jsonl
 from fedlora.errors import ConfigError, DataError
 from fedlora.models import check_model_spec
 from fedlora.privacy.accounting import check_target_reachable, default_delta, plan_steps
+from fedlora.records import collect_labels, write_jsonl
+from fedlora.simulations.checks import check_sites_data
 from fedlora.simulations.scenarios import (
     DATA_VERSION,
     Scenario,
@@ -31,7 +32,7 @@ from fedlora.simulations.scenarios import (
     get_scenario,
     scenario_source,
 )
-from fedlora.sites import SiteSpec, sites_from_files, split_held_out
+from fedlora.sites import SiteSpec, sites_from_files
 
 logger = logging.getLogger(__name__)
 
@@ -73,14 +74,12 @@ SiteCheck = Callable[[list[SiteSpec]], None]
 """Validates sites before they are kept (:func:`preflight`); raises to refuse them."""
 
 
-def scenario_sites(
-    config: RunConfig, data_root: Path, check: SiteCheck | None = None
-) -> list[SiteSpec]:
-    """Generate (once) and return the built-in scenario's sites for ``config``.
+def scenario_site_files(config: RunConfig, data_root: Path) -> list[SiteSpec]:
+    """Where the built-in scenario's site files for ``config`` are (or will be).
 
-    A scenario's files are generated into a hidden staging folder under ``data_root``,
-    checked with ``check``, and only then renamed into place; a refused or failed generation
-    leaves nothing behind (nor ``data_root`` or the folders above it this call created).
+    Generates nothing (:func:`scenario_sites` does).
+    One folder per setting that shapes the data, under ``data_root``, named
+    ``<scenario>-<task>-<key>`` (``key``: a hash of those settings), with a folder per site.
     """
     settings = {
         "data-version": DATA_VERSION,
@@ -98,8 +97,21 @@ def scenario_sites(
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     folder = data_root / f"{config.scenario}-{config.task}-{key}"
     scenario = _scenario(config.scenario)
-    names = [scenario.site_name(index) for index in range(config.sites)]
-    specs = _site_files(folder, names)
+    return _site_files(folder, [scenario.site_name(index) for index in range(config.sites)])
+
+
+def scenario_sites(
+    config: RunConfig, data_root: Path, check: SiteCheck | None = None
+) -> list[SiteSpec]:
+    """Generate (once) and return the built-in scenario's sites for ``config``.
+
+    A scenario's files are generated into a hidden staging folder under ``data_root``,
+    checked with ``check``, and only then renamed into place; a refused or failed generation
+    leaves nothing behind (nor ``data_root`` or the folders above it this call created).
+    """
+    specs = scenario_site_files(config, data_root)
+    folder = specs[0].train_file.parent.parent
+    scenario = _scenario(config.scenario)
     if _complete(specs):
         if check is not None:
             check(specs)
@@ -118,7 +130,7 @@ def scenario_sites(
     staging = data_root / f".{folder.name}.{secrets.token_hex(4)}"
     try:
         staging.mkdir(parents=True)
-        staged = _site_files(staging, names)
+        staged = _site_files(staging, [spec.name for spec in specs])
         for spec, split in zip(staged, splits, strict=True):
             write_jsonl(spec.train_file, split.train)
             write_jsonl(cast(Path, spec.test_file), split.test)
@@ -204,19 +216,13 @@ def preflight(config: RunConfig, sites: list[SiteSpec]) -> None:
     Raises
     ------
     DataError
-        Naming the file (and line) of the first problem.
+        Naming the file (and line) of the first problem, or two files of one data set
+        (:func:`~fedlora.simulations.checks.check_sites_data`, which also warns of a tiny site).
     ConfigError
         When a site cannot reach the privacy target.
     """
-    for site in sites:
-        train = load_examples(site.train_file, config.task, config.labels)
-        if site.test_file is not None:
-            load_examples(site.test_file, config.task, config.labels)
-        else:
-            train, _ = split_held_out(
-                train, test_fraction=config.test_fraction, seed=config.seed, where=site.name
-            )
-        _check_privacy_target(config, site, len(train))
+    for site, records in zip(sites, check_sites_data(config, sites), strict=True):
+        _check_privacy_target(config, site, records)
 
 
 def _check_privacy_target(config: RunConfig, site: SiteSpec, records: int) -> None:

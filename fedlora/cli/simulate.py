@@ -7,7 +7,7 @@ import logging
 import sys
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fedlora.cli.flags import add_run_config_flags, config_from_args
 from fedlora.cli.interrupts import RunInterrupted, stop_on_signals
@@ -96,16 +96,23 @@ def _resumed_config(given: RunConfig, run_dir: Path) -> RunConfig:
 
 def run(args: argparse.Namespace) -> int:
     """``fedlora simulate``: run, then print the summary tables."""
-    from fedlora.simulations.checks import check_run_paths
+    from fedlora.simulations.checks import check_own_data, check_run_paths
 
-    # Settings and paths first: a refusal costs no import of torch or Flower.
+    # Settings, paths and the user's data first: a refusal costs no import of torch or Flower.
     config = config_from_args(args)
     resume = Path(args.resume) if args.resume else None
     check_run_paths(config, run_id=args.run_id, resume=resume)
+    if resume is None:
+        check_own_data(config)
 
     from rich.console import Console
 
-    from fedlora.console import ProgressDisplay, summary_table, traffic_table
+    from fedlora.console import (
+        ProgressDisplay,
+        summary_table,
+        traffic_footnote,
+        traffic_table,
+    )
     from fedlora.report.build import HTML_FILE, write_report
     from fedlora.rundir import RunDirectoryReader
     from fedlora.server.checkpoint import CHECKPOINT_DIR, MANIFEST
@@ -113,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
     from fedlora.simulations.runner import simulate
 
     if resume is not None:
-        config = _resumed_config(config, resume)
+        # Where the run is now (as the runner takes it), whatever out its checkpoint names.
+        config = _resumed_config(config, resume).replace(out=str(resume.parent))
     console = Console(stderr=False)
     _quiet_third_parties(args.verbose)
     if not config.dp:
@@ -157,12 +165,64 @@ def run(args: argparse.Namespace) -> int:
     metrics = run.read_metrics()
     console.print(summary_table(metrics, config.task))
     console.print(traffic_table(metrics))
+    footnote = traffic_footnote(metrics)
+    if footnote is not None:
+        console.print(footnote, highlight=False)
     report = write_report(Path(run_path))
     console.print(f"run directory: {run_path}", soft_wrap=True, highlight=False)
+    if not config.uses_own_data:
+        folder = _scenario_folder(config)
+        if folder is not None:
+            console.print(
+                f"scenario data: {folder} (generated; reused by runs with the same settings)",
+                soft_wrap=True,
+                highlight=False,
+            )
     console.print(f"final adapter: {run.adapter_path(None)}", soft_wrap=True, highlight=False)
     console.print(f"privacy report: {report / HTML_FILE}", soft_wrap=True, highlight=False)
     if not (args.quiet or args.no_example):
         _show_example(Path(run_path), console)
     if stopped is not None:
-        raise stopped
+        raise _explained(stopped, metrics, config)
     return 0
+
+
+def _explained(
+    stopped: BudgetExhaustedError, metrics: list[dict[str, Any]], config: RunConfig
+) -> BudgetExhaustedError:
+    """The stop, with each declining site's budget left and the ways forward.
+
+    One detail line per site goes to stderr first; the error itself stays one line.
+    """
+    from fedlora.cli.declined import budget_error, budget_refusals, ledger_deltas, site_lines
+
+    refused = budget_refusals(metrics)
+    if not refused:
+        return stopped
+    deltas = ledger_deltas(config, _site_files(config))
+    for line in site_lines(refused, deltas):
+        print(f"fedlora: {line}", file=sys.stderr)
+    return BudgetExhaustedError(budget_error(str(stopped), refused, deltas), stopped.run_dir)
+
+
+def _scenario_folder(config: RunConfig) -> Path | None:
+    """The folder of the built-in scenario's generated site files (one folder per site)."""
+    files = list(_site_files(config).values())
+    return files[0].parent.parent if files else None
+
+
+def _site_files(config: RunConfig) -> dict[str, Path]:
+    """Each site's training file, where the run read it; generates nothing."""
+    from fedlora.errors import FedloraError
+    from fedlora.simulations.materialize import resolve_config, scenario_site_files
+    from fedlora.sites import sites_from_files
+
+    try:
+        config = resolve_config(config)
+        if config.uses_own_data:
+            sites = sites_from_files(config.data_files)
+        else:
+            sites = scenario_site_files(config, Path(config.out) / ".scenario-data")
+    except FedloraError:
+        return {}
+    return {site.name: site.train_file for site in sites if site.train_file.is_file()}

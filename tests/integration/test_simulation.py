@@ -167,6 +167,6 @@ def test_cli_end_to_end_in_a_subprocess(tmp_path):
     )
 
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "Evaluation before vs after 1 round(s)" in result.stdout
+    assert "Held-out evaluation before training vs after round 1" in result.stdout
     assert f"final adapter: {tmp_path / 'cli-run' / 'adapters' / 'final'}" in result.stdout
     _assert_complete_run(tmp_path / "cli-run", rounds=1, sites=2)

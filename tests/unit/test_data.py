@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from fedlora import data
+from fedlora import data, records
 from fedlora.data import (
     IGNORE_INDEX,
     PROMPT_TEMPLATE,
@@ -173,7 +173,7 @@ def test_json_integer_past_the_digit_limit_is_a_data_error(tmp_path: Path):
 
 
 def test_over_long_line_is_refused_with_its_line(tmp_path: Path, monkeypatch):
-    monkeypatch.setattr(data, "MAX_LINE_CHARS", 1000)
+    monkeypatch.setattr(records, "MAX_LINE_CHARS", 1000)
     path = tmp_path / "site.jsonl"
     rows = [{"prompt": "q", "response": "a"}, {"prompt": "q" * 2000, "response": "a"}]
     write_jsonl(path, rows)
@@ -182,7 +182,7 @@ def test_over_long_line_is_refused_with_its_line(tmp_path: Path, monkeypatch):
 
 
 def test_over_long_line_is_not_read_whole(tmp_path: Path, monkeypatch):
-    monkeypatch.setattr(data, "MAX_LINE_CHARS", 1000)
+    monkeypatch.setattr(records, "MAX_LINE_CHARS", 1000)
     path = tmp_path / "site.jsonl"
     path.write_text("x" * 100_000)
     reads: list[int] = []
@@ -216,7 +216,7 @@ def test_over_long_line_is_not_read_whole(tmp_path: Path, monkeypatch):
 
 
 def test_file_over_the_size_limit_is_refused(tmp_path: Path, monkeypatch):
-    monkeypatch.setattr(data, "MAX_FILE_BYTES", 100)
+    monkeypatch.setattr(records, "MAX_FILE_BYTES", 100)
     path = write_jsonl(tmp_path / "site.jsonl", [{"prompt": "q", "response": "a"}] * 10)
     with pytest.raises(DataError, match=r"site.jsonl: data file is \d+ bytes, over the 100-byte"):
         load_examples(path, "sft")
@@ -230,7 +230,7 @@ def test_csv_text_longer_than_the_csv_default_field_limit_is_read(tmp_path: Path
 
 
 def test_csv_field_past_the_line_limit_is_a_data_error(tmp_path: Path, monkeypatch):
-    monkeypatch.setattr(data, "MAX_LINE_CHARS", 100)
+    monkeypatch.setattr(records, "MAX_LINE_CHARS", 100)
     field = "\n".join(["y" * 60] * 3)  # every line short, the quoted field too long
     (tmp_path / "site.csv").write_text(f'text,label\nok,a\n"{field}",a\n')
     with pytest.raises(DataError, match=r"site.csv:\d: malformed CSV: field larger"):
