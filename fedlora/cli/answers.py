@@ -10,9 +10,9 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedlora.data import PROMPT_TEMPLATE, ClassificationExample, Example, SftExample
 from fedlora.errors import FedloraError
 from fedlora.metrics import normalise_answer
+from fedlora.records import PROMPT_TEMPLATE, ClassificationExample, Example, SftExample
 
 logger = logging.getLogger(__name__)
 

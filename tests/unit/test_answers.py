@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fedlora.cli.answers import BeforeAfter, question_of
-from fedlora.data import PROMPT_TEMPLATE, ClassificationExample, SftExample
+from fedlora.records import PROMPT_TEMPLATE, ClassificationExample, SftExample
 
 
 def test_an_sft_question_loses_its_template() -> None:
