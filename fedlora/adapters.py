@@ -41,8 +41,12 @@ PACKED_KEY = "adapter.safetensors"
 
 
 def adapter_state(model: PeftModel) -> AdapterState:
-    """Return a detached CPU copy of the adapter tensors of ``model``, in a stable order."""
-    state = get_peft_model_state_dict(model)
+    """Return a detached CPU copy of the adapter tensors of ``model``, in a stable order.
+
+    Only what training changes: the LoRA factors and the trained heads. PEFT would add a
+    targeted output head's frozen base weight (``save_embedding_layers``); that never travels.
+    """
+    state = get_peft_model_state_dict(model, save_embedding_layers=False)
     return {name: state[name].detach().to("cpu").clone() for name in sorted(state)}
 
 
@@ -158,7 +162,7 @@ def save_peft_dir(model: PeftModel, state: Mapping[str, torch.Tensor], path: Pat
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        model.save_pretrained(str(staging), safe_serialization=True)
+        model.save_pretrained(str(staging), safe_serialization=True, save_embedding_layers=False)
         fsync_tree(staging)
         if path.exists():
             shutil.rmtree(path)

@@ -208,21 +208,14 @@ class RunEvaluator:
     def _sft(
         self, examples: Sequence[Example], max_new_tokens: int, batch_size: int
     ) -> dict[str, float]:
-        loss_sum, tokens = 0.0, 0
         answers: list[str] = []
         references: list[str] = []
         kept = [example for example in examples if isinstance(example, SftExample)]
+        loss = self.loss(kept, batch_size=batch_size)
         for chunk in self._batches(kept, batch_size):
-            batch = collate(chunk, pad_id=self.pad_id, task="sft")
-            labels = batch.pop("labels")
-            logits = self.peft(**batch).logits.float()
-            batch_sum, batch_tokens = summed_loss(logits, labels, task="sft")
-            loss_sum += batch_sum
-            tokens += batch_tokens
             prompts = [_prompt_ids(item) for item in chunk]
             answers += self._generate(prompts, max_new_tokens)
             references += [self._reference(item) for item in chunk]
-        loss = loss_sum / tokens if tokens else math.nan
         return {
             "num-examples": float(len(references)),
             "loss": loss,
@@ -256,6 +249,26 @@ class RunEvaluator:
         prompt = _prompt_ids(ids.items[0])[: self.config.max_length]
         with torch.no_grad():
             return self._generate([prompt], _bounded_new_tokens(max_new_tokens))[0]
+
+    @torch.no_grad()
+    def loss(self, examples: Sequence[Example], *, batch_size: int = 16) -> float:
+        """The loaded adapter's mean loss on ``examples``, as :meth:`evaluate` reports it.
+
+        Raises
+        ------
+        DataError
+            When no example is left after tokenisation.
+        """
+        if self.config.task == "classification":
+            return self._classify(examples, batch_size)["loss"]
+        loss_sum, tokens = 0.0, 0
+        for chunk in self._batches(examples, batch_size):
+            batch = collate(chunk, pad_id=self.pad_id, task="sft")
+            labels = batch.pop("labels")
+            logits = self.peft(**batch).logits.float()
+            batch_sum, batch_tokens = summed_loss(logits, labels, task="sft")
+            loss_sum, tokens = loss_sum + batch_sum, tokens + batch_tokens
+        return loss_sum / tokens if tokens else math.nan
 
     @torch.no_grad()
     def answer(self, example: Example, *, max_new_tokens: int = 32) -> str:

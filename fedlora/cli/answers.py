@@ -1,5 +1,8 @@
 """One held-out question answered by the initial and by the final adapter, for the run's end.
 
+Each answer comes with the adapter's loss on the reference answer (the held-out metric the
+run reports), which shows learning before greedy answers of a small model read well.
+
 The example is the first held-out record of the first site, whatever its answers turn out to
 be (never picked for looking good), so the display is an honest sample of what changed.
 """
@@ -29,13 +32,15 @@ class BeforeAfter:
     reference: str
     before: str
     after: str
+    loss_before: float
+    loss_after: float
 
     def lines(self) -> list[str]:
         """The comparison as terminal lines, each answer marked right or wrong."""
 
-        def mark(answer: str) -> str:
+        def mark(answer: str, loss: float) -> str:
             right = normalise_answer(answer) == normalise_answer(self.reference)
-            return f"{answer or '(empty)'}   [{'right' if right else 'wrong'}]"
+            return f"{answer or '(empty)'}   [{'right' if right else 'wrong'}; loss {loss:.3f}]"
 
         question = " ".join(self.question.split())
         if len(question) > _SHOWN_CHARS:
@@ -44,8 +49,8 @@ class BeforeAfter:
             f"one held-out question of site {self.site}, before and after federated training:",
             f"  question:  {question}",
             f"  expected:  {self.reference}",
-            f"  before:    {mark(self.before)}",
-            f"  after:     {mark(self.after)}",
+            f"  before:    {mark(self.before, self.loss_before)}",
+            f"  after:     {mark(self.after, self.loss_after)}",
         ]
 
 
@@ -78,9 +83,10 @@ def before_and_after(run_dir: Path) -> BeforeAfter:
     if not examples:
         raise FedloraError(f"no held-out record to answer in {run_dir}")
     example = examples[0]
-    evaluator.use(Checkpoint(INITIAL, None))
-    before = evaluator.answer(example)
-    evaluator.use(evaluator.checkpoints()[-1])
-    after = evaluator.answer(example)
+    answers, losses = [], []
+    for checkpoint in (Checkpoint(INITIAL, None), evaluator.checkpoints()[-1]):
+        evaluator.use(checkpoint)
+        answers.append(evaluator.answer(example))
+        losses.append(evaluator.loss([example]))
     question, reference = question_of(example, evaluator.config.labels)
-    return BeforeAfter(site, question, reference, before, after)
+    return BeforeAfter(site, question, reference, *answers, *losses)

@@ -109,8 +109,10 @@ def test_the_example_answers_are_the_initial_and_final_adapters_own(sft_run):
     site, examples = held_out_sources(sft_run, evaluator.config)[0]
     evaluator.use(Checkpoint(INITIAL, None))
     assert comparison.before == evaluator.answer(examples[0])
+    assert comparison.loss_before == evaluator.evaluate(examples[:1], max_new_tokens=1)["loss"]
     evaluator.use(evaluator.checkpoints()[-1])
     assert comparison.after == evaluator.answer(examples[0])
+    assert comparison.loss_after == evaluator.evaluate(examples[:1], max_new_tokens=1)["loss"]
     assert comparison.site == site
     assert comparison.reference == examples[0].response.strip()
     assert "### Instruction" not in comparison.question and comparison.question in (

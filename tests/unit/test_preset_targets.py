@@ -34,3 +34,21 @@ def test_named_targets_replace_the_preset_default() -> None:
 
 def test_other_presets_keep_their_architecture_defaults() -> None:
     assert _lora_modules("tiny-gpt2", "sft") == {"c_attn"}
+
+
+def test_the_frozen_output_head_never_travels_nor_is_saved(tmp_path) -> None:
+    from safetensors import safe_open
+
+    from fedlora.adapters import adapter_state, save_peft_dir
+
+    base = load_base_model("tiny-llama", task="sft")
+    peft = apply_lora(base, RunConfig(model="tiny-llama", task="sft"))
+    state = adapter_state(peft)
+    assert any("lm_head.lora_B" in name for name in state)
+    assert not [name for name in state if "lora_" not in name], "a base weight in the adapter"
+    saved = save_peft_dir(peft, state, tmp_path / "adapter")
+    with safe_open(str(saved / "adapter_model.safetensors"), "pt") as handle:
+        assert sorted(handle.keys()) == sorted(
+            f"base_model.model.{name}" if not name.startswith("base_model") else name
+            for name in state
+        )
