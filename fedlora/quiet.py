@@ -38,8 +38,9 @@ LIBRARY_WARNINGS: tuple[tuple[str, type[Warning], str], ...] = (
 _LIBRARY_LOGGERS = ("transformers",)
 """Libraries whose own WARNING lines repeat what fedlora reports itself (dropped examples)."""
 
-_CHATTY_LOGGERS = ("httpx", "httpcore", "uvicorn.access")
-"""Libraries that log one INFO line per request (a node polls several times a second)."""
+_CHATTY_LOGGERS = ("httpx", "httpcore", "uvicorn.access", "alembic")
+"""Libraries that log an INFO line per request (a node polls several times a second) or per
+plug-in at start-up (alembic)."""
 
 
 def quiet_library_warnings() -> None:
