@@ -123,6 +123,6 @@ def _report(run_dir: Path | None) -> None:
     if run_dir is None:
         return
     try:
-        logger.info("privacy report: %s", write_report(run_dir))
+        write_report(run_dir)  # it logs where it wrote the report
     except FedloraError as exc:
         logger.error("could not write the privacy report of %s: %s", run_dir, exc)

@@ -151,7 +151,8 @@ def submit_run(
         submitted = _follow(argv, verbose=verbose, echo=echo)
     if submitted.run_dir is not None:
         echo(f"run directory: {submitted.run_dir} (on the SuperLink host)")
-        echo(f"next: fedlora deploy fetch --run-dir {submitted.run_dir} --to runs")
+        if submitted.state in ("complete", "stopped"):
+            echo(f"next: fedlora deploy fetch --run-dir {submitted.run_dir} --to runs")
     return submitted
 
 
