@@ -15,7 +15,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedlora.config import RunConfig
 from fedlora.deploy.roster import read_roster, roster_path_from_env
-from fedlora.deploy.run_lines import COMPLETE, ERROR, RUN_DIRECTORY, STOPPED, RoundLines, run_output
+from fedlora.deploy.run_lines import COMPLETE, ERROR, STOPPED, RoundLines, run_output
 from fedlora.errors import BudgetExhaustedError, ConfigError, FedloraError
 from fedlora.flower_internals.simulation_grid import is_simulation_grid, settled_node_count
 from fedlora.flower_internals.tuning import NEARBY_PULL_BACKOFF_CAP_S, shorten_pull_backoff
@@ -58,13 +58,14 @@ def _run(grid: Grid, context: Context) -> None:
     check_simulation_sites(grid, resolved.sites, resolved.node_wait_timeout)
     out = Path(resolved.out).absolute()
     run_id = resolved.resume or new_run_id()
-    logger.info("%s%s", RUN_DIRECTORY, out / run_id)
     # A deployment's SuperLink names the roster written at registration: each reply then
     # counts only for the site enrolled with the node it came from (docs/security.md).
     roster_path = roster_path_from_env()
     roster = read_roster(roster_path) if roster_path is not None else None
     lines = RoundLines(
-        logger.info, on_first_record=lambda: record_flower_run(out / run_id, context.run_id)
+        logger.info,
+        run_dir=str(out / run_id),
+        on_first_record=lambda: record_flower_run(out / run_id, context.run_id),
     )
     try:
         # flwr run --run-config 'resume="RUN_ID"': continue out/RUN_ID from its checkpoint.

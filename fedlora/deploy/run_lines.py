@@ -45,22 +45,30 @@ class RoundLines(RoundObserver):
     ----------
     emit : Callable[[str], None]
         Receives each line (the ServerApp logs it).
+    run_dir : str, optional
+        The run directory, named when the sites are connected (the run is then under way).
     on_first_record : Callable[[], None], optional
         Called once, after the run's first ``metrics.jsonl`` line is written (its
         ``config.json`` then exists).
     """
 
     def __init__(
-        self, emit: Callable[[str], None], on_first_record: Callable[[], None] | None = None
+        self,
+        emit: Callable[[str], None],
+        run_dir: str | None = None,
+        on_first_record: Callable[[], None] | None = None,
     ) -> None:
         self.emit = emit
+        self.run_dir = run_dir
         self.on_first_record = on_first_record
         self.rounds = 0
         self.sites = 0
 
     def on_start(self, *, rounds: int, sites: int) -> None:
-        """Say that the sites are connected."""
+        """Name the run directory and say that the sites are connected."""
         self.rounds, self.sites = rounds, sites
+        if self.run_dir is not None:
+            self.emit(RUN_DIRECTORY + self.run_dir)
         self.emit(f"{sites} sites connected; {rounds} rounds")
 
     def on_round_end(self, record: dict[str, Any]) -> None:

@@ -50,8 +50,8 @@ def claim_runtime_port(flower_args: Sequence[str], lock_file: Path = LOCK_FILE) 
 
     Under the host-wide lock the preferred ``--port`` is kept when it is free, else replaced
     by a free one; the lock is held (by a daemon thread) until that port is listening, or
-    :data:`_BIND_WAIT_S` passed. Without a usable lock file (another user's, read-only), the
-    check still runs, unlocked.
+    :data:`_BIND_WAIT_S` passed. Without a usable lock file (a symlink, a folder that cannot
+    hold it), the check still runs, unlocked.
 
     Parameters
     ----------
@@ -86,12 +86,13 @@ def claim_runtime_port(flower_args: Sequence[str], lock_file: Path = LOCK_FILE) 
 
 
 def _open_lock(path: Path) -> IO[str] | None:
+    # read-only is enough for flock, so another user's lock file serves too; never a symlink
     try:
-        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        descriptor = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     except OSError as error:
         logger.debug("no port lock at %s (%s): choosing the port unlocked", path, error)
         return None
-    return os.fdopen(descriptor, "r+")
+    return os.fdopen(descriptor, "r")
 
 
 def _release_when_bound(lock: IO[str], host: str, port: int) -> None:

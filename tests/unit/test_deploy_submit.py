@@ -129,3 +129,19 @@ def test_the_flower_run_id_is_recorded_in_config_json(tmp_path):
     saved = json.loads((run_dir.path / "config.json").read_text())
     assert saved["flower-run-id"] == 9001 and saved["flower-run-ids"] == [7351, 9001]
     assert saved["config"] == {}
+
+
+def test_the_serverapp_names_the_run_directory_once_the_sites_are_connected():
+    from fedlora.deploy.run_lines import RoundLines
+
+    lines: list[str] = []
+    firsts: list[int] = []
+    observer = RoundLines(
+        lines.append, run_dir="/srv/runs/r1", on_first_record=lambda: firsts.append(1)
+    )
+    observer.on_start(rounds=3, sites=4)
+    observer.on_round_end(RECORD)
+    observer.on_round_end(RECORD)
+
+    assert lines[:2] == ["run directory: /srv/runs/r1", "4 sites connected; 3 rounds"]
+    assert lines[2].startswith("round 2/3: 2 of 4 sites trained") and firsts == [1]
