@@ -55,8 +55,8 @@ def configure_process_logging(log_format: str, *, verbose: bool = False) -> None
     """Every line once, through one timestamped root handler; library chatter off by default.
 
     Flower's logger prints through its own console handler (no timestamps) and also reaches
-    the root handler, so each of its lines came twice; its console handler is muted here and
-    the root handler shows Flower's INFO lines (with ``verbose``, its DEBUG lines too). The
+    the root handler, so each of its lines came twice; its console handler is taken off here
+    and the root handler shows Flower's INFO lines (with ``verbose``, its DEBUG lines too). The
     libraries that log a line per request (httpx) are held to warnings unless ``verbose``.
 
     Parameters
@@ -76,8 +76,12 @@ def configure_process_logging(log_format: str, *, verbose: bool = False) -> None
         handler.setFormatter(logging.Formatter(log_format))
         handler.setLevel(logging.DEBUG if verbose else logging.INFO)
     root.setLevel(logging.INFO)
-    for handler in logging.getLogger("flwr").handlers:
-        handler.setLevel(logging.CRITICAL + 1)
+    flower = logging.getLogger("flwr")
+    for handler in list(flower.handlers):
+        if type(handler).__name__ == "ConsoleHandler":
+            flower.removeHandler(handler)
+            # Flower sizes its HTTP servers' (uvicorn's) logging from this handler's level
+            handler.setLevel(logging.DEBUG if verbose else logging.INFO)
     for name in _CHATTY_LOGGERS:
         logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.WARNING)
     if not verbose:
