@@ -65,7 +65,7 @@ def _run(grid: Grid, context: Context) -> None:
     lines = RoundLines(
         logger.info,
         run_dir=str(out / run_id),
-        on_first_record=lambda: record_flower_run(out / run_id, context.run_id),
+        on_first_record=lambda: _note_flower_run(out / run_id, context.run_id),
     )
     try:
         # flwr run --run-config 'resume="RUN_ID"': continue out/RUN_ID from its checkpoint.
@@ -117,6 +117,14 @@ def record_flower_run(run_dir: Path, flower_run_id: int) -> None:
     payload["flower-run-id"] = int(flower_run_id)
     payload["flower-run-ids"] = [*earlier, int(flower_run_id)]
     directory.write_config(payload)
+
+
+def _note_flower_run(run_dir: Path, flower_run_id: int) -> None:
+    """:func:`record_flower_run`, a warning instead of a failed run when it cannot."""
+    try:
+        record_flower_run(run_dir, flower_run_id)
+    except (FedloraError, OSError, ValueError, TypeError) as exc:
+        logger.warning("could not record Flower's run id %s in %s: %s", flower_run_id, run_dir, exc)
 
 
 def _report(run_dir: Path | None) -> None:

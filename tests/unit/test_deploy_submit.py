@@ -145,3 +145,11 @@ def test_the_serverapp_names_the_run_directory_once_the_sites_are_connected():
 
     assert lines[:2] == ["run directory: /srv/runs/r1", "4 sites connected; 3 rounds"]
     assert lines[2].startswith("round 2/3: 2 of 4 sites trained") and firsts == [1]
+
+
+def test_a_run_id_that_cannot_be_recorded_warns_and_the_run_goes_on(tmp_path, caplog):
+    from fedlora.server.app import _note_flower_run
+
+    _note_flower_run(tmp_path / "missing", 7351)  # no config.json: no exception
+
+    assert "could not record Flower's run id 7351" in caplog.text
