@@ -51,6 +51,13 @@ def quiet_library_warnings() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+class _NoEmptyLines(logging.Filter):
+    """Drops the empty lines Flower logs before each message it receives or sends."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return bool(record.getMessage().strip())
+
+
 def configure_process_logging(log_format: str, *, verbose: bool = False) -> None:
     """Every line once, through one timestamped root handler; library chatter off by default.
 
@@ -75,6 +82,8 @@ def configure_process_logging(log_format: str, *, verbose: bool = False) -> None
     for handler in root.handlers:
         handler.setFormatter(logging.Formatter(log_format))
         handler.setLevel(logging.DEBUG if verbose else logging.INFO)
+        if not verbose and not any(isinstance(f, _NoEmptyLines) for f in handler.filters):
+            handler.addFilter(_NoEmptyLines())
     root.setLevel(logging.INFO)
     flower = logging.getLogger("flwr")
     for handler in list(flower.handlers):

@@ -168,3 +168,40 @@ def test_a_closed_pipe_ends_the_command_without_a_traceback(tmp_path):
     assert "BrokenPipeError" not in err and "Traceback" not in err, err
     assert process.returncode == 141
     assert (tmp_path / "pki" / "sites" / "a.key").exists()
+
+
+LOGGING_PROBE = """
+import logging, sys
+from fedlora.quiet import configure_process_logging
+configure_process_logging("T %(levelname)s %(name)s: %(message)s", verbose=sys.argv[1] == "v")
+from flwr.common.logger import log
+log(logging.INFO, "SuperNode ID: 7")
+log(logging.INFO, "")
+log(logging.DEBUG, "Runtime.AcquireTask")
+logging.getLogger("httpx").info("HTTP Request: POST /v1/fleet/pull-messages")
+logging.getLogger("fedlora.x").info("train message: completed")
+"""
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_a_node_logs_each_line_once_and_the_chatter_only_when_verbose(verbose):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    result = subprocess.run(
+        [sys.executable, "-c", LOGGING_PROBE, "v" if verbose else "q"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    lines = (result.stdout + result.stderr).splitlines()
+    expected = [
+        "T INFO flwr: SuperNode ID: 7",
+        "T INFO fedlora.x: train message: completed",
+    ]
+    if verbose:
+        expected[1:1] = [
+            "T INFO flwr: ",
+            "T DEBUG flwr: Runtime.AcquireTask",
+            "T INFO httpx: HTTP Request: POST /v1/fleet/pull-messages",
+        ]
+    assert lines == expected
