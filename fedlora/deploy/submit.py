@@ -179,8 +179,9 @@ def _follow(argv: list[str], *, verbose: bool, echo: Callable[[str], None]) -> S
             else:
                 hidden = [*hidden[-_TAIL + 1 :], line]
         submitted.flwr_exit = process.wait()
-    if submitted.flwr_exit != 0 and not verbose:
-        for line in hidden:  # flwr's own error (no connection, refused, ...)
+    if (submitted.flwr_exit != 0 or submitted.state is None) and not verbose:
+        # flwr's own error (no connection, ...) or a ServerApp that crashed: its traceback
+        for line in hidden:
             echo(line)
     return submitted
 
