@@ -45,7 +45,7 @@ def runtime_host_port(flower_args: Sequence[str]) -> tuple[str, int]:
     return str(known.host), int(known.port)
 
 
-def claim_runtime_port(flower_args: Sequence[str], lock_file: Path = LOCK_FILE) -> list[str]:
+def claim_runtime_port(flower_args: Sequence[str], lock_file: Path | None = LOCK_FILE) -> list[str]:
     """``flower_args`` with a ``--port`` no other fedlora node on this host is taking.
 
     Under the host-wide lock the preferred ``--port`` is kept when it is free, else replaced
@@ -57,8 +57,8 @@ def claim_runtime_port(flower_args: Sequence[str], lock_file: Path = LOCK_FILE) 
     ----------
     flower_args : Sequence[str]
         ``flower-supernode``'s arguments.
-    lock_file : Path
-        The host-wide lock.
+    lock_file : Path, optional
+        The host-wide lock; ``None``: choose unlocked.
 
     Returns
     -------
@@ -66,7 +66,7 @@ def claim_runtime_port(flower_args: Sequence[str], lock_file: Path = LOCK_FILE) 
         The arguments, with ``--port`` set to the port this node will bind.
     """
     host, preferred = runtime_host_port(flower_args)
-    lock = _open_lock(lock_file)
+    lock = _open_lock(lock_file) if lock_file is not None else None
     if lock is not None:
         fcntl.flock(lock, fcntl.LOCK_EX)
     port = preferred
@@ -97,8 +97,9 @@ def _open_lock(path: Path) -> IO[str] | None:
 
 def _release_when_bound(lock: IO[str], host: str, port: int) -> None:
     deadline = time.monotonic() + _BIND_WAIT_S
+    tick = threading.Event()  # never set: a wait that leaves time.sleep to Flower's patches
     while port_is_free(host, port) and time.monotonic() < deadline:
-        time.sleep(0.05)
+        tick.wait(0.05)
     with contextlib.suppress(OSError):
         fcntl.flock(lock, fcntl.LOCK_UN)
     lock.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -80,16 +81,13 @@ def test_two_supernodes_started_together_take_two_ports(tmp_path: Path) -> None:
         assert "alembic" not in text, text
 
 
-def test_a_free_preferred_port_is_kept_and_a_taken_one_replaced(tmp_path: Path) -> None:
-    lock = tmp_path / "ports.lock"
+def test_a_free_preferred_port_is_kept_and_a_taken_one_replaced() -> None:
     free = deploy.free_port()
     args = ["--superlink", "h:1", "--host", "127.0.0.1", "--port", str(free)]
-    assert claim_runtime_port(args, lock) == args
-    import socket
-
+    assert claim_runtime_port(args, None) == args
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        claimed = claim_runtime_port(["--port", str(port)], tmp_path / "other.lock")
+        claimed = claim_runtime_port(["--port", str(port)], None)
     assert claimed[0] == "--port" and int(claimed[1]) != port
