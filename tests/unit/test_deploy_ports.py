@@ -91,3 +91,24 @@ def test_a_free_preferred_port_is_kept_and_a_taken_one_replaced() -> None:
         port = taken.getsockname()[1]
         claimed = claim_runtime_port(["--port", str(port)], None)
     assert claimed[0] == "--port" and int(claimed[1]) != port
+
+
+def test_a_given_port_that_is_taken_stops_the_node_in_one_line(tmp_path: Path) -> None:
+    config = load_site_config(_site_toml(tmp_path, deploy.free_port()), allow_insecure=True)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        argv = deploy.supernode_argv(config, runtime_port=port)  # --runtime-port N
+        result = subprocess.run(
+            argv, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL
+        )
+
+    assert "--free-runtime-port" not in argv
+    assert result.returncode == 2, result.stderr
+    refusal = [line for line in result.stderr.splitlines() if line.startswith("fedlora: error:")]
+    assert refusal == [
+        f"fedlora: error: the SuperNode's Runtime API cannot listen on 127.0.0.1:{port} (taken "
+        "by another process?): choose a free port with fedlora deploy supernode --runtime-port N"
+    ]
+    assert "Traceback" not in result.stderr + result.stdout
