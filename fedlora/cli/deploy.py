@@ -8,6 +8,8 @@ from typing import NoReturn
 
 from fedlora.flower_internals.tuning import DEFAULT_POLL_INTERVAL_S
 
+_VERBOSE = "log Flower's DEBUG lines and every HTTP request (default: INFO, each line once)"
+
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``deploy`` and its steps to the ``fedlora`` parser."""
@@ -18,9 +20,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "deploy",
         help="run a real federation: SuperLink, site SuperNodes, runs (docs/deployment.md)",
         description=(
-            "Print and run the Flower commands of a real deployment. superlink, supernode, "
-            "register and submit replace this process with the Flower command (foreground, "
-            "for systemd)."
+            "Print and run the Flower commands of a real deployment. superlink and supernode "
+            "replace this process with the Flower command (foreground, for systemd)."
         ),
     )
     steps = deploy.add_subparsers(dest="deploy_command", required=True)
@@ -43,6 +44,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     superlink.add_argument(
         "--roster", metavar="FILE", help="site roster (default: DIR/roster.json)"
     )
+    superlink.add_argument("--verbose", action="store_true", help=_VERBOSE)
     superlink.add_argument(
         "--pull-hold",
         type=float,
@@ -103,18 +105,39 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     supernode.add_argument(
         "--check", action="store_true", help="validate and print the command; do not start it"
     )
+    supernode.add_argument("--verbose", action="store_true", help=_VERBOSE)
     submit = steps.add_parser(
         "submit",
-        help="submit a run to the SuperLink (flwr run . NAME --stream)",
-        description="Run flwr run APP CONNECTION --stream [--run-config ...].",
+        help="submit a run to the SuperLink and follow it round by round",
+        description=(
+            "Submit the installed fedlora (or --app DIR) with flwr run APP CONNECTION --stream; "
+            "show the run's rounds, then its run directory and how to fetch it. Exit 0 when "
+            "the run completed, 2 when fedlora refused or stopped it."
+        ),
     )
     submit.add_argument("--connection", required=True, metavar="NAME")
-    submit.add_argument("--app", default=".", metavar="DIR", help="the Flower App (default: .)")
+    submit.add_argument(
+        "--app",
+        metavar="DIR",
+        help="another Flower App folder (default: the installed fedlora, from any folder)",
+    )
     submit.add_argument(
         "--run-config",
         metavar="PAIRS",
         help="e.g. \"rounds=3 sites=2 out='/srv/fedlora/runs'\" (out: absolute, SuperLink host)",
     )
+    submit.add_argument("--verbose", action="store_true", help="show all of Flower's output")
+    sites = steps.add_parser(
+        "sites",
+        help="list the enrolled sites: node id, online / offline, since when",
+        description=(
+            "Join the roster that fedlora deploy register writes with the SuperLink's node list "
+            "(flwr supernode list CONNECTION)."
+        ),
+    )
+    sites.add_argument("--pki", metavar="DIR", help="the PKI directory (its roster.json)")
+    sites.add_argument("--roster", metavar="FILE", help="site roster (default: DIR/roster.json)")
+    sites.add_argument("--connection", required=True, metavar="NAME")
     fetch = steps.add_parser(
         "fetch",
         help="copy a finished run directory here and write its privacy report",
@@ -139,6 +162,19 @@ def _run_in_foreground(argv: list[str], extra_env: dict[str, str] | None = None)
     os.execve(argv[0], argv, env)
 
 
+def _list_sites(args: argparse.Namespace) -> int:
+    from fedlora.deploy.roster import default_roster_path, load_roster
+    from fedlora.deploy.site_list import format_rows, site_rows, superlink_nodes
+    from fedlora.errors import ConfigError
+
+    if args.roster is None and args.pki is None:
+        raise ConfigError("give --pki DIR (its roster.json) or --roster FILE")
+    roster = load_roster(args.roster or default_roster_path(args.pki))
+    for line in format_rows(site_rows(roster, superlink_nodes(args.connection))):
+        print(line)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """``fedlora deploy ...``: print and run the Flower commands of a real deployment."""
     from fedlora.deploy import commands as deploy
@@ -153,6 +189,7 @@ def run(args: argparse.Namespace) -> int:
             database=args.database,
             pull_hold=args.pull_hold,
             roster=args.roster,
+            verbose=args.verbose,
         )
         if args.insecure:
             print(deploy.INSECURE_WARNING, file=sys.stderr)
@@ -189,6 +226,7 @@ def run(args: argparse.Namespace) -> int:
             runtime_port=args.runtime_port,
             warm=not args.cold,
             poll_interval=args.poll_interval,
+            verbose=args.verbose,
         )
         if args.check:
             print(f"site config {site.source} is valid; the SuperNode command is:")
@@ -196,9 +234,14 @@ def run(args: argparse.Namespace) -> int:
             return 0
         return _run_in_foreground(argv, site.supernode_environment())
     if command == "submit":
-        return _run_in_foreground(
-            deploy.submit_argv(args.connection, app_dir=args.app, run_config=args.run_config)
+        from fedlora.deploy.submit import submit_run
+
+        submitted = submit_run(
+            args.connection, app_dir=args.app, run_config=args.run_config, verbose=args.verbose
         )
+        return submitted.exit_code
+    if command == "sites":
+        return _list_sites(args)
     fetched = deploy.fetch_run(args.run_dir, args.to, force=args.force)
     print(f"run directory: {fetched.path} (state: {fetched.state})")
     print(f"privacy report: {fetched.report}")

@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
 from fedlora import __version__
 from fedlora.cli import assets, budget, deploy, evaluate, pki, report, simulate
 from fedlora.errors import FedloraError
+from fedlora.quiet import quiet_library_warnings
 
 logger = logging.getLogger("fedlora")
 
 EXIT_USER_ERROR = 2
+EXIT_BROKEN_PIPE = 141
+"""As a shell reports a command ended by SIGPIPE (128 + 13)."""
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "simulate": simulate.run,
@@ -58,8 +62,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if not getattr(args, "verbose", False):
+        quiet_library_warnings()
     try:
-        return _COMMANDS[args.command](args)
+        code = _COMMANDS[args.command](args)
+        sys.stdout.flush()  # a closed pipe fails here, inside the handler below
+        return code
+    except BrokenPipeError:
+        # The reader went away (fedlora pki site ... | head): nothing more to say, and no
+        # traceback when Python flushes stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except FedloraError as error:
         if args.debug:
             raise

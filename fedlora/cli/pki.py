@@ -120,10 +120,13 @@ def run(args: argparse.Namespace) -> int:
         site = pki.create_site_key(args.dir, args.name, force=args.force)
         print(f"site {site.name}: public key {site.public_key} ({site.fingerprint})")
         print(f"private key: {site.key} (0600; copy it to this site only, never elsewhere)")
-        print("register the key with the SuperLink (operator, flwr CLI with a connection to it):")
+        print("register the key with the SuperLink (operator, on the coordinator host):")
         print(f"  {pki.register_command(site, args.connection)}")
-        print("start the site's SuperNode with:")
-        print(f"  {pki.supernode_command(site, args.superlink)}")
+        print("at the site, the [connection] of its site.toml (docs/deployment.md, step 5):")
+        for line in pki.site_connection_toml(site, args.superlink):
+            print(f"  {line}")
+        print("then start the site's SuperNode with:")
+        print(f"  {pki.supernode_command()}")
     else:
         _print_inventory(pki.inventory(args.dir, warn_days=args.warn_days))
     return 0

@@ -15,8 +15,10 @@ What runs where (docs/deployment.md):
   dependencies (a CUDA torch of several GB);
 * operator (on the coordinator host, or through an SSH tunnel to it): ``flwr supernode
   register`` for each site key (:func:`register_site`, which also records the site in the
-  roster, :mod:`fedlora.deploy.roster`) and ``flwr run . CONNECTION --stream``, with a
-  connection in ``$FLWR_HOME/config.toml`` (:mod:`fedlora.deploy.flwr_cli`);
+  roster, :mod:`fedlora.deploy.roster`; :mod:`fedlora.deploy.site_list` lists them) and
+  ``flwr run APP CONNECTION --stream`` with the installed fedlora as APP, followed round by
+  round (:mod:`fedlora.deploy.submit`), with a connection in ``$FLWR_HOME/config.toml``
+  (:mod:`fedlora.deploy.flwr_cli`);
 * each site: Flower's SuperNode with the site's ``site.toml`` (:mod:`fedlora.deploy.site_config`,
   :mod:`fedlora.deploy.supernode`), by default with short polls and fedlora's warm worker
   (:mod:`fedlora.flower_internals.node_supernode`);

@@ -12,6 +12,7 @@ by default with held pulls, with the PKI's ``ca.pem``, ``server.pem``, ``server.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -26,6 +27,7 @@ from fedlora.pki.layout import PkiLayout, check_site_name, ssh_fingerprint, supe
 __all__ = [
     "DEFAULT_PORT",
     "INSECURE_WARNING",
+    "prepare_database",
     "register_argv",
     "register_site",
     "superlink_argv",
@@ -50,6 +52,7 @@ def superlink_argv(
     database: Path | str | None = None,
     pull_hold: float = DEFAULT_HOLD_S,
     roster: Path | str | None = None,
+    verbose: bool = False,
 ) -> list[str]:
     """The coordinator's SuperLink command line (:mod:`fedlora.flower_internals.link_superlink`).
 
@@ -68,7 +71,7 @@ def superlink_argv(
         Plaintext and no SuperNode authentication (test networks only); the PKI is not used.
     database : Path or str, optional
         A SQLite file for the SuperLink's state; without it registrations and runs live in
-        memory and are lost on restart.
+        memory and are lost on restart. Its folder is created (:func:`prepare_database`).
     pull_hold : float
         Seconds the SuperLink holds a pull that finds no message
         (:mod:`fedlora.flower_internals.link_hold`); 0: every pull is answered at once, as Flower
@@ -77,15 +80,21 @@ def superlink_argv(
         The site roster the ServerApp reads (``$FEDLORA_ROSTER``, :mod:`fedlora.deploy.roster`);
         default ``PKI_DIR/roster.json``. An ``insecure`` SuperLink has no site keys and no
         roster.
+    verbose : bool
+        Log Flower's DEBUG lines and every request (default: INFO, each line once,
+        :mod:`fedlora.quiet`).
 
     Raises
     ------
     ConfigError
-        For a bad port or pull hold, or a missing TLS file.
+        For a bad port or pull hold, a missing TLS file, or a database folder that cannot be
+        created or written.
     """
     check_port(port, "--port")
     argv = [sys.executable, "-m", "fedlora.flower_internals.link_superlink"]
     argv += ["--pull-hold", repr(check_hold(pull_hold))]
+    if verbose:
+        argv.append("--verbose")
     if not insecure:
         target = default_roster_path(pki_dir) if roster is None else roster
         argv += ["--roster", str(Path(target).expanduser().absolute())]
@@ -98,7 +107,7 @@ def superlink_argv(
         "--disable-runtime-dependency-installation",
     ]
     if database is not None:
-        argv += ["--database", str(Path(database).expanduser().absolute())]
+        argv += ["--database", prepare_database(database)]
     if insecure:
         return [*argv, "--insecure"]
     layout = PkiLayout(Path(pki_dir).expanduser().absolute())
@@ -110,6 +119,47 @@ def superlink_argv(
         if not path.is_file():
             raise ConfigError(f"{path} not found: make it with {made_by} --dir {pki_dir}")
     return [*argv, *superlink_tls_flags(layout)]
+
+
+def prepare_database(database: Path | str) -> str:
+    """The absolute path of the SuperLink's SQLite file, its folder made and checked.
+
+    A missing folder is created, each new level mode 0700 (the file holds the federation's
+    registrations and runs); an existing one must be a writable folder. Flower's own names
+    for in-memory state (``:flwr-in-memory-state:``, ``:memory:``) pass unchanged.
+
+    Raises
+    ------
+    ConfigError
+        When the path is a folder, or its folder cannot be created or written.
+    """
+    text = str(database)
+    if text.startswith(":") and text.endswith(":"):
+        return text
+    path = Path(text).expanduser().absolute()
+    if path.is_dir():
+        raise ConfigError(f"--database {path} is a folder: give the SQLite file inside it")
+    folder = path.parent
+    missing = [folder, *folder.parents]
+    missing = [level for level in missing if not level.exists()]
+    try:
+        for level in reversed(missing):
+            level.mkdir(mode=0o700)
+            level.chmod(0o700)  # mkdir's mode is narrowed by the umask, never widened
+    except OSError as error:
+        raise ConfigError(
+            f"--database {path}: cannot create its folder {folder} ({error.strerror}); "
+            "create it, or choose another path"
+        ) from None
+    if not folder.is_dir():
+        raise ConfigError(f"--database {path}: {folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK) or (
+        path.exists() and not os.access(path, os.R_OK | os.W_OK)
+    ):
+        raise ConfigError(
+            f"--database {path}: not writable by this user; the SuperLink keeps its state there"
+        )
+    return str(path)
 
 
 def register_argv(site: str, pki_dir: Path | str, connection: str) -> list[str]:

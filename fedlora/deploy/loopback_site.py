@@ -60,6 +60,10 @@ class SiteData:
         nodes only; default Flower's 30 s).
     poll_interval : float
         A warm node's longest wait between pulls (``--poll-interval``).
+    verbose : bool
+        A warm node logs every request and Flower's DEBUG lines (``--verbose``): the
+        deployment tests read its pulls from its log. ``False``: the default of ``fedlora
+        deploy supernode`` (:mod:`fedlora.quiet`).
     """
 
     train_file: Path
@@ -71,6 +75,7 @@ class SiteData:
     cpu_threads: int | None = None
     heartbeat_interval: float | None = None
     poll_interval: float = DEFAULT_POLL_INTERVAL_S
+    verbose: bool = True
 
 
 def write_site_toml(
@@ -145,6 +150,8 @@ def cli_supernode_argv(
         argv.append("--insecure")
     if data.warm:
         argv += ["--poll-interval", repr(data.poll_interval)]
+        if data.verbose:
+            argv.append("--verbose")
     else:
         argv.append("--cold")
     return argv
@@ -219,7 +226,11 @@ class SiteNodes:
         else:
             check_device(config)
             argv = supernode_argv(
-                config, runtime_port=runtime_port, warm=data.warm, poll_interval=data.poll_interval
+                config,
+                runtime_port=runtime_port,
+                warm=data.warm,
+                poll_interval=data.poll_interval,
+                verbose=data.verbose,
             )
             process = self.start_process(name, argv, extra_env=config.supernode_environment())
         self.processes[name] = process

@@ -27,6 +27,7 @@ def supernode_argv(
     runtime_host: str = "127.0.0.1",
     warm: bool = True,
     poll_interval: float = DEFAULT_POLL_INTERVAL_S,
+    verbose: bool = False,
 ) -> list[str]:
     """The command line of a validated site's SuperNode.
 
@@ -35,8 +36,11 @@ def supernode_argv(
     config : SiteConfig
         From :func:`fedlora.deploy.site_config.load_site_config`.
     runtime_port : int, optional
-        The node's local Runtime API port (its ClientApp processes talk to it); default 9094,
-        or a free port when 9094 is taken (a second node on the same host).
+        The node's local Runtime API port (its ClientApp processes talk to it). Default: 9094,
+        or a free port when 9094 is taken (a second node on the same host); a warm node
+        chooses it itself under a host-wide lock held until it listens
+        (:mod:`fedlora.flower_internals.node_ports`), so nodes started together never share
+        it. A port given here is used as it is.
     runtime_host : str
         Where the Runtime API listens; keep it on loopback.
     warm : bool
@@ -46,18 +50,18 @@ def supernode_argv(
         ``flwr-clientapp`` process per message (it runs whatever app a run submits).
     poll_interval : float
         The warm node's longest wait between pulls, in seconds.
+    verbose : bool
+        A warm node logs every request and Flower's DEBUG lines (default: its own lines and
+        Flower's INFO lines, each once: :mod:`fedlora.quiet`).
 
     Raises
     ------
     ConfigError
         For a bad port or poll interval, or ``heartbeat-interval`` with ``warm=False``.
     """
+    chosen = runtime_port is None
     if runtime_port is None:
-        runtime_port = (
-            DEFAULT_RUNTIME_PORT
-            if port_is_free(runtime_host, DEFAULT_RUNTIME_PORT)
-            else free_port(runtime_host)
-        )
+        runtime_port = DEFAULT_RUNTIME_PORT
     check_port(runtime_port, "runtime port")
     if warm:
         check_poll_interval(poll_interval)
@@ -65,6 +69,10 @@ def supernode_argv(
         argv += ["--poll-interval", repr(poll_interval)]
         if config.heartbeat_interval is not None:
             argv += ["--heartbeat-interval", repr(config.heartbeat_interval)]
+        if chosen:
+            argv.append("--free-runtime-port")
+        if verbose:
+            argv.append("--verbose")
         argv += ["--worker", "--"]
     elif config.heartbeat_interval is not None:
         raise ConfigError(
@@ -72,6 +80,9 @@ def supernode_argv(
             "flower-supernode (--cold) always uses Flower's 30 s: remove one of them"
         )
     else:
+        if chosen and not port_is_free(runtime_host, runtime_port):
+            # plain flower-supernode binds what it is given: checked here, not locked
+            runtime_port = free_port(runtime_host)
         argv = [flower_executable("flower-supernode")]
     argv += ["--superlink", config.superlink]
     if config.insecure:
@@ -80,15 +91,11 @@ def supernode_argv(
         argv += ["--root-certificates", str(config.root_certificates)]
     if config.auth_private_key is not None:
         argv += ["--auth-supernode-private-key", str(config.auth_private_key)]
-    return [
-        *argv,
-        "--node-config",
-        config.to_node_config(),
-        "--host",
-        runtime_host,
-        "--port",
-        str(runtime_port),
-    ]
+    argv += ["--node-config", config.to_node_config()]
+    argv += ["--host", runtime_host, "--port", str(runtime_port)]
+    # the warm worker takes the place of Flower's executor (the node would add it itself;
+    # written out so that the printed command is the one that runs)
+    return [*argv, "--isolation", "process"] if warm else argv
 
 
 def check_device(config: SiteConfig) -> None:

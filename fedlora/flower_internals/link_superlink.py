@@ -39,6 +39,7 @@ from fedlora.flower_internals.link_hold import (
     hold_pulls,
 )
 from fedlora.flower_internals.link_operator import guard_operator_apis, operator_peers
+from fedlora.quiet import configure_process_logging
 
 _FLOWER_DEFAULT_HOST = "127.0.0.1"
 """``flower-superlink``'s ``--host`` default in the checked Flower releases."""
@@ -63,6 +64,11 @@ def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
         type=Path,
         metavar="PATH",
         help="the site roster, exported as $FEDLORA_ROSTER to the ServerApp (absolute path)",
+    )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also Flower's DEBUG lines and one line per request (default: INFO, each once)",
     )
     return parse_with_flower_args(parser, argv)
 
@@ -93,12 +99,9 @@ def export_roster(roster: Path | None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Start the SuperLink in this process: held pulls, operator-only Control API, roster."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
-    fedlora_logger = logging.getLogger("fedlora")
-    fedlora_logger.addHandler(handler)
-    fedlora_logger.setLevel(logging.INFO)
     args, flower_args = _parse(sys.argv[1:] if argv is None else argv)
+    configure_process_logging(LOG_FORMAT, verbose=args.verbose)
+    fedlora_logger = logging.getLogger("fedlora")
     try:
         hold = PullHold(MessageSignal(), hold_s=args.pull_hold, max_held=args.max_held_pulls)
         export_roster(args.roster)

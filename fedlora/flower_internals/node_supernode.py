@@ -47,6 +47,7 @@ from collections.abc import Sequence
 from fedlora.errors import ConfigError
 from fedlora.flower_internals.entry import LOG_FORMAT, parse_with_flower_args
 from fedlora.flower_internals.node_local_runtime import LocalRuntimeClient, local_runtime_available
+from fedlora.flower_internals.node_ports import claim_runtime_port, runtime_host_port
 from fedlora.flower_internals.node_wake import TaskSignal, notify_on_new_tasks
 from fedlora.flower_internals.tuning import (
     DEFAULT_POLL_INTERVAL_S,
@@ -56,6 +57,7 @@ from fedlora.flower_internals.tuning import (
     shorten_pull_backoff,
     shorten_supernode_polls,
 )
+from fedlora.quiet import configure_process_logging
 
 logger = logging.getLogger(__name__)
 
@@ -133,11 +135,8 @@ def _serve_in_this_process(
 
 def runtime_address(flower_args: Sequence[str]) -> str:
     """``HOST:PORT`` of the SuperNode's Runtime API from its ``--host``/``--port`` arguments."""
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=9094)
-    known, _ = parser.parse_known_args(list(flower_args))
-    return f"{known.host}:{known.port}"
+    host, port = runtime_host_port(flower_args)
+    return f"{host}:{port}"
 
 
 def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -154,13 +153,23 @@ def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument(
         "--worker", action="store_true", help="run fedlora's warm worker (isolation process)"
     )
+    parser.add_argument(
+        "--free-runtime-port",
+        action="store_true",
+        help="the Runtime API's --port is a preference: when taken, use a free one",
+    )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="log every request and Flower's DEBUG lines (default: fedlora's and Flower's INFO)",
+    )
     return parse_with_flower_args(parser, argv)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Start the SuperNode in this process (and, with ``--worker``, the warm worker)."""
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     args, flower_args = _parse(sys.argv[1:] if argv is None else argv)
+    configure_process_logging(LOG_FORMAT, verbose=args.verbose)
     try:
         check_poll_interval(args.poll_interval)
         if args.heartbeat_interval is not None:
@@ -168,6 +177,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ConfigError as error:
         print(f"fedlora: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    if args.free_runtime_port:
+        flower_args = claim_runtime_port(flower_args)
     replies = threading.Event()
     worker = None
     if args.worker:
@@ -181,7 +192,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     from flwr.supernode.cli import flower_supernode
 
     sys.argv = ["flower-supernode", *flower_args]
-    flower_supernode()
+    try:
+        flower_supernode()
+    except RuntimeError as error:
+        if "Runtime HTTP API failed to start" not in str(error):
+            raise
+        print(
+            f"fedlora: error: the SuperNode's Runtime API cannot listen on "
+            f"{runtime_address(flower_args)} (taken by another process?): choose a free port "
+            "with fedlora deploy supernode --runtime-port N",
+            file=sys.stderr,
+        )
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -60,6 +60,7 @@ from fedlora.flower_internals.tuning import (
     PollBackoff,
     shorten_pull_backoff,
 )
+from fedlora.quiet import configure_process_logging
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -344,8 +345,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--runtime-api-address", required=True)
     parser.add_argument("--poll-interval", type=float, default=0.2)
     parser.add_argument("--parent-pid", type=int)
+    parser.add_argument("--verbose", action="store_true", help="log every request")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    configure_process_logging(LOG_FORMAT, verbose=args.verbose)
     if args.parent_pid is not None:
         _exit_with_parent(args.parent_pid)
     serve(

@@ -5,7 +5,8 @@ as public API, checks first that the installed Flower still has it, and otherwis
 Flower as it is with a warning. What it was checked against is :data:`CHECKED_FLOWER`; the
 ``flwr`` pin in ``pyproject.toml`` admits exactly these minor releases, and the canary tests
 (``tests/unit/test_link_hold.py``, ``test_link_operator.py``, ``test_node_wake.py``,
-``test_node_runtime.py``, ``test_reply_polls.py``) fail on a release that changes what the seam
+``test_node_runtime.py``, ``test_reply_polls.py``, ``test_deploy_operator.py`` for the
+simulation grid) fail on a release that changes what the seam
 touches. Adding a release: run those tests and ``tests/deployment`` on it, then add it here and
 widen the pin.
 """

@@ -26,10 +26,12 @@ How Flower uses the files (checked against the ``flwr`` command line of the rele
 * SuperLink: ``fedlora deploy superlink --pki DIR`` (Flower's SuperLink with ``--ssl-ca-certfile
   ca.pem --ssl-certfile server.pem --ssl-keyfile server.key --enable-supernode-auth``, its
   Control API kept to its own host: :mod:`fedlora.flower_internals.link_operator`)
-* register a site (operator, against the SuperLink's Control API):
-  ``flwr supernode register sites/<NAME>.pub [CONNECTION] --name <NAME>``
-* SuperNode: ``flower-supernode --superlink HOST:PORT --root-certificates ca.pem
-  --auth-supernode-private-key sites/<NAME>.key``
+* register a site (operator, against the SuperLink's Control API): ``fedlora deploy register
+  NAME --pki DIR --connection CONNECTION`` (``flwr supernode register sites/<NAME>.pub
+  CONNECTION --name <NAME>``, and the node id into the roster)
+* SuperNode: ``fedlora deploy supernode --site-config site.toml``, whose ``[connection]``
+  names ``ca.pem`` and ``sites/<NAME>.key`` (Flower's ``--root-certificates`` and
+  ``--auth-supernode-private-key``)
 
 The site private key is in the OpenSSH format (``-----BEGIN OPENSSH PRIVATE KEY-----``)
 because ``flower-supernode`` reads it with ``load_ssh_private_key``, which refuses PKCS8.
@@ -41,6 +43,7 @@ make its own key pair and send only the ``.pub`` file to the operator.
 
 from __future__ import annotations
 
+import json
 import logging
 import shlex
 from collections.abc import Sequence
@@ -86,6 +89,7 @@ __all__ = [
     "inventory",
     "issue_server_cert",
     "register_command",
+    "site_connection_toml",
     "superlink_command",
     "supernode_command",
 ]
@@ -328,7 +332,10 @@ def superlink_command(directory: Path | str = DEFAULT_DIR) -> str:
 
 
 def register_command(site: SiteKey, connection: str | None = None) -> str:
-    """The ``flwr supernode register`` command that adds ``site``'s public key.
+    """The ``fedlora deploy register`` command that admits ``site``'s public key.
+
+    It runs ``flwr supernode register`` and records the node id in the roster
+    (docs/deployment.md, step 4).
 
     Parameters
     ----------
@@ -336,16 +343,26 @@ def register_command(site: SiteKey, connection: str | None = None) -> str:
         The site's key pair.
     connection : str, optional
         The SuperLink connection name in the Flower configuration (``[superlink.<name>]`` in
-        ``$FLWR_HOME/config.toml``); without it ``flwr`` uses the default connection.
+        ``$FLWR_HOME/config.toml``, written by ``fedlora deploy connection``); a placeholder
+        without it.
     """
-    argv = ["flwr", "supernode", "register", str(site.public_key.absolute())]
-    if connection:
-        argv.append(connection)
-    return shlex.join([*argv, "--name", site.name])
+    pki_dir = site.public_key.absolute().parent.parent
+    return shlex.join(
+        [
+            "fedlora",
+            "deploy",
+            "register",
+            site.name,
+            "--pki",
+            str(pki_dir),
+            "--connection",
+            connection or "CONNECTION",
+        ]
+    )
 
 
-def supernode_command(site: SiteKey, superlink: str | None = None) -> str:
-    """The ``flower-supernode`` command line of ``site`` (TLS to the CA, key authentication).
+def site_connection_toml(site: SiteKey, superlink: str | None = None) -> list[str]:
+    """The ``[connection]`` lines of ``site``'s ``site.toml`` (docs/deployment.md, step 5).
 
     Parameters
     ----------
@@ -354,14 +371,14 @@ def supernode_command(site: SiteKey, superlink: str | None = None) -> str:
     superlink : str, optional
         The SuperLink Fleet API address ``HOST:PORT``; a placeholder without it.
     """
-    return shlex.join(
-        [
-            "flower-supernode",
-            "--superlink",
-            superlink or "SUPERLINK_HOST:PORT",
-            "--root-certificates",
-            str(site.ca_cert.absolute()),
-            "--auth-supernode-private-key",
-            str(site.key.absolute()),
-        ]
-    )
+    return [
+        "[connection]",
+        f"superlink = {json.dumps(superlink or 'SUPERLINK_HOST:9093')}",
+        f"root-certificates = {json.dumps(str(site.ca_cert.absolute()))}",
+        f"auth-private-key = {json.dumps(str(site.key.absolute()))}",
+    ]
+
+
+def supernode_command(site_config: str = "site.toml") -> str:
+    """The command that starts a site's SuperNode from its ``site.toml``."""
+    return shlex.join(["fedlora", "deploy", "supernode", "--site-config", site_config])

@@ -305,3 +305,78 @@ def test_flwr_run_trains_both_sites_with_dp(federation: LocalDeployment) -> None
     report = json.loads((copy / "report" / "privacy_report.json").read_text())
     assert report["dp"] is True and report["state"] == "complete"
     assert set(report["ledgers"]) == set(SITES)
+
+
+# After the run above: these runs add to the sites' ledgers.
+
+
+def test_deploy_submit_follows_the_run_from_any_folder(
+    federation: LocalDeployment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    monkeypatch.setenv("FLWR_HOME", str(federation.home))
+    monkeypatch.chdir(tmp_path)  # the operator's own folder: no checkout, no --app
+    out = federation.root / "submitted-runs"
+    run_config = (
+        "rounds=1 sites=2 model='tiny-llama' task='sft' examples-per-site=24 "
+        f"noise-multiplier=1.0 accountant='rdp' max-length=48 batch-size=8 out='{out}'"
+    )
+
+    code = fedlora_main(
+        ["deploy", "submit", "--connection", CONNECTION, "--run-config", run_config]
+    )
+
+    shown = capsys.readouterr().out
+    assert code == 0, shown
+    [run_dir] = [path for path in out.iterdir() if path.is_dir()]
+    [flower_run] = re.findall(r"^Flower run (\d+) started$", shown, re.MULTILINE)
+    assert re.search(
+        # DP sites report no training loss (it is computed on their private data)
+        r"^round 1/1: 2 of 2 sites trained, 0 declined, 0 failed; "
+        r"eval loss \d+\.\d{4}; ε site-a [\d.]+ of 50, site-b [\d.]+ of 50$",
+        shown,
+        re.MULTILINE,
+    ), shown
+    assert shown.splitlines()[-2:] == [
+        f"run directory: {run_dir} (on the SuperLink host)",
+        f"next: fedlora deploy fetch --run-dir {run_dir} --to runs",
+    ]
+    assert (
+        "Runtime.AcquireTask" not in shown and "INFO :" not in shown
+    )  # Flower's, unless --verbose
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["flower-run-id"] == int(flower_run)
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "complete"
+
+
+def test_submit_with_more_sites_than_nodes_fails_in_one_line(
+    federation: LocalDeployment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    monkeypatch.setenv("FLWR_HOME", str(federation.home))
+    monkeypatch.chdir(tmp_path)
+    run_config = f"rounds=1 sites=3 node-wait-timeout=3.0 out='{federation.root / 'too-many'}'"
+
+    code = fedlora_main(
+        ["deploy", "submit", "--connection", CONNECTION, "--run-config", run_config]
+    )
+
+    shown = capsys.readouterr().out
+    assert code == 2, shown
+    assert "fedlora: error: only 2 of 3 sites connected within 3 s" in shown.splitlines()
+    assert "Traceback" not in shown and "next: fedlora deploy fetch" not in shown
+
+
+def test_deploy_sites_names_each_node_and_whether_it_is_online(
+    federation: LocalDeployment, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    monkeypatch.setenv("FLWR_HOME", str(federation.home))
+
+    code = fedlora_main(
+        ["deploy", "sites", "--pki", str(federation.pki_dir), "--connection", CONNECTION]
+    )
+
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    assert code == 0
+    roster = read_roster(federation.roster)
+    assert {(row[0], int(row[1]), row[2]) for row in rows} == {
+        (site, node_id, "online") for node_id, site in roster.items()
+    }

@@ -192,10 +192,12 @@ def test_site_key_is_what_flower_accepts(pki_dir, capsys):
     )
     assert loaded is not None and loaded[1] == public
 
-    expected = f"flwr supernode register {public_path.absolute()} prod --name hospital-a"
-    assert expected in out
-    assert f"--root-certificates {(pki_dir / 'ca.pem').absolute()}" in out
-    assert f"--auth-supernode-private-key {key_path.absolute()}" in out
+    # the commands docs/deployment.md uses, and the site.toml lines that name the files
+    assert f"fedlora deploy register hospital-a --pki {pki_dir.absolute()} --connection prod" in out
+    assert f'root-certificates = "{(pki_dir / "ca.pem").absolute()}"' in out
+    assert f'auth-private-key = "{key_path.absolute()}"' in out
+    assert "fedlora deploy supernode --site-config site.toml" in out
+    assert "flower-supernode" not in out and "flwr supernode" not in out
     private_text = key_path.read_text()
     body = "".join(private_text.strip().splitlines()[1:-1])
     assert private_text not in out and body[:40] not in out and "PRIVATE KEY" not in out

@@ -205,7 +205,8 @@ def test_supernode_is_warm_by_default_and_plain_flower_when_cold(tmp_path, pki_d
         "--",
     ]
     assert Path(cold[0]).name == "flower-supernode" and "--worker" not in cold
-    assert flower_args == cold[1:]  # the same Flower arguments either way
+    # the same Flower arguments either way; the warm node's executor is its worker
+    assert flower_args == [*cold[1:], "--isolation", "process"]
     with pytest.raises(ConfigError, match="poll interval"):
         deploy.supernode_argv(config, runtime_port=9999, poll_interval=10.0)
 
