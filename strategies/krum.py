@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import numpy.typing as npt
 from flwr.common import NDArrays
@@ -110,26 +112,53 @@ class Krum(Strategy):
 
 
 def _squared_distances(arrays: list[NDArrays]) -> npt.NDArray[np.float64]:
-    """Pairwise squared L2 distances over all tensors; NaN (from non-finite input) becomes inf."""
+    """Pairwise squared L2 distances over all tensors, as one Gram-matrix product.
+
+    ``||x_i - x_j||^2 = ||x_i||^2 + ||x_j||^2 - 2 x_i . x_j`` loses digits when two updates are
+    close compared with their norms (the states, not their deltas, are compared here). So the
+    rows are first centred on their mean (distances do not change under a shift), and each pair
+    whose Gram-form distance is so small against its two squared norms that rounding could
+    exceed :data:`_RELATIVE_ERROR` of it is computed again directly from its difference
+    (:func:`_recompute_ratio`). A row with a NaN or infinite value is at an infinite distance
+    from every other row, as a NaN distance would otherwise make the sorting arbitrary.
+    """
     count = len(arrays)
-    distances = np.zeros((count, count), dtype=np.float64)
-    with np.errstate(invalid="ignore", over="ignore"):
-        for i in range(count):
-            for j in range(i + 1, count):
-                total = 0.0
-                for left, right in zip(arrays[i], arrays[j], strict=True):
-                    difference = (left - right).ravel()
-                    total += float(difference @ difference)
-                distances[i, j] = distances[j, i] = total
-    distances[np.isnan(distances)] = np.inf
+    rows = np.stack([np.concatenate([tensor.ravel() for tensor in update]) for update in arrays])
+    finite = np.isfinite(rows).all(axis=1)
+    distances = np.full((count, count), np.inf, dtype=np.float64)
+    kept = np.flatnonzero(finite)
+    if kept.size:
+        centred = rows[kept] - rows[kept].mean(axis=0)
+        norms = np.einsum("ij,ij->i", centred, centred)
+        with np.errstate(invalid="ignore", over="ignore"):
+            block = np.maximum(norms[:, None] + norms[None, :] - 2.0 * (centred @ centred.T), 0.0)
+            scale = norms[:, None] + norms[None, :]
+            suspect = block < _recompute_ratio(rows.shape[1]) * scale
+            for i, j in zip(*np.nonzero(np.triu(suspect, k=1)), strict=True):
+                difference = centred[i] - centred[j]
+                block[i, j] = block[j, i] = float(difference @ difference)
+        block[np.isnan(block)] = np.inf
+        distances[np.ix_(kept, kept)] = block
+    np.fill_diagonal(distances, 0.0)
     return distances
+
+
+_RELATIVE_ERROR = 1e-9
+"""Largest rounding error of a Gram-form distance kept, relative to the distance."""
+
+
+def _recompute_ratio(size: int) -> float:
+    """Distance / squared-norm sum below which the Gram form is recomputed directly.
+
+    The rounding error of a float64 sum of ``size`` products grows like
+    ``sqrt(size) * eps`` times its magnitude (the probabilistic bound of Higham and Mary 2019,
+    with a factor 8 to spare), and the Gram form's magnitude is ``||x_i||^2 + ||x_j||^2``.
+    """
+    return 8.0 * math.sqrt(max(size, 1)) * float(np.finfo(np.float64).eps) / _RELATIVE_ERROR
 
 
 def _krum_scores(distances: npt.NDArray[np.float64], neighbours: int) -> npt.NDArray[np.float64]:
     """Each row's sum of its ``neighbours`` smallest distances to the *other* rows."""
-    count = len(distances)
-    scores = np.empty(count, dtype=np.float64)
-    for i in range(count):
-        others = np.delete(distances[i], i)
-        scores[i] = np.sort(others)[:neighbours].sum()
-    return scores
+    others = distances.copy()
+    np.fill_diagonal(others, np.inf)  # sorts last: neighbours <= count - 2 never reaches it
+    return np.sort(others, axis=1)[:, :neighbours].sum(axis=1)
