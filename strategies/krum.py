@@ -123,12 +123,15 @@ def _squared_distances(arrays: list[NDArrays]) -> npt.NDArray[np.float64]:
     from every other row, as a NaN distance would otherwise make the sorting arbitrary.
     """
     count = len(arrays)
-    rows = np.stack([np.concatenate([tensor.ravel() for tensor in update]) for update in arrays])
+    rows = np.empty((count, sum(tensor.size for tensor in arrays[0])), dtype=np.float64)
+    for row, update in zip(rows, arrays, strict=True):
+        np.concatenate([tensor.ravel() for tensor in update], out=row)
     finite = np.isfinite(rows).all(axis=1)
     distances = np.full((count, count), np.inf, dtype=np.float64)
     kept = np.flatnonzero(finite)
     if kept.size:
-        centred = rows[kept] - rows[kept].mean(axis=0)
+        centred = rows if kept.size == count else rows[kept]  # ours to change in place
+        centred -= centred.mean(axis=0)
         norms = np.einsum("ij,ij->i", centred, centred)
         with np.errstate(invalid="ignore", over="ignore"):
             block = np.maximum(norms[:, None] + norms[None, :] - 2.0 * (centred @ centred.T), 0.0)
