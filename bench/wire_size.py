@@ -2,9 +2,10 @@
 
 Computed, nothing trained: LLaMA-2-7B's architecture (``LlamaConfig`` defaults: 32 layers,
 hidden 4096, MLP 11008, vocabulary 32000) is built on PyTorch's ``meta`` device (shapes, no
-memory), its parameters counted, and LoRA (r 16 on ``q_proj`` and ``v_proj``) applied with PEFT; the adapter's names and shapes are
-those fedlora sends (PEFT's adapter state dict, as :func:`fedlora.adapters.adapter_state`). The adapter's tensors,
-made real as zeros of their shapes, are packed by :func:`fedlora.adapters.pack_adapter` --
+memory), its parameters counted, and LoRA (r 16 on ``q_proj`` and ``v_proj``) applied with
+PEFT; the adapter's names and shapes are those fedlora sends (PEFT's adapter state dict, as
+:func:`fedlora.adapters.adapter_state`). Its tensors, made real as zeros of their shapes, are
+packed by :func:`fedlora.adapters.pack_adapter` --
 the exact bytes fedlora puts in a message -- as float32 and as bfloat16:
 
 * **plain LoRA**: a site receives the global adapter (``A`` and ``B``) and sends back both;
