@@ -164,4 +164,5 @@ def _krum_scores(distances: npt.NDArray[np.float64], neighbours: int) -> npt.NDA
     """Each row's sum of its ``neighbours`` smallest distances to the *other* rows."""
     others = distances.copy()
     np.fill_diagonal(others, np.inf)  # sorts last: neighbours <= count - 2 never reaches it
-    return np.sort(others, axis=1)[:, :neighbours].sum(axis=1)
+    scores: npt.NDArray[np.float64] = np.sort(others, axis=1)[:, :neighbours].sum(axis=1)
+    return scores
