@@ -112,38 +112,49 @@ class Krum(Strategy):
 
 
 def _squared_distances(arrays: list[NDArrays]) -> npt.NDArray[np.float64]:
-    """Pairwise squared L2 distances over all tensors, as one Gram-matrix product.
+    """Pairwise squared L2 distances over all tensors, as Gram-matrix products.
 
-    ``||x_i - x_j||^2 = ||x_i||^2 + ||x_j||^2 - 2 x_i . x_j`` loses digits when two updates are
-    close compared with their norms (the states, not their deltas, are compared here). So the
-    rows are first centred on their mean (distances do not change under a shift), and each pair
-    whose Gram-form distance is so small against its two squared norms that rounding could
-    exceed :data:`_RELATIVE_ERROR` of it is computed again directly from its difference
-    (:func:`_recompute_ratio`). A row with a NaN or infinite value is at an infinite distance
-    from every other row, as a NaN distance would otherwise make the sorting arbitrary.
+    ``||x_i - x_j||^2 = ||x_i||^2 + ||x_j||^2 - 2 x_i . x_j``, the Gram matrix summed tensor by
+    tensor (one BLAS product per tensor, no copy of every update at once). The Gram form loses
+    digits when two updates are close compared with their norms (the states, not their deltas,
+    are compared here), so each tensor is first centred on its mean over the updates (distances
+    do not change under a shift), and each pair whose Gram-form distance is so small against its
+    two squared norms that rounding could exceed :data:`_RELATIVE_ERROR` of it is computed again
+    directly from its difference (:func:`_recompute_ratio`). A row with a NaN or infinite value
+    is at an infinite distance from every other row, as a NaN distance would otherwise make the
+    sorting arbitrary.
     """
     count = len(arrays)
-    rows = np.empty((count, sum(tensor.size for tensor in arrays[0])), dtype=np.float64)
-    for row, update in zip(rows, arrays, strict=True):
-        np.concatenate([tensor.ravel() for tensor in update], out=row)
-    finite = np.isfinite(rows).all(axis=1)
     distances = np.full((count, count), np.inf, dtype=np.float64)
-    kept = np.flatnonzero(finite)
-    if kept.size:
-        centred = rows if kept.size == count else rows[kept]  # ours to change in place
-        centred -= centred.mean(axis=0)
-        norms = np.einsum("ij,ij->i", centred, centred)
+    kept = [i for i, update in enumerate(arrays) if all(np.isfinite(t).all() for t in update)]
+    if kept:
+        gram = np.zeros((len(kept), len(kept)), dtype=np.float64)
+        size = 0
+        for index in range(len(arrays[kept[0]])):
+            stacked = np.stack([arrays[i][index].ravel() for i in kept])
+            stacked -= stacked.mean(axis=0)
+            gram += stacked @ stacked.T
+            size += stacked.shape[1]
+        norms = np.diag(gram).copy()
+        scale = norms[:, None] + norms[None, :]
         with np.errstate(invalid="ignore", over="ignore"):
-            block = np.maximum(norms[:, None] + norms[None, :] - 2.0 * (centred @ centred.T), 0.0)
-            scale = norms[:, None] + norms[None, :]
-            suspect = block < _recompute_ratio(rows.shape[1]) * scale
-            for i, j in zip(*np.nonzero(np.triu(suspect, k=1)), strict=True):
-                difference = centred[i] - centred[j]
-                block[i, j] = block[j, i] = float(difference @ difference)
+            block = np.maximum(scale - 2.0 * gram, 0.0)
+            suspect = np.triu(block < _recompute_ratio(size) * scale, k=1)
+            for i, j in zip(*np.nonzero(suspect), strict=True):
+                block[i, j] = block[j, i] = _direct(arrays[kept[i]], arrays[kept[j]])
         block[np.isnan(block)] = np.inf
         distances[np.ix_(kept, kept)] = block
     np.fill_diagonal(distances, 0.0)
     return distances
+
+
+def _direct(left: NDArrays, right: NDArrays) -> float:
+    """One pair's squared distance from its difference, tensor by tensor."""
+    total = 0.0
+    for a, b in zip(left, right, strict=True):
+        difference = (a - b).ravel()
+        total += float(difference @ difference)
+    return total
 
 
 _RELATIVE_ERROR = 1e-9
