@@ -15,8 +15,8 @@ the exact bytes fedlora puts in a message -- as float32 and as bfloat16:
 Per site and round: the adapter down (instruction) and up (reply); a message's other fields
 (the run config as JSON, a few scalars) add the ``overhead`` bytes once per message. The full
 model's bytes are its parameter count times 2 (bfloat16, as the 7B checkpoints ship) and 4
-(float32). bfloat16 on the wire is lossless only for adapters trained in bfloat16; fedlora's
-wire keeps each tensor's own dtype (``--bf16 on`` trains bfloat16 adapters on a GPU).
+(float32). The bfloat16 rows are computed only: fedlora's wire keeps each tensor's dtype and
+its adapters are float32 (``--bf16`` autocasts the computation, the LoRA weights stay float32).
 
     python bench/wire_size.py [--rank 16] [--json bench-out/wire.json]
 """
