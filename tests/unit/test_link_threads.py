@@ -30,6 +30,13 @@ CALLS = 60
 """Concurrent blocking handlers: more than AnyIO's default 40 threads."""
 
 
+def _until(condition: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
 def _blocking_app(barrier: threading.Barrier) -> Any:
     """An ASGI app whose handler blocks in a worker thread until CALLS handlers run at once."""
 
@@ -145,7 +152,7 @@ def test_thirty_two_nodes_are_all_held_and_each_woken_by_its_own_message() -> No
     threads = [threading.Thread(target=pull, args=(node,)) for node in inboxes]
     for thread in threads:
         thread.start()
-    time.sleep(0.3)  # every pull has asked once and is held
+    _until(lambda: min(asks.values()) >= 1)  # every pull has asked once (a store after is seen)
     started = time.monotonic()
     for node, inbox in inboxes.items():
         inbox.append(f"for {node}")
@@ -163,21 +170,21 @@ def test_a_store_wakes_only_the_pulls_waiting_for_it() -> None:
     woken: list[int] = []
 
     def waiting(node: int) -> None:
-        if signal.wait_after(node, 0, timeout=2.0):
+        if signal.wait_after(node, 0, timeout=30.0):
             woken.append(node)
 
     threads = [threading.Thread(target=waiting, args=(node,)) for node in range(20)]
     for thread in threads:
         thread.start()
-    time.sleep(0.2)
     conditions = signal._waiting  # one condition per key, none shared
+    _until(lambda: len(conditions) == 20)
     assert len({id(condition) for condition in conditions.values()}) == 20
     signal.notify(3)
-    threads[3].join(timeout=2.0)
+    threads[3].join(timeout=10.0)
     assert woken == [3]
     for node in range(20):
         if node != 3:
             signal.notify(node)
     for thread in threads:
-        thread.join(timeout=2.0)
+        thread.join(timeout=10.0)
     assert sorted(woken) == list(range(20))
