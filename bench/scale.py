@@ -8,7 +8,7 @@ records per site split evenly (so every site does the same work and time can be 
 sites × rounds), ``--rounds`` rounds, on the CPU. Both engines give a site one torch thread:
 a Ray actor gets ``OMP_NUM_THREADS=1`` from its one CPU, and the in-process run is started
 with the same (on a loaded 2-core machine two threads per forward pass were 17x slower than
-one: spin-waits on a busy core).
+one: spin-waits on a busy core; ``_thread_probe`` measures it).
 
 Measured per cell:
 
@@ -23,7 +23,8 @@ Measured per cell:
   0.2 s from ``/proc``; CPU: the child's own process time (the in-process engine's all);
 * bytes per round: round 1's ``bytes-sent`` + ``bytes-received`` at the coordinator.
 
-Then Krum's pairwise distances at ``--krum-sites`` updates of the tiny-llama adapter and of a
+Then one tiny-llama forward pass at 2 and at 1 torch threads (why one thread per site), and
+Krum's pairwise distances at ``--krum-sites`` updates of the tiny-llama adapter and of a
 SmolLM2-135M-size one (r 8 on q, v of 30 layers × 576): the matrix form against the loop it
 replaced, same inputs, median of 3.
 
@@ -36,7 +37,7 @@ from __future__ import annotations
 import os
 
 # One BLAS/OpenMP thread per process, set before numpy or torch load: on the shared 2-core
-# machine two threads were 17x (a tiny forward pass) to 48x (a Gram product) slower than one.
+# machine a tiny forward pass took 17x longer with two threads than with one (_thread_probe).
 for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_variable, "1")
 
@@ -253,6 +254,31 @@ def _krum_timing(sites: int) -> list[dict[str, Any]]:
     return rows
 
 
+def _thread_probe() -> dict[str, float]:
+    """Median seconds of one tiny-llama forward pass (16 x 128 tokens) at 2 and 1 torch threads."""
+    import torch
+
+    from fedlora.models import TINY_VOCAB_SIZE, load_base_model
+
+    model = load_base_model("tiny-llama", task="sft").model
+    tokens = torch.randint(
+        0, TINY_VOCAB_SIZE, (16, 128), generator=torch.Generator().manual_seed(0)
+    )
+    result = {}
+    for threads in (2, 1):
+        torch.set_num_threads(threads)
+        times = []
+        with torch.no_grad():
+            model(input_ids=tokens)
+            for _ in range(5):
+                started = time.perf_counter()
+                model(input_ids=tokens)
+                times.append(time.perf_counter() - started)
+        result[f"forward-s-{threads}-threads"] = round(statistics.median(times), 4)
+    torch.set_num_threads(1)
+    return result
+
+
 def _plot(cells: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
@@ -263,11 +289,15 @@ def _plot(cells: list[dict[str, Any]], path: Path) -> None:
     for engine in sorted({c["engine"] for c in cells}):
         mine = sorted((c for c in cells if c["engine"] == engine), key=lambda c: c["sites"])
         x = [c["sites"] * c["rounds"] for c in mine]
-        left.plot(x, [c["loop-s"] for c in mine], marker="o", label=engine)
-        right.plot([c["sites"] for c in mine], [c["peak-rss-mb"] for c in mine], marker="o")
-    left.set(xlabel="site-rounds", ylabel="round loop (s)", title="time")
+        left.plot(x, [c["loop-s"] for c in mine], marker="o", label=f"{engine}: wall")
+        if engine == "inprocess":  # its CPU time: every site runs in the measured process
+            left.plot(x, [c["cpu-s"] for c in mine], marker="o", ls="--", label=f"{engine}: CPU")
+        rss = [c["peak-rss-mb"] for c in mine]
+        right.plot([c["sites"] for c in mine], rss, marker="o", label=f"{engine}: process tree")
+    left.set(xlabel="site-rounds", ylabel="seconds", title="time (shared, loaded machine)")
     right.set(xlabel="sites", ylabel="peak RSS (MB)", title="memory", ylim=(0, None))
     left.legend()
+    right.legend()
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)
@@ -306,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{os.cpu_count()} CPUs",
         "cells": cells,
         "krum": _krum_timing(args.krum_sites),
+        "threads": _thread_probe(),
     }
     if args.plot is not None and cells:
         _plot(cells, args.plot)
