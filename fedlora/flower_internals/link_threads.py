@@ -10,9 +10,10 @@ sites had its other nodes poll.
 :func:`size_request_threads` wraps the ASGI app that Flower hands to ``uvicorn.run`` so that,
 on the first call into it (the lifespan start-up, before any request), the running event loop's
 default thread pool gets ``threads`` threads (AnyIO starts them only as requests need them,
-and a held pull's thread sleeps on a condition). It checks first that the installed Flower starts its SuperLink that way
-and that AnyIO has the pool it sizes; otherwise nothing changes and it says so, and the
-SuperLink holds at most as many pulls as Flower's own pool leaves room for.
+and a held pull's thread sleeps on a condition). It checks first that the installed Flower
+starts its SuperLink that way and that AnyIO has the pool it sizes; otherwise nothing changes
+and it says so, and the SuperLink holds at most as many pulls as Flower's own pool leaves room
+for.
 """
 
 from __future__ import annotations
