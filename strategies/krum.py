@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import numpy.typing as npt
 from flwr.common import NDArrays
@@ -110,26 +112,68 @@ class Krum(Strategy):
 
 
 def _squared_distances(arrays: list[NDArrays]) -> npt.NDArray[np.float64]:
-    """Pairwise squared L2 distances over all tensors; NaN (from non-finite input) becomes inf."""
+    """Pairwise squared L2 distances over all tensors, as Gram-matrix products.
+
+    ``||x_i - x_j||^2 = ||x_i||^2 + ||x_j||^2 - 2 x_i . x_j``, the Gram matrix summed tensor by
+    tensor (one BLAS product per tensor, no copy of every update at once). The Gram form loses
+    digits when two updates are close compared with their norms (the states, not their deltas,
+    are compared here), so each tensor is first centred on its mean over the updates (distances
+    do not change under a shift), and each pair whose Gram-form distance is so small against its
+    two squared norms that rounding could exceed :data:`_RELATIVE_ERROR` of it is computed again
+    directly from its difference (:func:`_recompute_ratio`). A row with a NaN or infinite value
+    is at an infinite distance from every other row, as a NaN distance would otherwise make the
+    sorting arbitrary.
+    """
     count = len(arrays)
-    distances = np.zeros((count, count), dtype=np.float64)
-    with np.errstate(invalid="ignore", over="ignore"):
-        for i in range(count):
-            for j in range(i + 1, count):
-                total = 0.0
-                for left, right in zip(arrays[i], arrays[j], strict=True):
-                    difference = (left - right).ravel()
-                    total += float(difference @ difference)
-                distances[i, j] = distances[j, i] = total
-    distances[np.isnan(distances)] = np.inf
+    distances = np.full((count, count), np.inf, dtype=np.float64)
+    kept = [i for i, update in enumerate(arrays) if all(np.isfinite(t).all() for t in update)]
+    if kept:
+        gram = np.zeros((len(kept), len(kept)), dtype=np.float64)
+        size = 0
+        for index in range(len(arrays[kept[0]])):
+            stacked = np.stack([arrays[i][index].ravel() for i in kept])
+            stacked -= stacked.mean(axis=0)
+            gram += stacked @ stacked.T
+            size += stacked.shape[1]
+        norms = np.diag(gram).copy()
+        scale = norms[:, None] + norms[None, :]
+        with np.errstate(invalid="ignore", over="ignore"):
+            block = np.maximum(scale - 2.0 * gram, 0.0)
+            suspect = np.triu(block < _recompute_ratio(size) * scale, k=1)
+            for i, j in zip(*np.nonzero(suspect), strict=True):
+                block[i, j] = block[j, i] = _direct(arrays[kept[i]], arrays[kept[j]])
+        block[np.isnan(block)] = np.inf
+        distances[np.ix_(kept, kept)] = block
+    np.fill_diagonal(distances, 0.0)
     return distances
+
+
+def _direct(left: NDArrays, right: NDArrays) -> float:
+    """One pair's squared distance from its difference, tensor by tensor."""
+    total = 0.0
+    for a, b in zip(left, right, strict=True):
+        difference = (a - b).ravel()
+        total += float(difference @ difference)
+    return total
+
+
+_RELATIVE_ERROR = 1e-9
+"""Largest rounding error of a Gram-form distance kept, relative to the distance."""
+
+
+def _recompute_ratio(size: int) -> float:
+    """Distance / squared-norm sum below which the Gram form is recomputed directly.
+
+    The rounding error of a float64 sum of ``size`` products grows like
+    ``sqrt(size) * eps`` times its magnitude (the probabilistic bound of Higham and Mary 2019,
+    with a factor 8 to spare), and the Gram form's magnitude is ``||x_i||^2 + ||x_j||^2``.
+    """
+    return 8.0 * math.sqrt(max(size, 1)) * float(np.finfo(np.float64).eps) / _RELATIVE_ERROR
 
 
 def _krum_scores(distances: npt.NDArray[np.float64], neighbours: int) -> npt.NDArray[np.float64]:
     """Each row's sum of its ``neighbours`` smallest distances to the *other* rows."""
-    count = len(distances)
-    scores = np.empty(count, dtype=np.float64)
-    for i in range(count):
-        others = np.delete(distances[i], i)
-        scores[i] = np.sort(others)[:neighbours].sum()
+    others = distances.copy()
+    np.fill_diagonal(others, np.inf)  # sorts last: neighbours <= count - 2 never reaches it
+    scores: npt.NDArray[np.float64] = np.sort(others, axis=1)[:, :neighbours].sum(axis=1)
     return scores

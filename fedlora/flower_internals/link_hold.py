@@ -18,11 +18,14 @@ node, and each ObjectStore store of an object's content the answers waiting for 
 answer Flower makes without a store (an error reply for a node gone offline) is found within
 that time.
 
-A held pull keeps one of the SuperLink's request threads (FastAPI runs these handlers in a
-pool of 40), so at most ``max_held`` pulls are held at a time; the rest are answered at once,
-as Flower answers them. Each change is checked against the installed Flower first: if its
-handlers or LinkStates differ from those of the releases fedlora was checked against
-(:mod:`fedlora.flower_internals.versions`), nothing changes and a warning is logged.
+A held pull keeps one of the SuperLink's request threads (FastAPI runs these handlers in
+AnyIO's thread pool, 40 threads unless changed), so at most ``max_held`` pulls are held at a
+time; the rest are answered at once, as Flower answers them. The SuperLink's pool is sized to
+``max_held`` + :data:`OTHER_REQUEST_THREADS` (:mod:`fedlora.flower_internals.link_threads`), so
+held pulls never take a thread that Flower's other requests need. Each change is checked
+against the installed Flower first: if its handlers or LinkStates differ from those of the
+releases fedlora was checked against (:mod:`fedlora.flower_internals.versions`), nothing
+changes and a warning is logged.
 """
 
 from __future__ import annotations
@@ -45,8 +48,12 @@ DEFAULT_HOLD_S = 1.0
 """How long the SuperLink holds a pull that finds nothing (``fedlora deploy superlink``)."""
 MAX_HOLD_S = 10.0
 """Longest hold accepted: well inside the 30 s request timeout of Flower's HTTP clients."""
-DEFAULT_MAX_HELD = 16
-"""Pulls held at once; the SuperLink's other requests keep the rest of its 40 threads."""
+DEFAULT_MAX_HELD = 256
+"""Pulls held at once: one per SuperNode, plus the ServerApp's, for federations up to ~250 sites."""
+OTHER_REQUEST_THREADS = 24
+"""Request threads kept for everything but held pulls (as many as 40 - 16 left them before)."""
+FLOWER_REQUEST_THREADS = 40
+"""AnyIO's default thread pool, which serves Flower's SuperLink handlers unless resized."""
 RECHECK_S = 0.5
 """A held pull looks again this often even without a wake-up: Flower makes some answers
 without a store (an error reply for a node that has gone offline)."""
@@ -74,29 +81,34 @@ class MessageSignal:
 
     A message counts for its destination node (``dst_node_id``: a SuperNode for an
     instruction, the SuperLink's own node id for a reply to the ServerApp), an object's
-    content for :data:`OBJECTS`. A held pull waits for its own key only, so a store for
-    another node wakes its thread for a counter comparison, not for another pull.
+    content for :data:`OBJECTS`. A held pull waits for its own key only, on a condition of
+    that key's own (all share one lock), so a store wakes the pulls waiting for it and no
+    other: with hundreds of held pulls, one store does not wake every one of them.
     """
 
     def __init__(self) -> None:
-        self._changed = threading.Condition()
+        self._lock = threading.Lock()
         self._stored: dict[Hashable, int] = {}
+        self._waiting: dict[Hashable, threading.Condition] = {}
 
     def notify(self, key: Hashable) -> None:
         """Something for ``key`` has been stored: wake the pulls that wait for it."""
-        with self._changed:
+        with self._lock:
             self._stored[key] = self._stored.get(key, 0) + 1
-            self._changed.notify_all()
+            waiting = self._waiting.get(key)
+            if waiting is not None:
+                waiting.notify_all()
 
     def count(self, key: Hashable) -> int:
         """Stores for ``key`` so far (compare with a later count to see whether one came)."""
-        with self._changed:
+        with self._lock:
             return self._stored.get(key, 0)
 
     def wait_after(self, key: Hashable, count: int, timeout: float) -> bool:
         """Wait up to ``timeout`` s for a store for ``key`` after ``count``; whether one came."""
-        with self._changed:
-            return self._changed.wait_for(lambda: self._stored.get(key, 0) != count, timeout)
+        with self._lock:
+            waiting = self._waiting.setdefault(key, threading.Condition(self._lock))
+            return waiting.wait_for(lambda: self._stored.get(key, 0) != count, timeout)
 
 
 class PullHold:

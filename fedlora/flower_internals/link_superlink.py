@@ -6,7 +6,9 @@ the same arguments) with one change: a pull that finds no message is held for up
 seconds (default 1 s; 0: Flower's immediate answers) and answered as soon as a message for it is
 stored (:mod:`fedlora.flower_internals.link_hold`). A SuperNode then gets its next instruction, and
 the ServerApp its replies, when they are stored rather than at its next poll, and an idle node makes
-about one request a second instead of one per poll interval.
+about one request a second instead of one per poll interval. Up to ``--max-held-pulls`` pulls
+(default 256) are held at a time, the SuperLink's request threads sized to that number plus 24 for
+its other requests (:mod:`fedlora.flower_internals.link_threads`).
 
 Nodes of any kind work with it: a held pull is an ordinary pull answered later, well inside the 30 s
 request timeout of Flower's clients. fedlora's warm nodes notice a held pull and ask again at once
@@ -34,11 +36,14 @@ from fedlora.flower_internals.entry import LOG_FORMAT, parse_with_flower_args
 from fedlora.flower_internals.link_hold import (
     DEFAULT_HOLD_S,
     DEFAULT_MAX_HELD,
+    FLOWER_REQUEST_THREADS,
+    OTHER_REQUEST_THREADS,
     MessageSignal,
     PullHold,
     hold_pulls,
 )
 from fedlora.flower_internals.link_operator import guard_operator_apis, operator_peers
+from fedlora.flower_internals.link_threads import check_threads, size_request_threads
 from fedlora.quiet import configure_process_logging
 
 _FLOWER_DEFAULT_HOST = "127.0.0.1"
@@ -57,7 +62,10 @@ def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
         help="longest hold of a pull that finds no message, in seconds (0: none)",
     )
     parser.add_argument(
-        "--max-held-pulls", type=int, default=DEFAULT_MAX_HELD, help="pulls held at a time"
+        "--max-held-pulls",
+        type=int,
+        default=DEFAULT_MAX_HELD,
+        help="pulls held at a time (the request threads are sized to this + 24)",
     )
     parser.add_argument(
         "--roster",
@@ -97,13 +105,35 @@ def export_roster(roster: Path | None) -> None:
     os.environ[ROSTER_ENV] = str(roster)
 
 
+def held_pulls(hold_s: float, max_held: int) -> PullHold:
+    """The SuperLink's pull hold, its request threads sized for ``max_held`` held pulls.
+
+    With holds on, the request pool gets ``max_held`` + ``OTHER_REQUEST_THREADS`` threads
+    (:func:`~fedlora.flower_internals.link_threads.size_request_threads`); where this Flower
+    cannot be resized, the hold keeps to what Flower's own pool leaves (16 of 40). Call it
+    before the operator guard.
+
+    Raises
+    ------
+    ConfigError
+        When ``hold_s`` or ``max_held`` is out of range.
+    """
+    hold = PullHold(MessageSignal(), hold_s=hold_s, max_held=max_held)
+    if hold_s == 0:
+        return hold
+    if size_request_threads(check_threads(max_held + OTHER_REQUEST_THREADS)):
+        return hold
+    room = FLOWER_REQUEST_THREADS - OTHER_REQUEST_THREADS
+    return PullHold(hold.signal, hold_s=hold_s, max_held=min(max_held, room))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Start the SuperLink in this process: held pulls, operator-only Control API, roster."""
     args, flower_args = _parse(sys.argv[1:] if argv is None else argv)
     configure_process_logging(LOG_FORMAT, verbose=args.verbose)
     fedlora_logger = logging.getLogger("fedlora")
     try:
-        hold = PullHold(MessageSignal(), hold_s=args.pull_hold, max_held=args.max_held_pulls)
+        hold = held_pulls(args.pull_hold, args.max_held_pulls)
         export_roster(args.roster)
         # uvicorn trusts X-Forwarded-For from these peers only; never let the environment
         # widen it, or a remote client could claim to be this host.
