@@ -32,9 +32,14 @@ from fedlora.errors import ConfigError, FedloraError
 from fedlora.lora_factors import trained_state
 from fedlora.models import check_fingerprint
 from fedlora.protocol import Instruction, make_reply, make_status_reply, read_instruction
+from fedlora.quiet import quiet_library_warnings
 from fedlora.sites import SiteSpec, sites_from_files
 
 logger = logging.getLogger(__name__)
+
+# A site's process (a Ray worker, a deployment's ClientApp) shows fedlora's lines, not the
+# libraries' notices its operator cannot act on; the fedlora command hides them in its own.
+quiet_library_warnings()
 
 SiteResolver = Callable[[Context, RunConfig], SiteSpec]
 

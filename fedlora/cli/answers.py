@@ -83,10 +83,13 @@ def before_and_after(run_dir: Path) -> BeforeAfter:
     if not examples:
         raise FedloraError(f"no held-out record to answer in {run_dir}")
     example = examples[0]
-    answers, losses = [], []
+    answers: list[str] = []
+    losses: list[float] = []
     for checkpoint in (Checkpoint(INITIAL, None), evaluator.checkpoints()[-1]):
         evaluator.use(checkpoint)
         answers.append(evaluator.answer(example))
         losses.append(evaluator.loss([example]))
     question, reference = question_of(example, evaluator.config.labels)
-    return BeforeAfter(site, question, reference, *answers, *losses)
+    before, after = answers
+    loss_before, loss_after = losses
+    return BeforeAfter(site, question, reference, before, after, loss_before, loss_after)

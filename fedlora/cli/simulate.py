@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,13 +52,13 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _quiet_third_parties(verbose: bool) -> None:
+    """Flower's and Ray's own lines off unless ``--verbose``.
+
+    ``fedlora.cli.main`` has already hidden the library warnings (:mod:`fedlora.quiet`).
+    """
     if verbose:
         return
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    # Opacus's RDP remark on its order grid: its ε stays a valid (upper) bound either way.
-    warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
-    for name in ("flwr", "ray", "transformers", "alembic"):
+    for name in ("flwr", "ray", "alembic"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
