@@ -306,6 +306,22 @@ def test_flwr_run_trains_both_sites_with_dp(federation: LocalDeployment) -> None
     assert report["dp"] is True and report["state"] == "complete"
     assert set(report["ledgers"]) == set(SITES)
 
+    # the operator measures the fetched run on held-out data a site shared for it
+    held_out = federation.sites["site-a"].test_file
+    assert held_out is not None
+    assert (
+        fedlora_main(["evaluate", str(copy), "--data", str(held_out), "--max-new-tokens", "4"]) == 0
+    )
+    evaluation = json.loads((copy / "evaluation.json").read_text())
+    assert [row["adapter"] for row in evaluation["adapters"]] == [
+        "initial",
+        "round-001",
+        "round-002",
+        "final",
+    ]
+    assert all(row["num-examples"] == 8 and row["loss"] > 0 for row in evaluation["adapters"])
+    assert fedlora_main(["generate", str(copy), "How are you?", "--max-new-tokens", "4"]) == 0
+
 
 # After the run above: these runs add to the sites' ledgers.
 
