@@ -1,0 +1,311 @@
+"""Secure aggregation's core protocol (fedlora.secagg): sums, masks, dropouts, refusals."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from fedlora.adapters import AdapterState, adapter_state
+from fedlora.config import RunConfig
+from fedlora.flower_internals.shamir import combine_secret, split_secret
+from fedlora.models import apply_lora, load_base_model
+from fedlora.secagg import (
+    CoordinatorSession,
+    ForgedKeyError,
+    KeyRoster,
+    Quantiser,
+    RoundAbandonedError,
+    SecAggError,
+    SiteSession,
+    UnmaskRefusedError,
+    UnmaskReply,
+    UnmaskRequest,
+)
+from fedlora.secagg.crypto import Identity
+from fedlora.secagg.quantise import layout_of
+from fedlora.secagg.wire import (
+    decode_advertisement,
+    decode_named,
+    decode_request,
+    decode_unmask_reply,
+    encode_advertisement,
+    encode_named,
+    encode_request,
+    encode_unmask_reply,
+)
+
+RUN = "run-1"
+ROUND = 3
+
+
+@pytest.fixture(scope="module")
+def adapters() -> dict[str, AdapterState]:
+    shapes = {}
+    for preset, task in (("tiny-llama", "sft"), ("tiny-bert", "classification")):
+        base = load_base_model(preset, task=task, labels=["neg", "pos"])
+        shapes[preset] = adapter_state(apply_lora(base, RunConfig(model=preset, task=task)))
+    return shapes
+
+
+def _site_states(reference: AdapterState, sites: int, seed: int) -> list[AdapterState]:
+    generator = torch.Generator().manual_seed(seed)
+    return [
+        {
+            name: tensor + 0.3 * torch.randn(tensor.shape, generator=generator)
+            for name, tensor in reference.items()
+        }
+        for _ in range(sites)
+    ]
+
+
+def _federation(names: list[str]) -> tuple[dict[str, Identity], KeyRoster]:
+    identities = {name: Identity() for name in names}
+    return identities, KeyRoster({name: ident.public for name, ident in identities.items()})
+
+
+def _sessions(vectors: dict[str, np.ndarray], threshold: int) -> dict[str, SiteSession]:
+    identities, roster = _federation(sorted(vectors))
+    return {
+        name: SiteSession(name, RUN, ROUND, threshold, vector, identities[name], roster)
+        for name, vector in vectors.items()
+    }
+
+
+def _run(
+    vectors: dict[str, np.ndarray],
+    threshold: int,
+    drop: dict[str, set[str]] | None = None,
+) -> tuple[np.ndarray, CoordinatorSession, dict[str, SiteSession]]:
+    """A whole round; ``drop``: stage -> sites that stop answering before that stage."""
+    drop = drop or {}
+    sites = _sessions(vectors, threshold)
+    length = next(iter(vectors.values())).size
+    coordinator = CoordinatorSession(RUN, ROUND, threshold, length, KeyRoster(None))
+    live = set(sites) - drop.get("advertise", set())
+    ads = coordinator.receive_advertisements({name: sites[name].advertise() for name in live})
+    live -= drop.get("share", set())
+    routed = coordinator.route_shares({name: sites[name].share(ads) for name in live})
+    live -= drop.get("mask", set())
+    request = coordinator.receive_masked(
+        {name: sites[name].mask(routed[name]) for name in sorted(live)}
+    )
+    live -= drop.get("unmask", set())
+    replies = {name: sites[name].unmask(request) for name in sorted(live)}
+    return coordinator.unmask(replies), coordinator, sites
+
+
+@pytest.mark.parametrize("preset", ["tiny-llama", "tiny-bert"])
+@pytest.mark.parametrize("sites", [2, 5, 10])
+def test_unmasked_sum_is_the_plain_quantised_sum_and_the_mean_within_the_bound(
+    adapters: dict[str, AdapterState], preset: str, sites: int
+) -> None:
+    quantiser = Quantiser(clip=4.0)
+    states = _site_states(adapters[preset], sites, seed=sites)
+    counts = [7 + 13 * index for index in range(sites)]
+    vectors = {
+        f"site-{i}": quantiser.encode(state, count)
+        for i, (state, count) in enumerate(zip(states, counts, strict=True))
+    }
+    plain = np.zeros_like(next(iter(vectors.values())))
+    for vector in vectors.values():
+        plain += vector
+    total, coordinator, _ = _run(vectors, threshold=max(2, sites // 2 + 1))
+    assert np.array_equal(total, plain)
+    assert coordinator.counts()["masked"] == sites
+
+    mean, examples = quantiser.decode(total, layout_of(states[0]), sites)
+    assert examples == sum(counts)
+    for name in states[0]:
+        exact = sum(c * s[name].double() for c, s in zip(counts, states, strict=True)) / sum(counts)
+        error = (mean[name].double() - exact).abs()
+        # half a quantisation step, plus the float32 cast of the mean
+        assert float(error.max()) <= quantiser.error_bound + 1e-7 * float(exact.abs().max())
+        assert mean[name].dtype == states[0][name].dtype
+
+
+def test_a_masked_input_is_uniform_over_the_ring_and_uncorrelated_with_the_update() -> None:
+    quantiser = Quantiser(clip=1.0)
+    generator = torch.Generator().manual_seed(1)
+    plain_state = {"w": 0.1 * torch.randn(20_000, generator=generator)}
+    vectors = {
+        "a": quantiser.encode(plain_state, 5),
+        "b": quantiser.encode({"w": torch.zeros(20_000)}, 5),
+        "c": quantiser.encode({"w": torch.zeros(20_000)}, 5),
+    }
+    sites = _sessions(vectors, threshold=2)
+    ads = [site.advertise() for site in sites.values()]
+    bundles = {name: site.share(ads) for name, site in sites.items()}
+    incoming = {name: {s: b[name] for s, b in bundles.items() if s != name} for name in sites}
+    masked = sites["a"].mask(incoming["a"])
+
+    def chi_square_p(values: np.ndarray) -> tuple[float, float]:
+        top = np.bincount((values >> np.uint64(60)).astype(np.int64), minlength=16)
+        low = np.bincount((values & np.uint64(15)).astype(np.int64), minlength=16)
+        return float(stats.chisquare(top).pvalue), float(stats.chisquare(low).pvalue)
+
+    assert min(chi_square_p(masked)) > 1e-4
+    assert max(chi_square_p(vectors["a"])) < 1e-10  # the test can tell: the plain input fails
+    plain = vectors["a"][:-1].view(np.int64).astype(np.float64)
+    correlation = np.corrcoef(plain, masked[:-1].astype(np.float64))[0, 1]
+    assert abs(correlation) < 4 / np.sqrt(plain.size)
+
+
+def _vectors(sites: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(sites)
+    quantiser = Quantiser(clip=8.0)
+    return {
+        f"s{i}": quantiser.encode({"w": torch.from_numpy(rng.normal(size=500))}, 3 + i)
+        for i in range(sites)
+    }
+
+
+def _sum(vectors: dict[str, np.ndarray], names: set[str]) -> np.ndarray:
+    total = np.zeros(501, dtype=np.uint64)
+    for name in names:
+        total += vectors[name]
+    return total
+
+
+@pytest.mark.parametrize("stage", ["share", "mask", "unmask"])
+def test_two_dropouts_of_five_at_any_stage_are_recovered_with_threshold_three(stage: str) -> None:
+    vectors = _vectors(5)
+    gone = {"s1", "s3"}
+    total, coordinator, _ = _run(vectors, threshold=3, drop={stage: gone})
+    # A site that dropped before sending its masked input is left out; after, it is in.
+    included = set(vectors) if stage == "unmask" else set(vectors) - gone
+    assert np.array_equal(total, _sum(vectors, included))
+    counts = coordinator.counts()
+    assert counts["dropped"] == 2
+    assert counts["recovered"] == (2 if stage == "mask" else 0)
+
+
+@pytest.mark.parametrize("stage", ["share", "mask", "unmask"])
+def test_three_dropouts_of_five_abandon_the_round_and_reveal_nothing(stage: str) -> None:
+    vectors = _vectors(5)
+    gone = {"s0", "s2", "s4"}
+    with pytest.raises(RoundAbandonedError, match="fewer than the secure-aggregation threshold 3"):
+        _run(vectors, threshold=3, drop={stage: gone})
+    # The survivors refuse a request that names fewer than the threshold as survivors.
+    sites = _sessions(vectors, threshold=3)
+    ads = [site.advertise() for site in sites.values()]
+    bundles = {name: site.share(ads) for name, site in sites.items()}
+    survivor = sites["s1"]
+    survivor.mask({s: b["s1"] for s, b in bundles.items() if s != "s1"})
+    with pytest.raises(UnmaskRefusedError, match="fewer than the threshold"):
+        survivor.unmask(UnmaskRequest(ROUND, survivors=("s1", "s3"), dropped=("s0", "s2", "s4")))
+    assert survivor.revealed_keys == set() and survivor.revealed_seeds == set()
+
+
+def _masked_round(vectors: dict[str, np.ndarray]) -> dict[str, SiteSession]:
+    sites = _sessions(vectors, threshold=3)
+    ads = [site.advertise() for site in sites.values()]
+    bundles = {name: site.share(ads) for name, site in sites.items()}
+    for name, site in sites.items():
+        site.mask({s: b[name] for s, b in bundles.items() if s != name})
+    return sites
+
+
+def test_a_site_refuses_to_reveal_both_shares_of_one_peer() -> None:
+    sites = _masked_round(_vectors(5))
+    site = sites["s0"]
+    with pytest.raises(UnmaskRefusedError, match=r"both .*\['s2'\]"):
+        site.unmask(UnmaskRequest(ROUND, survivors=("s0", "s1", "s2"), dropped=("s2",)))
+    assert site.revealed_keys == set() and site.revealed_seeds == set()
+    # Asked in two requests: the second, naming a dropped peer as a survivor, is refused.
+    first = site.unmask(UnmaskRequest(ROUND, survivors=("s0", "s1", "s2"), dropped=("s3",)))
+    assert set(first.mask_key_shares) == {"s3"}
+    with pytest.raises(UnmaskRefusedError, match=r"\['s3'\]"):
+        site.unmask(UnmaskRequest(ROUND, survivors=("s0", "s1", "s3"), dropped=()))
+    with pytest.raises(UnmaskRefusedError, match=r"\['s1'\]"):
+        site.unmask(UnmaskRequest(ROUND, survivors=("s0", "s2", "s4"), dropped=("s1",)))
+
+
+def test_forged_and_unknown_keys_are_refused_and_named() -> None:
+    names = ["a", "b", "c", "d"]
+    identities, roster = _federation(names)
+    vector = np.zeros(4, dtype=np.uint64)
+    sites = {n: SiteSession(n, RUN, ROUND, 2, vector, identities[n], roster) for n in names}
+    ads = {n: s.advertise() for n, s in sites.items()}
+    # b's mask key swapped after signing (a coordinator's substitution); c signs with a key
+    # of its own that is not the roster's; "mallory" is no enrolled site at all.
+    forged = dict(ads)
+    forged["b"] = dataclasses.replace(ads["b"], mask_key=ads["d"].mask_key[::-1])
+    impostor = SiteSession("c", RUN, ROUND, 2, vector, Identity(), roster).advertise()
+    forged["c"] = impostor
+    mallory = SiteSession("mallory", RUN, ROUND, 2, vector, Identity(), roster).advertise()
+    forged["mallory"] = mallory
+    for advertisement, reason in (
+        (forged["b"], "signature does not verify"),
+        (impostor, "not the roster's key"),
+        (mallory, "not on the roster"),
+        (dataclasses.replace(ads["d"], server_round=ROUND + 1), "round 4, not run"),
+    ):
+        with pytest.raises(ForgedKeyError, match=reason) as caught:
+            sites["a"].share([ads["a"], advertisement])
+        assert caught.value.site == advertisement.site
+        sites["a"].stage = "share"  # try the next forgery on a fresh stage
+    coordinator = CoordinatorSession(RUN, ROUND, 2, 4, roster)
+    accepted = coordinator.receive_advertisements(forged)
+    assert sorted(ad.site for ad in accepted) == ["a", "d"]
+    assert set(coordinator.refused) == {"b", "c", "mallory"}
+    assert "signature does not verify" in coordinator.refused["b"]
+
+
+def test_a_share_altered_in_transit_is_refused() -> None:
+    vectors = _vectors(3)
+    sites = _sessions(vectors, threshold=2)
+    ads = [site.advertise() for site in sites.values()]
+    bundles = {name: site.share(ads) for name, site in sites.items()}
+    tampered = bytearray(bundles["s1"]["s0"])
+    tampered[-1] ^= 1
+    with pytest.raises(SecAggError, match="failed authentication"):
+        sites["s0"].mask({"s1": bytes(tampered), "s2": bundles["s2"]["s0"]})
+    # A share sealed for s0 does not open at s2 (bound to sender and recipient).
+    with pytest.raises(SecAggError, match="failed authentication"):
+        sites["s2"].mask({"s1": bundles["s1"]["s0"], "s0": bundles["s0"]["s2"]})
+
+
+def test_the_quantiser_refuses_what_it_cannot_encode_exactly() -> None:
+    quantiser = Quantiser(clip=1.0)
+    with pytest.raises(SecAggError, match="beyond the secure-aggregation range 1"):
+        quantiser.encode({"w": torch.tensor([0.5, -1.5])}, 1)
+    with pytest.raises(SecAggError, match="non-finite"):
+        quantiser.encode({"w": torch.tensor([float("nan")])}, 1)
+    with pytest.raises(SecAggError, match="example count"):
+        quantiser.encode({"w": torch.zeros(1)}, -1)
+    layout = layout_of({"w": torch.zeros(2)})
+    beyond = np.array([5 * 2**24 + 1, 0, 5], dtype=np.int64).view(np.uint64)
+    with pytest.raises(SecAggError, match="out of range"):
+        quantiser.decode(beyond, layout, sites=2)
+    with pytest.raises(SecAggError, match="example total 0"):
+        quantiser.decode(np.zeros(3, dtype=np.uint64), layout, sites=2)
+    with pytest.raises(ValueError, match="positive"):
+        Quantiser(clip=float("nan"))
+
+
+def test_messages_round_trip_through_bytes_and_truncation_is_refused() -> None:
+    sites = _sessions(_vectors(2), threshold=2)
+    ad = sites["s0"].advertise()
+    assert decode_advertisement(encode_advertisement(ad)) == ad
+    request = UnmaskRequest(ROUND, survivors=("a", "b"), dropped=("c",))
+    assert decode_request(encode_request(request)) == request
+    named = {"a": b"\x00\x01", "b": b""}
+    assert decode_named(encode_named(named)) == named
+    with pytest.raises(SecAggError, match="truncated"):
+        decode_advertisement(encode_advertisement(ad)[:-3])
+    answer = UnmaskReply("a", {"c": b"k"}, {"a": b"s", "b": b"t"})
+    assert decode_unmask_reply(encode_unmask_reply(answer)) == answer
+
+
+def test_flowers_shamir_sharing_recovers_from_any_threshold_and_not_fewer() -> None:
+    # Canary for the seam (fedlora.flower_internals.shamir) on the installed Flower.
+    secret = bytes(range(32))
+    shares = split_secret(secret, 3, 5)
+    assert combine_secret([shares[4], shares[0], shares[2]]) == secret
+    with contextlib.suppress(ValueError):  # too few shares may also fail to unpad
+        assert combine_secret(shares[:2]) != secret
