@@ -26,6 +26,7 @@ from fedlora.secagg.types import (
     SecAggError,
     UnmaskReply,
     UnmaskRequest,
+    threshold_for,
 )
 
 logger = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ class CoordinatorSession:
     run_id, server_round
         The run and round every advertisement must be signed for.
     threshold
-        The fewest sites that must remain (t >= 2).
+        The fewest sites that must remain (t >= 2); 0: a majority of those that advertise.
     length
         The number of uint64 values of every input.
     roster
@@ -49,11 +50,9 @@ class CoordinatorSession:
     def __init__(
         self, run_id: str, server_round: int, threshold: int, length: int, roster: KeyRoster
     ) -> None:
-        if threshold < 2:
-            raise SecAggError(
-                f"the secure-aggregation threshold must be at least 2, got {threshold}"
-            )
+        threshold_for(threshold, 0)  # refuses 1 and negatives now
         self.run_id, self.server_round = run_id, server_round
+        self.configured_threshold = threshold
         self.threshold, self.length, self.roster = threshold, length, roster
         self.advertised: dict[str, Advertisement] = {}
         self.sharers: tuple[str, ...] = ()
@@ -90,6 +89,7 @@ class CoordinatorSession:
                 self.refused[site] = str(error)
                 continue
             self.advertised[site] = advertisement
+        self.threshold = threshold_for(self.configured_threshold, len(self.advertised))
         self._require(len(self.advertised), "advertised valid keys")
         return list(self.advertised.values())
 

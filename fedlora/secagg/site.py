@@ -24,6 +24,7 @@ from fedlora.secagg.crypto import (
     derive,
     mask_stream,
     new_x25519,
+    public_x25519,
     seal,
     unseal,
 )
@@ -34,8 +35,16 @@ from fedlora.secagg.types import (
     UnmaskRefusedError,
     UnmaskReply,
     UnmaskRequest,
+    threshold_for,
 )
-from fedlora.secagg.wire import pack_fields, unpack_fields
+from fedlora.secagg.wire import (
+    decode_advertisement,
+    decode_named,
+    encode_advertisement,
+    encode_named,
+    pack_fields,
+    unpack_fields,
+)
 
 _STAGES = ("advertise", "share", "mask", "unmask", "done")
 
@@ -66,7 +75,8 @@ class SiteSession:
     site, run_id, server_round
         Who speaks, in which run and round: all signed and bound into every key.
     threshold
-        The fewest sites that must remain for anything to be revealed (t).
+        The fewest sites that must remain for anything to be revealed (t); 0: a majority of
+        the sites that advertise keys (:func:`~fedlora.secagg.types.threshold_for`).
     vector
         The site's quantised input (:meth:`fedlora.secagg.quantise.Quantiser.encode`).
     identity, roster
@@ -80,15 +90,14 @@ class SiteSession:
         server_round: int,
         threshold: int,
         vector: np.ndarray,
-        identity: Identity,
+        identity: Identity | None,
         roster: KeyRoster,
     ) -> None:
-        if threshold < 2:
-            raise SecAggError(
-                f"the secure-aggregation threshold must be at least 2, got {threshold}"
-            )
+        threshold_for(threshold, 0)  # refuses 1 and negatives now
         self.site, self.run_id, self.server_round = site, run_id, server_round
+        self.configured_threshold = threshold
         self.threshold = threshold
+        """t: as configured, or (0) a majority of the sites that advertised, fixed at ``share``."""
         self.roster = roster
         self._identity = identity
         self._vector: np.ndarray | None = vector.astype(np.uint64, copy=False)
@@ -112,6 +121,8 @@ class SiteSession:
     def advertise(self) -> Advertisement:
         """Stage 1: this round's public keys, signed."""
         self._advance("advertise")
+        if self._identity is None:
+            raise SecAggError(f"site {self.site}: a restored session cannot advertise")
         unsigned = Advertisement(
             self.site,
             self.run_id,
@@ -144,6 +155,7 @@ class SiteSession:
         own = peers.get(self.site)
         if own is None or own.mask_key != self._mask_public:
             raise SecAggError(f"site {self.site}: the advertisements omit or alter its own keys")
+        self.threshold = threshold_for(self.configured_threshold, len(peers))
         if len(peers) < self.threshold:
             raise RoundAbandonedError(
                 f"{len(peers)} site(s) advertised keys, fewer than the threshold {self.threshold}"
@@ -262,3 +274,61 @@ class SiteSession:
             mask_key_shares={peer: self._mask_key_shares[peer] for peer in sorted(dropped)},
             self_seed_shares={peer: self._seed_shares[peer] for peer in sorted(survivors)},
         )
+
+    def export(self) -> bytes:
+        """The whole session as bytes, to keep between messages (a node's private state).
+
+        Holds the private keys, the seed and the shares: it must stay on the site.
+        """
+        roster = b"" if self.roster.keys is None else b"1" + encode_named(self.roster.keys)
+        return pack_fields(
+            *(text.encode() for text in (self.site, self.run_id, str(self.server_round))),
+            *(str(n).encode() for n in (self.configured_threshold, self.threshold)),
+            self.stage.encode(),
+            self._encryption_private,
+            self._mask_private,
+            self._seed,
+            b"" if self._vector is None else b"1" + self._vector.astype("<u8").tobytes(),
+            encode_named({name: encode_advertisement(ad) for name, ad in self.peers.items()}),
+            encode_named({name: b"" for name in self.sharers}),
+            encode_named(self._mask_key_shares),
+            encode_named(self._seed_shares),
+            encode_named({name: b"" for name in self.revealed_keys}),
+            encode_named({name: b"" for name in self.revealed_seeds}),
+            roster,
+        )
+
+    @classmethod
+    def restore(cls, data: bytes) -> SiteSession:
+        """A session from :meth:`export`'s bytes (it can no longer advertise).
+
+        Raises
+        ------
+        SecAggError
+            When the bytes are not an exported session.
+        """
+        fields = unpack_fields(data, 17)
+        try:
+            texts = [field.decode() for field in fields[:6]]
+            server_round, configured, threshold = (int(text) for text in texts[2:5])
+        except (UnicodeDecodeError, ValueError):
+            raise SecAggError("the kept secure-aggregation session is unreadable") from None
+        if texts[5] not in _STAGES:
+            raise SecAggError(f"the kept secure-aggregation session has stage {texts[5]!r}")
+        roster = KeyRoster(decode_named(fields[16][1:]) if fields[16] else None)
+        vector = np.frombuffer(fields[9][1:], dtype="<u8") if fields[9] else np.zeros(0)
+        session = cls(texts[0], texts[1], server_round, configured, vector, None, roster)
+        session.threshold, session.stage = threshold, texts[5]
+        session._encryption_private, session._mask_private, session._seed = fields[6:9]
+        session._vector = vector.astype(np.uint64) if fields[9] else None
+        session.peers = {
+            name: decode_advertisement(ad) for name, ad in decode_named(fields[10]).items()
+        }
+        session._encryption_public = public_x25519(session._encryption_private)
+        session._mask_public = public_x25519(session._mask_private)
+        session.sharers = tuple(decode_named(fields[11]))
+        session._mask_key_shares = decode_named(fields[12])
+        session._seed_shares = decode_named(fields[13])
+        session.revealed_keys = set(decode_named(fields[14]))
+        session.revealed_seeds = set(decode_named(fields[15]))
+        return session

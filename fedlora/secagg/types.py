@@ -17,6 +17,17 @@ DOMAIN = b"fedlora/secagg/v1"
 """Prefix of every signed or derived value: keys of this protocol serve nothing else."""
 
 
+def threshold_for(configured: int, advertised: int) -> int:
+    """The round's threshold t: ``configured`` (>= 2), or 0: a majority of the ``advertised``.
+
+    A majority (``advertised // 2 + 1``, at least 2) is Bell et al.'s safe default: fewer
+    colluders than t cannot pool enough shares, and t survivors are needed to unmask.
+    """
+    if configured != 0 and configured < 2:
+        raise SecAggError(f"the secure-aggregation threshold must be 0 or >= 2, got {configured}")
+    return configured if configured else max(2, advertised // 2 + 1)
+
+
 class SecAggError(FedloraError):
     """A secure-aggregation message or request that the protocol refuses."""
 

@@ -88,15 +88,24 @@ def _run(
     coordinator = CoordinatorSession(RUN, ROUND, threshold, length, KeyRoster(None))
     live = set(sites) - drop.get("advertise", set())
     ads = coordinator.receive_advertisements({name: sites[name].advertise() for name in live})
+    kept(sites)
     live -= drop.get("share", set())
     routed = coordinator.route_shares({name: sites[name].share(ads) for name in live})
+    kept(sites)
     live -= drop.get("mask", set())
     request = coordinator.receive_masked(
         {name: sites[name].mask(routed[name]) for name in sorted(live)}
     )
+    kept(sites)
     live -= drop.get("unmask", set())
     replies = {name: sites[name].unmask(request) for name in sorted(live)}
     return coordinator.unmask(replies), coordinator, sites
+
+
+def kept(sites: dict[str, SiteSession]) -> None:
+    """Each session through bytes, as a site keeps it between messages."""
+    for name, session in sites.items():
+        sites[name] = SiteSession.restore(session.export())
 
 
 @pytest.mark.parametrize("preset", ["tiny-llama", "tiny-bert"])
