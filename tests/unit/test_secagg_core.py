@@ -12,6 +12,7 @@ from scipy import stats
 
 from fedlora.adapters import AdapterState, adapter_state
 from fedlora.config import RunConfig
+from fedlora.errors import ConfigError
 from fedlora.flower_internals.shamir import combine_secret, split_secret
 from fedlora.models import apply_lora, load_base_model
 from fedlora.secagg import (
@@ -318,3 +319,29 @@ def test_flowers_shamir_sharing_recovers_from_any_threshold_and_not_fewer() -> N
     assert combine_secret([shares[4], shares[0], shares[2]]) == secret
     with contextlib.suppress(ValueError):  # too few shares may also fail to unpad
         assert combine_secret(shares[:2]) != secret
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"strategy": "median"}, "cannot run strategy median: it needs a coordinate-wise median"),
+        ({"strategy": "krum"}, "cannot run strategy krum: it needs distances"),
+        ({"strategy": "multi-krum"}, "cannot run strategy multi-krum"),
+        ({"strategy": "trimmed-mean"}, "cannot run strategy trimmed-mean"),
+        ({"strategy": "hetero-rank"}, "cannot run strategy hetero-rank: it needs each site's"),
+        ({"central_dp": "fixed"}, "with central-dp is not supported yet"),
+        ({"sites": 1}, "needs at least 2 sites"),
+        ({"secure_aggregation_threshold": 1}, "must be 0 \\(a majority\\) or 2..sites, got 1"),
+        ({"sites": 3, "secure_aggregation_threshold": 4}, "2..sites, got 4"),
+        ({"secure_aggregation_range": float("inf")}, "secure-aggregation-range must be"),
+        ({"secure_aggregation_range": -1.0}, "range must be > 0"),
+    ],
+)
+def test_secure_aggregation_refuses_at_start_what_it_cannot_serve(
+    settings: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message) as caught:
+        RunConfig(secure_aggregation=True, **settings)  # type: ignore[arg-type]
+    assert "\n" not in str(caught.value)
+    for strategy in ("fedavg", "fedprox", "fedadam", "fedyogi", "fedavgm", "ffa-lora"):
+        RunConfig(secure_aggregation=True, strategy=strategy)  # the sum serves these

@@ -1,0 +1,109 @@
+"""A site's side of secure aggregation: it sends its update only masked, and only the sum opens.
+
+After training, a site with ``secure-aggregation`` on quantises its update weighted by its
+example count (:class:`fedlora.secagg.Quantiser`, which refuses a non-finite value or one beyond
+``secure-aggregation-range``: each site checks its own update), starts a
+:class:`~fedlora.secagg.SiteSession` and replies with its signed key advertisement instead of
+its adapter. The session (private keys, seed, shares, the quantised update) stays in the node's
+``Context.state`` between the round's messages, never on the wire; each ``train.secagg``
+message moves it one stage (:mod:`fedlora.secure_messages`).
+
+In simulation each site signs with a key of its own made for the round and the roster is not
+authenticated (:class:`~fedlora.secagg.KeyRoster` ``None``); deployment's roster-signed keys
+are not wired in yet (docs/security.md).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from flwr.app import Context, Message, RecordDict
+
+from fedlora.adapters import AdapterState, packed_array_record, packed_from_array_record
+from fedlora.protocol import Instruction, make_reply
+from fedlora.secagg import KeyRoster, Quantiser, SecAggError, SiteSession
+from fedlora.secagg.crypto import Identity
+from fedlora.secagg.wire import (
+    decode_advertisement,
+    decode_named,
+    decode_request,
+    encode_advertisement,
+    encode_named,
+    encode_unmask_reply,
+    encode_vector,
+)
+from fedlora.secure_messages import (
+    attach_advertisement,
+    make_stage_reply,
+    read_stage,
+)
+
+logger = logging.getLogger(__name__)
+
+STATE_KEY = "fedlora-secagg-session"
+
+
+def secure_train_reply(
+    context: Context,
+    instruction: Instruction,
+    site: str,
+    state: AdapterState,
+    metrics: Mapping[str, float],
+    privacy: Mapping[str, Any] | None,
+    evaluation: Mapping[str, float] | None,
+) -> RecordDict:
+    """The train reply of a secure round: metrics and the key advertisement, no adapter.
+
+    Raises
+    ------
+    SecAggError
+        When the update cannot be encoded (non-finite, beyond the range).
+    """
+    config = instruction.config
+    vector = Quantiser(config.secure_aggregation_range).encode(state, int(metrics["num-examples"]))
+    session = SiteSession(
+        site,
+        instruction.run_id,
+        instruction.server_round,
+        config.secure_aggregation_threshold,
+        vector,
+        Identity(),
+        KeyRoster(None),
+    )
+    advertisement = encode_advertisement(session.advertise())
+    context.state[STATE_KEY] = packed_array_record(session.export())
+    return attach_advertisement(make_reply(site, metrics, None, privacy, evaluation), advertisement)
+
+
+def handle_secure_stage(message: Message, context: Context) -> Message:
+    """Move this round's session one stage and reply with what that stage sends.
+
+    Raises
+    ------
+    SecAggError
+        When there is no session for this round, the message is malformed, or the session
+        refuses (a forged key, a share that fails authentication, an unmasking request that
+        would reveal an individual update).
+    """
+    stage, server_round, run_id, payload = read_stage(message)
+    kept = context.state.array_records.get(STATE_KEY)
+    if kept is None:
+        raise SecAggError(f"no secure-aggregation session for round {server_round} here")
+    session = SiteSession.restore(packed_from_array_record(kept))
+    if (session.run_id, session.server_round) != (run_id, server_round):
+        raise SecAggError(
+            f"the {stage} message is for round {server_round}; this site's session is for "
+            f"round {session.server_round}"
+        )
+    if stage == "share":
+        ads = [decode_advertisement(item) for item in decode_named(payload).values()]
+        answer = encode_named(session.share(ads))
+    elif stage == "mask":
+        answer = encode_vector(session.mask(decode_named(payload)))
+    else:
+        answer = encode_unmask_reply(session.unmask(decode_request(payload)))
+    context.state[STATE_KEY] = packed_array_record(session.export())
+    logger.debug("site %s: secure-aggregation stage %s done", session.site, stage)
+    return Message(make_stage_reply(session.site, answer), reply_to=message)
