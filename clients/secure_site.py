@@ -26,7 +26,7 @@ from fedlora.protocol import Instruction, make_reply
 from fedlora.secagg import KeyRoster, Quantiser, SecAggError, SiteSession
 from fedlora.secagg.crypto import Identity
 from fedlora.secagg.wire import (
-    decode_advertisement,
+    decode_listing,
     decode_named,
     decode_request,
     encode_advertisement,
@@ -62,13 +62,15 @@ def secure_train_reply(
         When the update cannot be encoded (non-finite, beyond the range).
     """
     config = instruction.config
-    vector = Quantiser(config.secure_aggregation_range).encode(state, int(metrics["num-examples"]))
+    quantiser = Quantiser(config.secure_aggregation_range)
     session = SiteSession(
         site,
         instruction.run_id,
         instruction.server_round,
         config.secure_aggregation_threshold,
-        vector,
+        quantiser.flatten(state),
+        int(metrics["num-examples"]),
+        quantiser,
         Identity(),
         KeyRoster(None),
     )
@@ -98,8 +100,8 @@ def handle_secure_stage(message: Message, context: Context) -> Message:
             f"round {session.server_round}"
         )
     if stage == "share":
-        ads = [decode_advertisement(item) for item in decode_named(payload).values()]
-        answer = encode_named(session.share(ads))
+        total_examples, ads = decode_listing(payload)
+        answer = encode_named(session.share(ads, total_examples))
     elif stage == "mask":
         answer = encode_vector(session.mask(decode_named(payload)))
     else:

@@ -34,7 +34,7 @@ from fedlora.secagg.wire import (
     decode_named,
     decode_unmask_reply,
     decode_vector,
-    encode_advertisement,
+    encode_listing,
     encode_named,
     encode_request,
 )
@@ -92,7 +92,7 @@ class SecureAggregation:
         reference = self.strategy.update_reference(global_state, global_state)
         layout = layout_of(reference)
         threshold = self.config.secure_aggregation_threshold
-        length = sum(slot.size for slot in layout) + 1
+        length = sum(slot.size for slot in layout)
         session = CoordinatorSession(run_id, server_round, threshold, length, KeyRoster(None))
         state = _Round(session, trained)
         mean: AdapterState | None = None
@@ -134,8 +134,9 @@ class SecureAggregation:
                 ads[site] = decode_advertisement(reply.advertisement or b"")
             except SecAggError as error:
                 session.refused[site] = f"unreadable key advertisement: {error}"
-        broadcast = session.receive_advertisements(ads)
-        listed = encode_named({ad.site: encode_advertisement(ad) for ad in broadcast})
+        examples = {site: reply.num_examples for site, reply in state.trained.replies.items()}
+        broadcast = session.receive_advertisements(ads, examples)
+        listed = encode_listing(session.total_examples, broadcast)
         answers = self._stage(state, "share", dict.fromkeys(session.advertised, listed))
         routed = session.route_shares(_decoded(answers, decode_named, session.refused))
         outgoing = {site: encode_named(shares) for site, shares in routed.items()}
@@ -146,7 +147,9 @@ class SecureAggregation:
         answers = self._stage(state, "unmask", dict.fromkeys(session.masked, request))
         replies = _decoded(answers, decode_unmask_reply, session.refused)
         total = session.unmask({site: r for site, r in replies.items() if r.site == site})
-        return self.quantiser.decode(total, layout, len(session.masked))
+        sites = len(session.masked)
+        mean = self.quantiser.decode(total, layout, sites, session.weight_sum)
+        return mean, sum(session.examples[site] for site in session.masked)
 
     def _stage(self, state: _Round, stage: str, payloads: Mapping[str, bytes]) -> dict[str, bytes]:
         """Send each site its payload; each answering site's payload, by site."""

@@ -42,7 +42,7 @@ class CoordinatorSession:
     threshold
         The fewest sites that must remain (t >= 2); 0: a majority of those that advertise.
     length
-        The number of uint64 values of every input.
+        The number of values of every input (uint32, the ring Z/2^32).
     roster
         The keys advertisements are checked against (the sites check them too).
     """
@@ -58,6 +58,8 @@ class CoordinatorSession:
         self.sharers: tuple[str, ...] = ()
         self.masked: tuple[str, ...] = ()
         self.answered: tuple[str, ...] = ()
+        self.examples: dict[str, int] = {}
+        self.total_examples = 0
         self.refused: dict[str, str] = {}
         """Sites dropped for a protocol fault (forged key, malformed message), with why."""
         self._sum: np.ndarray | None = None
@@ -71,9 +73,13 @@ class CoordinatorSession:
             )
 
     def receive_advertisements(
-        self, advertisements: Mapping[str, Advertisement]
+        self, advertisements: Mapping[str, Advertisement], examples: Mapping[str, int]
     ) -> list[Advertisement]:
         """U1: the advertisements that verify, to send to every one of those sites.
+
+        ``examples``: each site's example count (from its train reply); their total over U1,
+        :attr:`total_examples`, goes out with the advertisements, and each site's weight in
+        the sum is its count over that total.
 
         ``advertisements``: by the site the exchange bound the reply to; one that speaks for
         another site, or fails the roster or its signature, is refused and named in
@@ -90,6 +96,10 @@ class CoordinatorSession:
                 continue
             self.advertised[site] = advertisement
         self.threshold = threshold_for(self.configured_threshold, len(self.advertised))
+        self.examples = {site: int(examples.get(site, 0)) for site in self.advertised}
+        if any(count < 0 for count in self.examples.values()):
+            raise SecAggError("an example count below 0")
+        self.total_examples = max(1, sum(self.examples.values()))
         self._require(len(self.advertised), "advertised valid keys")
         return list(self.advertised.values())
 
@@ -119,13 +129,13 @@ class CoordinatorSession:
 
     def receive_masked(self, inputs: Mapping[str, np.ndarray]) -> UnmaskRequest:
         """U3: add up the masked inputs; the request for the shares that unmask the sum."""
-        total = np.zeros(self.length, dtype=np.uint64)
+        total = np.zeros(self.length, dtype=np.uint32)
         masked = []
         for site, vector in sorted(inputs.items()):
             if site not in self.sharers or vector.shape != (self.length,):
                 self.refused[site] = "a masked input from a non-sharer or of the wrong length"
                 continue
-            np.add(total, vector.astype(np.uint64, copy=False), out=total)
+            np.add(total, vector.astype(np.uint32, copy=False), out=total)
             masked.append(site)
         self.masked = tuple(masked)
         self._require(len(self.masked), "sent masked inputs")
@@ -134,7 +144,7 @@ class CoordinatorSession:
         return UnmaskRequest(self.server_round, survivors=self.masked, dropped=dropped)
 
     def unmask(self, replies: Mapping[str, UnmaskReply]) -> np.ndarray:
-        """U4: the unmasked sum of the U3 inputs (uint64, modulo 2^64).
+        """U4: the unmasked sum of the U3 inputs (uint32, modulo 2^32).
 
         Raises
         ------
@@ -186,6 +196,11 @@ class CoordinatorSession:
             return combine_secret(shares[: self.threshold])
         except ValueError:
             raise SecAggError(f"the shares of site {owner}'s secret do not combine") from None
+
+    @property
+    def weight_sum(self) -> float:
+        """The summed weights of the inputs in the sum (U3): what the mean divides by."""
+        return sum(self.examples[site] for site in self.masked) / max(1, self.total_examples)
 
     def counts(self) -> dict[str, Any]:
         """The round's participation: advertised, masked, dropped, recovered, refused."""

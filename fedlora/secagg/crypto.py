@@ -6,8 +6,8 @@ Why the mask generator is fedlora's own
     recover a mask, and the Mersenne Twister is not a cryptographic generator (its output
     reveals its state). :func:`mask_stream` instead keys ChaCha20 with the full 256-bit key
     that HKDF derives from the agreed secret, one key per pair (or site) and round,
-    domain-separated by run, round and the site names, and reads its keystream as uint64
-    values: uniform over Z/2^64 and unpredictable without the key.
+    domain-separated by run, round and the site names, and reads its keystream as uint32
+    values: uniform over the ring Z/2^32 and unpredictable without the key.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def unseal(key: bytes, sealed: bytes, associated: bytes) -> bytes:
 
 
 def mask_stream(key: bytes, count: int) -> np.ndarray:
-    """``count`` uint64 values of ChaCha20's keystream under ``key`` (see the module docstring).
+    """``count`` uint32 values of ChaCha20's keystream under ``key`` (see the module docstring).
 
     Each key serves one mask only (it is derived per pair or site and round), so the fixed
     nonce is never reused with a key.
@@ -93,7 +93,7 @@ def mask_stream(key: bytes, count: int) -> np.ndarray:
     if len(key) != KEY_BYTES:
         raise SecAggError(f"a mask key has {KEY_BYTES} bytes, got {len(key)}")
     encryptor = Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None).encryptor()
-    return np.frombuffer(encryptor.update(bytes(8 * count)), dtype="<u8").copy()
+    return np.frombuffer(encryptor.update(bytes(4 * count)), dtype="<u4").astype(np.uint32)
 
 
 class Identity:

@@ -1,16 +1,20 @@
-"""Adapter tensors into the ring Z/2^64 and back, with a stated error bound.
+"""Adapter tensors into the ring Z/2^32 and back, with a stated error bound.
 
-A site sends ``n · round(x · 2^bits / clip)`` for every value ``x`` of its update (``n``: its
-example count, so that the sum is FedAvg's weighted sum) and ``n`` itself as the last element;
-the values wrap modulo 2^64 as two's-complement integers, so masks add and cancel with NumPy's
-uint64 arithmetic. The coordinator reads the unmasked sum as signed integers, divides by the
-total ``N = Σ n`` and by the scale: each value of the weighted mean is then within
-:attr:`Quantiser.error_bound` (half a step, ``clip / 2^(bits+1)``) of the float weighted mean of
-the sites' values, before the cast back to the tensor's dtype.
+At train time a site flattens its update (its tensors in name order) and checks it: every
+value finite and within ``clip`` (``secure-aggregation-range``), which bounds any site's
+influence on the sum. When the round's example total ``N`` is known (the share stage), it
+sends ``round(x · (n / N) · 2^bits / clip)`` for every value ``x`` (``n``: its example count),
+as 32-bit two's-complement integers, so masks add and cancel with NumPy's uint32 arithmetic.
+Pre-scaling by ``n / N`` (at most 1) keeps the sum within ``2^bits`` whatever ``N`` is, so the
+ring needs no room for example counts and an input costs 4 bytes a value, as a float32 adapter.
+The coordinator reads the unmasked sum as signed integers and divides by the scale and by the
+summed weights ``W = Σ n / N`` of the sites in it: each value of the mean is then within
+:meth:`Quantiser.error_bound` (half a step per site, ``k · clip / (2^(bits+1) · W)`` for ``k``
+sites) of the float example-weighted mean, before the cast back to the tensor's dtype.
 
 Flower's quantiser (``flwr.common.secure_aggregation.quantization``) is not reused: it rounds
 stochastically with NumPy's global generator (not reproducible, a step's error rather than half)
-and returns int32, too narrow for example-weighted sums.
+and has no example weights.
 """
 
 from __future__ import annotations
@@ -26,9 +30,9 @@ from fedlora.adapters import AdapterState
 from fedlora.errors import ConfigError
 from fedlora.secagg.types import SecAggError
 
-DEFAULT_BITS = 24
-RING_HEADROOM_BITS = 62
-"""``N · 2^bits`` stays below 2^62: a sum never wraps, and tampering that does is caught."""
+DEFAULT_BITS = 29
+"""Fraction bits: a sum of weights <= 1 then stays below 2^29 + k/2, far inside 2^31."""
+RING = np.uint32
 
 
 @dataclass(frozen=True)
@@ -64,32 +68,24 @@ class Quantiser:
     def __init__(self, clip: float, bits: int = DEFAULT_BITS) -> None:
         if not (math.isfinite(clip) and clip > 0):
             raise ConfigError(f"the quantisation range must be a positive number, got {clip}")
-        if not 8 <= bits <= 40:
-            raise ConfigError(f"quantisation bits must be 8-40, got {bits}")
+        if not 8 <= bits <= DEFAULT_BITS:
+            raise ConfigError(f"quantisation bits must be 8-{DEFAULT_BITS}, got {bits}")
         self.clip = float(clip)
         self.bits = bits
         self.scale = 2.0**bits / self.clip
-        self.max_examples = 2 ** (RING_HEADROOM_BITS - bits)
-        """Largest example count (of one site, and of a round's total)."""
 
-    @property
-    def error_bound(self) -> float:
-        """Largest error of a value of the dequantised weighted mean: half a step."""
-        return 0.5 / self.scale
+    def error_bound(self, sites: int, weight_sum: float) -> float:
+        """Largest error of a value of the mean of ``sites`` inputs of summed weight ``W``."""
+        return 0.5 * sites / (self.scale * weight_sum)
 
-    def encode(self, state: Mapping[str, torch.Tensor], num_examples: int) -> np.ndarray:
-        """``state`` weighted by ``num_examples`` as a uint64 vector (the module docstring).
+    def flatten(self, state: Mapping[str, torch.Tensor]) -> np.ndarray:
+        """``state``'s values in layout order (float64), checked for what the ring can hold.
 
         Raises
         ------
         SecAggError
-            When a value is not finite or beyond the range, or the count is out of range.
+            Naming a tensor with a value that is not finite or beyond the range.
         """
-        if not 0 <= num_examples <= self.max_examples:
-            raise SecAggError(
-                f"example count {num_examples} outside 0..{self.max_examples} for secure "
-                "aggregation"
-            )
         parts = []
         for slot in layout_of(state):
             values = state[slot.name].detach().to(torch.float64).reshape(-1).numpy()
@@ -101,41 +97,49 @@ class Quantiser:
                     f"tensor {slot.name} has a value of magnitude {peak:.4g}, beyond the secure-"
                     f"aggregation range {self.clip:g}; raise secure-aggregation-range"
                 )
-            parts.append(np.rint(values * self.scale).astype(np.int64) * np.int64(num_examples))
-        parts.append(np.array([num_examples], dtype=np.int64))
-        return np.concatenate(parts).view(np.uint64)
+            parts.append(values)
+        return np.concatenate(parts) if parts else np.zeros(0)
 
-    def decode(
-        self, total: np.ndarray, layout: Sequence[TensorSlot], sites: int
-    ) -> tuple[AdapterState, int]:
-        """The weighted mean and total example count from the unmasked sum of ``sites`` inputs.
+    def encode(self, values: np.ndarray, weight: float) -> np.ndarray:
+        """Flattened ``values`` (within the range) weighted by ``weight`` in [0, 1], in the ring.
 
         Raises
         ------
         SecAggError
-            When the sum has the wrong length, a total count outside ``1..max_examples``, or
-            a value beyond ``N · 2^bits`` (a wrapped or tampered sum).
+            When the weight is outside [0, 1].
         """
-        expected = sum(slot.size for slot in layout) + 1
+        if not 0.0 <= weight <= 1.0:
+            raise SecAggError(f"a site's weight must be in [0, 1], got {weight}")
+        integers = np.rint(np.clip(values, -self.clip, self.clip) * (weight * self.scale))
+        return (integers.astype(np.int64) & 0xFFFFFFFF).astype(RING)
+
+    def decode(
+        self, total: np.ndarray, layout: Sequence[TensorSlot], sites: int, weight_sum: float
+    ) -> AdapterState:
+        """The example-weighted mean from the unmasked sum of ``sites`` inputs.
+
+        Raises
+        ------
+        SecAggError
+            When the sum has the wrong length, the weights sum to nothing, or a value lies
+            beyond what ``sites`` inputs of summed weight ``W`` can make (``W · 2^bits``, plus
+            their rounding): a wrapped or tampered sum.
+        """
+        expected = sum(slot.size for slot in layout)
         if total.shape != (expected,):
             raise SecAggError(f"the unmasked sum has {total.size} values, expected {expected}")
-        signed = total.view(np.int64)
-        count = int(signed[-1])
-        if not 1 <= count <= self.max_examples:
-            raise SecAggError(
-                f"the unmasked example total {count} is outside 1..{self.max_examples}"
-            )
-        limit = count * 2**self.bits
-        peak = int(np.abs(signed[:-1]).max(initial=0))
+        if not (math.isfinite(weight_sum) and 0 < weight_sum <= 1 + 1e-9):
+            raise SecAggError(f"the sites' weights sum to {weight_sum}, not in (0, 1]")
+        signed = total.astype(RING, copy=False).view(np.int32).astype(np.int64)
+        limit = weight_sum * 2**self.bits + sites
+        peak = int(np.abs(signed).max(initial=0))
         if peak > limit:
-            raise SecAggError(
-                f"the unmasked sum is out of range ({peak} > {limit}) for {sites} site(s)"
-            )
-        mean = signed[:-1].astype(np.float64) / (count * self.scale)
+            raise SecAggError(f"the unmasked sum is out of range ({peak} > {limit:.0f})")
+        mean = signed.astype(np.float64) / (self.scale * weight_sum)
         state: AdapterState = {}
         offset = 0
         for slot in layout:
             chunk = mean[offset : offset + slot.size].reshape(slot.shape)
             state[slot.name] = torch.from_numpy(chunk.copy()).to(slot.dtype)
             offset += slot.size
-        return state, count
+        return state

@@ -28,6 +28,7 @@ from fedlora.secagg.crypto import (
     seal,
     unseal,
 )
+from fedlora.secagg.quantise import Quantiser
 from fedlora.secagg.types import (
     Advertisement,
     RoundAbandonedError,
@@ -77,8 +78,9 @@ class SiteSession:
     threshold
         The fewest sites that must remain for anything to be revealed (t); 0: a majority of
         the sites that advertise keys (:func:`~fedlora.secagg.types.threshold_for`).
-    vector
-        The site's quantised input (:meth:`fedlora.secagg.quantise.Quantiser.encode`).
+    update, num_examples, quantiser
+        The site's flattened, checked update (:meth:`fedlora.secagg.Quantiser.flatten`), its
+        example count, and the encoding it is sent in once the round's total is known.
     identity, roster
         The site's signing key; the keys the peers' advertisements are checked against.
     """
@@ -89,7 +91,9 @@ class SiteSession:
         run_id: str,
         server_round: int,
         threshold: int,
-        vector: np.ndarray,
+        update: np.ndarray,
+        num_examples: int,
+        quantiser: Quantiser,
         identity: Identity | None,
         roster: KeyRoster,
     ) -> None:
@@ -100,7 +104,13 @@ class SiteSession:
         """t: as configured, or (0) a majority of the sites that advertised, fixed at ``share``."""
         self.roster = roster
         self._identity = identity
-        self._vector: np.ndarray | None = vector.astype(np.uint64, copy=False)
+        if num_examples < 0:
+            raise SecAggError(f"site {site}: a negative example count {num_examples}")
+        self._update: np.ndarray | None = update.astype(np.float64, copy=False)
+        self.num_examples = num_examples
+        self.total_examples = 0
+        """The round's example total the coordinator announced at ``share`` (fixed then)."""
+        self.quantiser = quantiser
         self._encryption_private, self._encryption_public = new_x25519()
         self._mask_private, self._mask_public = new_x25519()
         self._seed = os.urandom(32)
@@ -135,8 +145,13 @@ class SiteSession:
         signature = self._identity.sign(unsigned.signed_bytes())
         return Advertisement(**{**unsigned.__dict__, "signature": signature})
 
-    def share(self, advertisements: Sequence[Advertisement]) -> dict[str, bytes]:
+    def share(
+        self, advertisements: Sequence[Advertisement], total_examples: int
+    ) -> dict[str, bytes]:
         """Stage 2: each peer's encrypted shares of this site's mask key and self-mask seed.
+
+        ``total_examples``: the advertising sites' example total, which this site's weight is
+        taken against (refused when below this site's own count).
 
         Raises
         ------
@@ -146,6 +161,12 @@ class SiteSession:
             When fewer than the threshold advertised (or this site is not among them).
         """
         self._advance("share")
+        if not max(1, self.num_examples) <= total_examples:
+            raise SecAggError(
+                f"site {self.site}: the round's example total {total_examples} is below its own "
+                f"{self.num_examples}"
+            )
+        self.total_examples = total_examples
         peers: dict[str, Advertisement] = {}
         for advertisement in advertisements:
             self.roster.verify(advertisement, self.run_id, self.server_round)
@@ -209,9 +230,9 @@ class SiteSession:
                 f"{len(self.sharers)} site(s) shared keys, fewer than the threshold "
                 f"{self.threshold}"
             )
-        assert self._vector is not None
-        masked = self._vector.copy()
-        self._vector = None  # nothing unmasked stays behind
+        assert self._update is not None
+        masked = self.quantiser.encode(self._update, self.num_examples / self.total_examples)
+        self._update = None  # nothing unmasked stays behind
         np.add(
             masked,
             mask_stream(
@@ -288,7 +309,9 @@ class SiteSession:
             self._encryption_private,
             self._mask_private,
             self._seed,
-            b"" if self._vector is None else b"1" + self._vector.astype("<u8").tobytes(),
+            b"" if self._update is None else b"1" + self._update.astype("<f8").tobytes(),
+            *(str(n).encode() for n in (self.num_examples, self.total_examples)),
+            *(repr(v).encode() for v in (self.quantiser.clip, self.quantiser.bits)),
             encode_named({name: encode_advertisement(ad) for name, ad in self.peers.items()}),
             encode_named({name: b"" for name in self.sharers}),
             encode_named(self._mask_key_shares),
@@ -307,28 +330,34 @@ class SiteSession:
         SecAggError
             When the bytes are not an exported session.
         """
-        fields = unpack_fields(data, 17)
+        fields = unpack_fields(data, 21)
         try:
             texts = [field.decode() for field in fields[:6]]
             server_round, configured, threshold = (int(text) for text in texts[2:5])
+            num_examples, total_examples = int(fields[10].decode()), int(fields[11].decode())
+            quantiser = Quantiser(float(fields[12].decode()), int(fields[13].decode()))
         except (UnicodeDecodeError, ValueError):
             raise SecAggError("the kept secure-aggregation session is unreadable") from None
         if texts[5] not in _STAGES:
             raise SecAggError(f"the kept secure-aggregation session has stage {texts[5]!r}")
-        roster = KeyRoster(decode_named(fields[16][1:]) if fields[16] else None)
-        vector = np.frombuffer(fields[9][1:], dtype="<u8") if fields[9] else np.zeros(0)
-        session = cls(texts[0], texts[1], server_round, configured, vector, None, roster)
+        roster = KeyRoster(decode_named(fields[20][1:]) if fields[20] else None)
+        update = np.frombuffer(fields[9][1:], dtype="<f8").astype(np.float64)
+        session = cls(
+            texts[0], texts[1], server_round, configured, update, num_examples, quantiser, None,
+            roster,
+        )  # fmt: skip
         session.threshold, session.stage = threshold, texts[5]
+        session.total_examples = total_examples
         session._encryption_private, session._mask_private, session._seed = fields[6:9]
-        session._vector = vector.astype(np.uint64) if fields[9] else None
+        session._update = update if fields[9] else None
         session.peers = {
-            name: decode_advertisement(ad) for name, ad in decode_named(fields[10]).items()
+            name: decode_advertisement(ad) for name, ad in decode_named(fields[14]).items()
         }
         session._encryption_public = public_x25519(session._encryption_private)
         session._mask_public = public_x25519(session._mask_private)
-        session.sharers = tuple(decode_named(fields[11]))
-        session._mask_key_shares = decode_named(fields[12])
-        session._seed_shares = decode_named(fields[13])
-        session.revealed_keys = set(decode_named(fields[14]))
-        session.revealed_seeds = set(decode_named(fields[15]))
+        session.sharers = tuple(decode_named(fields[15]))
+        session._mask_key_shares = decode_named(fields[16])
+        session._seed_shares = decode_named(fields[17])
+        session.revealed_keys = set(decode_named(fields[18]))
+        session.revealed_seeds = set(decode_named(fields[19]))
         return session

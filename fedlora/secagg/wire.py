@@ -132,12 +132,25 @@ def decode_unmask_reply(data: bytes) -> UnmaskReply:
 
 
 def encode_vector(vector: np.ndarray) -> bytes:
-    """A masked input (uint64, little-endian) as bytes."""
-    return vector.astype("<u8", copy=False).tobytes()
+    """A masked input (uint32, little-endian) as bytes."""
+    return vector.astype("<u4", copy=False).tobytes()
 
 
 def decode_vector(data: bytes, length: int) -> np.ndarray:
     """A masked input of ``length`` values from :func:`encode_vector`'s bytes."""
-    if len(data) != 8 * length:
-        raise SecAggError(f"a masked input has {len(data)} bytes, expected {8 * length}")
-    return np.frombuffer(data, dtype="<u8").astype(np.uint64)
+    if len(data) != 4 * length:
+        raise SecAggError(f"a masked input has {len(data)} bytes, expected {4 * length}")
+    return np.frombuffer(data, dtype="<u4").astype(np.uint32)
+
+
+def encode_listing(total_examples: int, advertisements: list[Advertisement]) -> bytes:
+    """The share stage's message: the round's example total and every advertisement."""
+    listed = encode_named({ad.site: encode_advertisement(ad) for ad in advertisements})
+    return pack_fields(str(total_examples).encode(), listed)
+
+
+def decode_listing(data: bytes) -> tuple[int, list[Advertisement]]:
+    """``(total_examples, advertisements)`` from :func:`encode_listing`'s bytes."""
+    total, listed = unpack_fields(data, 2)
+    ads = [decode_advertisement(item) for item in decode_named(listed).values()]
+    return _integer(total), ads

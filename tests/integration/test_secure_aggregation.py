@@ -45,8 +45,8 @@ def _config(tmp_path: Path, **overrides: object) -> RunConfig:
     return resolve_config(RunConfig(**{**settings, **overrides}))  # type: ignore[arg-type]
 
 
-def _final(run_dir: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(run_dir / "adapters" / "final" / "adapter_model.safetensors"))
+def _saved(run_dir: Path, adapter: str) -> dict[str, torch.Tensor]:
+    return load_file(str(run_dir / "adapters" / adapter / "adapter_model.safetensors"))
 
 
 def _watching(app, seen: list[tuple[str, bool]], fail: dict[str, set[int]] | None = None):
@@ -82,11 +82,16 @@ def test_a_secure_run_gives_the_plain_runs_adapter_up_to_quantisation(
     grid = InProcessGrid(_watching(scenario_client_app(secure_config), seen), 4)
     secure = run_federation(grid, secure_config, out=Path(secure_config.out), run_id="run")
 
-    expected, got = _final(plain.run_dir.path), _final(secure.run_dir.path)
-    bound = Quantiser(secure_config.secure_aggregation_range).error_bound
-    worst = max(float((expected[name] - got[name]).abs().max()) for name in expected)
-    assert worst <= 50 * bound  # two rounds of training on a start within half a step
-    assert any(float((expected[n] - got[n]).abs().max()) > 0 for n in expected)  # quantised
+    # Round 1 starts from the same adapter: its mean is within the quantisation bound (plus
+    # the float32 cast); the last round trains on starts that differ by that much.
+    bound = Quantiser(secure_config.secure_aggregation_range).error_bound(4, 1.0)
+    for adapter, tolerance in (("round-001", bound), ("final", 2e-5)):
+        expected = _saved(plain.run_dir.path, adapter)
+        got = _saved(secure.run_dir.path, adapter)
+        for name, tensor in expected.items():
+            cast = 1.2e-7 * float(tensor.abs().max())
+            assert float((tensor - got[name]).abs().max()) <= tolerance + cast, (adapter, name)
+    assert any(not torch.equal(expected[n], got[n]) for n in expected)  # it was quantised
     # No train reply and no protocol reply carried an adapter in the secure run.
     assert seen and not any(carries for _, carries in seen)
     assert {kind for kind, _ in seen} == {"train", MESSAGE_TYPE, "evaluate"}
@@ -122,5 +127,5 @@ def test_too_few_sites_abandon_the_round_and_nothing_is_aggregated(tmp_path: Pat
     run_dir = Path(config.out) / "run"
     record = read_metrics(run_dir)[-1]
     assert record["secure-aggregation"]["aggregated"] is False
-    assert not (run_dir / "adapters" / "round-1").exists()
+    assert not (run_dir / "adapters" / "round-001").exists()
     assert json.loads((run_dir / "status.json").read_text())["state"] == "incomplete"

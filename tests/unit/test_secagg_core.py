@@ -69,29 +69,45 @@ def _federation(names: list[str]) -> tuple[dict[str, Identity], KeyRoster]:
     return identities, KeyRoster({name: ident.public for name, ident in identities.items()})
 
 
-def _sessions(vectors: dict[str, np.ndarray], threshold: int) -> dict[str, SiteSession]:
-    identities, roster = _federation(sorted(vectors))
+Update = tuple[np.ndarray, int]
+"""A site's flattened update and its example count."""
+
+QUANTISER = Quantiser(clip=8.0)
+
+
+def _sessions(updates: dict[str, Update], threshold: int) -> dict[str, SiteSession]:
+    identities, roster = _federation(sorted(updates))
     return {
-        name: SiteSession(name, RUN, ROUND, threshold, vector, identities[name], roster)
-        for name, vector in vectors.items()
+        name: SiteSession(
+            name, RUN, ROUND, threshold, update, count, QUANTISER, identities[name], roster
+        )
+        for name, (update, count) in updates.items()
     }
 
 
+def _total(updates: dict[str, Update]) -> int:
+    return sum(count for _, count in updates.values())
+
+
 def _run(
-    vectors: dict[str, np.ndarray],
+    updates: dict[str, Update],
     threshold: int,
     drop: dict[str, set[str]] | None = None,
 ) -> tuple[np.ndarray, CoordinatorSession, dict[str, SiteSession]]:
     """A whole round; ``drop``: stage -> sites that stop answering before that stage."""
     drop = drop or {}
-    sites = _sessions(vectors, threshold)
-    length = next(iter(vectors.values())).size
+    sites = _sessions(updates, threshold)
+    length = next(iter(updates.values()))[0].size
     coordinator = CoordinatorSession(RUN, ROUND, threshold, length, KeyRoster(None))
     live = set(sites) - drop.get("advertise", set())
-    ads = coordinator.receive_advertisements({name: sites[name].advertise() for name in live})
+    examples = {name: count for name, (_, count) in updates.items()}
+    ads = coordinator.receive_advertisements(
+        {name: sites[name].advertise() for name in live}, examples
+    )
     kept(sites)
     live -= drop.get("share", set())
-    routed = coordinator.route_shares({name: sites[name].share(ads) for name in live})
+    total = coordinator.total_examples
+    routed = coordinator.route_shares({name: sites[name].share(ads, total) for name in live})
     kept(sites)
     live -= drop.get("mask", set())
     request = coordinator.receive_masked(
@@ -109,120 +125,108 @@ def kept(sites: dict[str, SiteSession]) -> None:
         sites[name] = SiteSession.restore(session.export())
 
 
+def _plain_sum(updates: dict[str, Update], included: set[str], total: int) -> np.ndarray:
+    """The sum of the included sites' encoded inputs, without any mask."""
+    result = np.zeros(next(iter(updates.values()))[0].size, dtype=np.uint32)
+    for name in included:
+        update, count = updates[name]
+        result += QUANTISER.encode(update, count / total)
+    return result
+
+
 @pytest.mark.parametrize("preset", ["tiny-llama", "tiny-bert"])
 @pytest.mark.parametrize("sites", [2, 5, 10])
 def test_unmasked_sum_is_the_plain_quantised_sum_and_the_mean_within_the_bound(
     adapters: dict[str, AdapterState], preset: str, sites: int
 ) -> None:
-    quantiser = Quantiser(clip=4.0)
     states = _site_states(adapters[preset], sites, seed=sites)
     counts = [7 + 13 * index for index in range(sites)]
-    vectors = {
-        f"site-{i}": quantiser.encode(state, count)
+    updates = {
+        f"site-{i}": (QUANTISER.flatten(state), count)
         for i, (state, count) in enumerate(zip(states, counts, strict=True))
     }
-    plain = np.zeros_like(next(iter(vectors.values())))
-    for vector in vectors.values():
-        plain += vector
-    total, coordinator, _ = _run(vectors, threshold=max(2, sites // 2 + 1))
-    assert np.array_equal(total, plain)
+    total, coordinator, _ = _run(updates, threshold=max(2, sites // 2 + 1))
+    assert np.array_equal(total, _plain_sum(updates, set(updates), sum(counts)))
     assert coordinator.counts()["masked"] == sites
 
-    mean, examples = quantiser.decode(total, layout_of(states[0]), sites)
-    assert examples == sum(counts)
+    mean = QUANTISER.decode(total, layout_of(states[0]), sites, coordinator.weight_sum)
+    assert coordinator.weight_sum == 1.0
+    bound = QUANTISER.error_bound(sites, 1.0)
     for name in states[0]:
         exact = sum(c * s[name].double() for c, s in zip(counts, states, strict=True)) / sum(counts)
         error = (mean[name].double() - exact).abs()
-        # half a quantisation step, plus the float32 cast of the mean
-        assert float(error.max()) <= quantiser.error_bound + 1e-7 * float(exact.abs().max())
+        # half a quantisation step per site, plus the float32 cast of the mean
+        assert float(error.max()) <= bound + 1e-7 * float(exact.abs().max())
         assert mean[name].dtype == states[0][name].dtype
 
 
-def test_a_masked_input_is_uniform_over_the_ring_and_uncorrelated_with_the_update() -> None:
-    quantiser = Quantiser(clip=1.0)
-    generator = torch.Generator().manual_seed(1)
-    plain_state = {"w": 0.1 * torch.randn(20_000, generator=generator)}
-    vectors = {
-        "a": quantiser.encode(plain_state, 5),
-        "b": quantiser.encode({"w": torch.zeros(20_000)}, 5),
-        "c": quantiser.encode({"w": torch.zeros(20_000)}, 5),
-    }
-    sites = _sessions(vectors, threshold=2)
+def _stages_to_mask(
+    updates: dict[str, Update], threshold: int
+) -> tuple[dict[str, SiteSession], dict[str, np.ndarray]]:
+    """Every site advertised, shared and masked (the coordinator's relaying done by hand)."""
+    sites = _sessions(updates, threshold)
     ads = [site.advertise() for site in sites.values()]
-    bundles = {name: site.share(ads) for name, site in sites.items()}
-    incoming = {name: {s: b[name] for s, b in bundles.items() if s != name} for name in sites}
-    masked = sites["a"].mask(incoming["a"])
+    bundles = {name: site.share(ads, _total(updates)) for name, site in sites.items()}
+    masked = {
+        name: site.mask({s: b[name] for s, b in bundles.items() if s != name})
+        for name, site in sites.items()
+    }
+    return sites, masked
+
+
+def test_a_masked_input_is_uniform_over_the_ring_and_uncorrelated_with_the_update() -> None:
+    generator = torch.Generator().manual_seed(1)
+    plain = QUANTISER.flatten({"w": 0.1 * torch.randn(20_000, generator=generator)})
+    updates = {"a": (plain, 5), "b": (np.zeros(20_000), 5), "c": (np.zeros(20_000), 5)}
+    masked = _stages_to_mask(updates, threshold=2)[1]["a"]
+    encoded = QUANTISER.encode(plain, 5 / 15)
 
     def chi_square_p(values: np.ndarray) -> tuple[float, float]:
-        top = np.bincount((values >> np.uint64(60)).astype(np.int64), minlength=16)
-        low = np.bincount((values & np.uint64(15)).astype(np.int64), minlength=16)
+        top = np.bincount((values >> np.uint32(28)).astype(np.int64), minlength=16)
+        low = np.bincount((values & np.uint32(15)).astype(np.int64), minlength=16)
         return float(stats.chisquare(top).pvalue), float(stats.chisquare(low).pvalue)
 
     assert min(chi_square_p(masked)) > 1e-4
-    assert max(chi_square_p(vectors["a"])) < 1e-10  # the test can tell: the plain input fails
-    plain = vectors["a"][:-1].view(np.int64).astype(np.float64)
-    correlation = np.corrcoef(plain, masked[:-1].astype(np.float64))[0, 1]
-    assert abs(correlation) < 4 / np.sqrt(plain.size)
+    assert max(chi_square_p(encoded)) < 1e-10  # the test can tell: the plain input fails
+    signed = encoded.view(np.int32).astype(np.float64)
+    correlation = np.corrcoef(signed, masked.astype(np.float64))[0, 1]
+    assert abs(correlation) < 4 / np.sqrt(signed.size)
 
 
-def _vectors(sites: int) -> dict[str, np.ndarray]:
+def _updates(sites: int) -> dict[str, Update]:
     rng = np.random.default_rng(sites)
-    quantiser = Quantiser(clip=8.0)
-    return {
-        f"s{i}": quantiser.encode({"w": torch.from_numpy(rng.normal(size=500))}, 3 + i)
-        for i in range(sites)
-    }
-
-
-def _sum(vectors: dict[str, np.ndarray], names: set[str]) -> np.ndarray:
-    total = np.zeros(501, dtype=np.uint64)
-    for name in names:
-        total += vectors[name]
-    return total
+    return {f"s{i}": (np.clip(rng.normal(size=500), -8, 8), 3 + i) for i in range(sites)}
 
 
 @pytest.mark.parametrize("stage", ["share", "mask", "unmask"])
 def test_two_dropouts_of_five_at_any_stage_are_recovered_with_threshold_three(stage: str) -> None:
-    vectors = _vectors(5)
+    updates = _updates(5)
     gone = {"s1", "s3"}
-    total, coordinator, _ = _run(vectors, threshold=3, drop={stage: gone})
+    total, coordinator, _ = _run(updates, threshold=3, drop={stage: gone})
     # A site that dropped before sending its masked input is left out; after, it is in.
-    included = set(vectors) if stage == "unmask" else set(vectors) - gone
-    assert np.array_equal(total, _sum(vectors, included))
+    included = set(updates) if stage == "unmask" else set(updates) - gone
+    assert np.array_equal(total, _plain_sum(updates, included, _total(updates)))
     counts = coordinator.counts()
     assert counts["dropped"] == 2
     assert counts["recovered"] == (2 if stage == "mask" else 0)
+    assert coordinator.weight_sum == sum(updates[s][1] for s in included) / _total(updates)
 
 
 @pytest.mark.parametrize("stage", ["share", "mask", "unmask"])
 def test_three_dropouts_of_five_abandon_the_round_and_reveal_nothing(stage: str) -> None:
-    vectors = _vectors(5)
+    updates = _updates(5)
     gone = {"s0", "s2", "s4"}
     with pytest.raises(RoundAbandonedError, match="fewer than the secure-aggregation threshold 3"):
-        _run(vectors, threshold=3, drop={stage: gone})
+        _run(updates, threshold=3, drop={stage: gone})
     # The survivors refuse a request that names fewer than the threshold as survivors.
-    sites = _sessions(vectors, threshold=3)
-    ads = [site.advertise() for site in sites.values()]
-    bundles = {name: site.share(ads) for name, site in sites.items()}
-    survivor = sites["s1"]
-    survivor.mask({s: b["s1"] for s, b in bundles.items() if s != "s1"})
+    survivor = _stages_to_mask(updates, threshold=3)[0]["s1"]
     with pytest.raises(UnmaskRefusedError, match="fewer than the threshold"):
         survivor.unmask(UnmaskRequest(ROUND, survivors=("s1", "s3"), dropped=("s0", "s2", "s4")))
     assert survivor.revealed_keys == set() and survivor.revealed_seeds == set()
 
 
-def _masked_round(vectors: dict[str, np.ndarray]) -> dict[str, SiteSession]:
-    sites = _sessions(vectors, threshold=3)
-    ads = [site.advertise() for site in sites.values()]
-    bundles = {name: site.share(ads) for name, site in sites.items()}
-    for name, site in sites.items():
-        site.mask({s: b[name] for s, b in bundles.items() if s != name})
-    return sites
-
-
 def test_a_site_refuses_to_reveal_both_shares_of_one_peer() -> None:
-    sites = _masked_round(_vectors(5))
-    site = sites["s0"]
+    site = _stages_to_mask(_updates(5), threshold=3)[0]["s0"]
     with pytest.raises(UnmaskRefusedError, match=r"both .*\['s2'\]"):
         site.unmask(UnmaskRequest(ROUND, survivors=("s0", "s1", "s2"), dropped=("s2",)))
     assert site.revealed_keys == set() and site.revealed_seeds == set()
@@ -238,16 +242,19 @@ def test_a_site_refuses_to_reveal_both_shares_of_one_peer() -> None:
 def test_forged_and_unknown_keys_are_refused_and_named() -> None:
     names = ["a", "b", "c", "d"]
     identities, roster = _federation(names)
-    vector = np.zeros(4, dtype=np.uint64)
-    sites = {n: SiteSession(n, RUN, ROUND, 2, vector, identities[n], roster) for n in names}
+    zero = np.zeros(4)
+    sites = {
+        n: SiteSession(n, RUN, ROUND, 2, zero, 1, QUANTISER, identities[n], roster) for n in names
+    }
     ads = {n: s.advertise() for n, s in sites.items()}
     # b's mask key swapped after signing (a coordinator's substitution); c signs with a key
     # of its own that is not the roster's; "mallory" is no enrolled site at all.
     forged = dict(ads)
     forged["b"] = dataclasses.replace(ads["b"], mask_key=ads["d"].mask_key[::-1])
-    impostor = SiteSession("c", RUN, ROUND, 2, vector, Identity(), roster).advertise()
+    impostor = SiteSession("c", RUN, ROUND, 2, zero, 1, QUANTISER, Identity(), roster).advertise()
     forged["c"] = impostor
-    mallory = SiteSession("mallory", RUN, ROUND, 2, vector, Identity(), roster).advertise()
+    mallory = SiteSession("mallory", RUN, ROUND, 2, zero, 1, QUANTISER, Identity(), roster)
+    mallory = mallory.advertise()
     forged["mallory"] = mallory
     for advertisement, reason in (
         (forged["b"], "signature does not verify"),
@@ -256,21 +263,21 @@ def test_forged_and_unknown_keys_are_refused_and_named() -> None:
         (dataclasses.replace(ads["d"], server_round=ROUND + 1), "round 4, not run"),
     ):
         with pytest.raises(ForgedKeyError, match=reason) as caught:
-            sites["a"].share([ads["a"], advertisement])
+            sites["a"].share([ads["a"], advertisement], 4)
         assert caught.value.site == advertisement.site
         sites["a"].stage = "share"  # try the next forgery on a fresh stage
     coordinator = CoordinatorSession(RUN, ROUND, 2, 4, roster)
-    accepted = coordinator.receive_advertisements(forged)
+    accepted = coordinator.receive_advertisements(forged, dict.fromkeys(forged, 1))
     assert sorted(ad.site for ad in accepted) == ["a", "d"]
     assert set(coordinator.refused) == {"b", "c", "mallory"}
     assert "signature does not verify" in coordinator.refused["b"]
 
 
 def test_a_share_altered_in_transit_is_refused() -> None:
-    vectors = _vectors(3)
-    sites = _sessions(vectors, threshold=2)
+    updates = _updates(3)
+    sites = _sessions(updates, threshold=2)
     ads = [site.advertise() for site in sites.values()]
-    bundles = {name: site.share(ads) for name, site in sites.items()}
+    bundles = {name: site.share(ads, _total(updates)) for name, site in sites.items()}
     tampered = bytearray(bundles["s1"]["s0"])
     tampered[-1] ^= 1
     with pytest.raises(SecAggError, match="failed authentication"):
@@ -283,23 +290,28 @@ def test_a_share_altered_in_transit_is_refused() -> None:
 def test_the_quantiser_refuses_what_it_cannot_encode_exactly() -> None:
     quantiser = Quantiser(clip=1.0)
     with pytest.raises(SecAggError, match="beyond the secure-aggregation range 1"):
-        quantiser.encode({"w": torch.tensor([0.5, -1.5])}, 1)
+        quantiser.flatten({"w": torch.tensor([0.5, -1.5])})
     with pytest.raises(SecAggError, match="non-finite"):
-        quantiser.encode({"w": torch.tensor([float("nan")])}, 1)
-    with pytest.raises(SecAggError, match="example count"):
-        quantiser.encode({"w": torch.zeros(1)}, -1)
+        quantiser.flatten({"w": torch.tensor([float("nan")])})
+    with pytest.raises(SecAggError, match="weight must be in"):
+        quantiser.encode(np.zeros(1), 1.5)
     layout = layout_of({"w": torch.zeros(2)})
-    beyond = np.array([5 * 2**24 + 1, 0, 5], dtype=np.int64).view(np.uint64)
+    beyond = np.array([2**29 // 2 + 3, 0], dtype=np.int32).view(np.uint32)
     with pytest.raises(SecAggError, match="out of range"):
-        quantiser.decode(beyond, layout, sites=2)
-    with pytest.raises(SecAggError, match="example total 0"):
-        quantiser.decode(np.zeros(3, dtype=np.uint64), layout, sites=2)
+        quantiser.decode(beyond, layout, sites=2, weight_sum=0.5)
+    with pytest.raises(SecAggError, match="weights sum to 0"):
+        quantiser.decode(np.zeros(2, dtype=np.uint32), layout, sites=2, weight_sum=0.0)
     with pytest.raises(ValueError, match="positive"):
         Quantiser(clip=float("nan"))
+    # A site whose own count exceeds the announced total refuses to share (its weight > 1).
+    site = _sessions({"a": (np.zeros(2), 9)}, threshold=2)["a"]
+    site.advertise()
+    with pytest.raises(SecAggError, match="example total 4 is below its own 9"):
+        site.share([], 4)
 
 
 def test_messages_round_trip_through_bytes_and_truncation_is_refused() -> None:
-    sites = _sessions(_vectors(2), threshold=2)
+    sites = _sessions(_updates(2), threshold=2)
     ad = sites["s0"].advertise()
     assert decode_advertisement(encode_advertisement(ad)) == ad
     request = UnmaskRequest(ROUND, survivors=("a", "b"), dropped=("c",))

@@ -14,7 +14,12 @@ from fedlora.config import RunConfig
 from fedlora.protocol import Instruction, make_reply
 from fedlora.replies import MAX_ADVERTISEMENT_BYTES, ReplyRejectedError, parse_reply
 from fedlora.secagg import Quantiser, SecAggError
-from fedlora.secagg.wire import decode_advertisement, decode_named, encode_named
+from fedlora.secagg.wire import (
+    decode_advertisement,
+    decode_named,
+    encode_listing,
+    encode_named,
+)
 from fedlora.secure_messages import (
     MESSAGE_TYPE,
     attach_advertisement,
@@ -77,7 +82,7 @@ def test_two_sites_run_the_stages_from_their_kept_state_and_refuse_another_round
         message = Message(content, dst_node_id=1, message_type="train")
         ads[site] = parse_reply(message, "train").advertisement
         assert decode_advertisement(ads[site]).site == site
-    listed = encode_named(ads)  # type: ignore[arg-type]
+    listed = encode_listing(4, [decode_advertisement(ad or b"") for ad in ads.values()])
     with pytest.raises(SecAggError, match="for round 5; this site's session is for round 4"):
         handle_secure_stage(_stage("share", 5, listed), contexts["a"])
     with pytest.raises(SecAggError, match="no secure-aggregation session"):
@@ -90,11 +95,12 @@ def test_two_sites_run_the_stages_from_their_kept_state_and_refuse_another_round
     for site, context in contexts.items():
         incoming = encode_named({s: b[site] for s, b in shares.items() if s != site})
         reply = handle_secure_stage(_stage("mask", 4, incoming), context)
-        masked[site] = np.frombuffer(read_stage_reply(reply)[1], dtype="<u8")
+        masked[site] = np.frombuffer(read_stage_reply(reply)[1], dtype="<u4")
     # The kept session no longer holds the plain update, and a second mask is refused.
     with pytest.raises(SecAggError, match="mask requested at stage unmask"):
         handle_secure_stage(_stage("mask", 4, encode_named({})), contexts["a"])
-    plain = Quantiser(8.0).encode(states["a"], 2)
+    quantiser = Quantiser(8.0)
+    plain = quantiser.encode(quantiser.flatten(states["a"]), 2 / 4)
     assert masked["a"].shape == plain.shape and not np.any(masked["a"] == plain)
 
 
