@@ -84,7 +84,11 @@ class Federation:
         self.strategy.prepare(self.global_state)
         self.sites = SiteExchange(grid, config, self.observer, roster)
         """The exchanges with the sites: node bindings, ledger receipts, reply timing."""
-        self.secure = SecureAggregation(self.sites, self.strategy, config)
+        self.secure = (
+            SecureAggregation(self.sites, self.strategy, config)
+            if config.secure_aggregation
+            else None
+        )
         """Secure rounds (``secure-aggregation``): the coordinator learns only the sum."""
         self._saved_binding: dict[str, str] = {}
         """A resumed run's ``site-nodes``, restored once the nodes are connected."""
@@ -263,7 +267,7 @@ class Federation:
             trained.errors[:0] = failed
             updates = (
                 self.secure.updates(trained, self.global_state, server_round, self.run_dir.run_id)
-                if config.secure_aggregation
+                if self.secure is not None
                 else validated_updates(
                     self.strategy, self.global_state, trained, config.update_norm_bound
                 )

@@ -140,6 +140,12 @@ def _run_section(report: Mapping[str, Any]) -> Section:
         ("accountant", f"{report['accountant']} (budgets and refusals use it)"),
         ("DP mode", str(report["dp-mode"])),
         ("central (client-level) DP", str(report["central-dp"])),
+        (
+            "individual updates",
+            "seen by the coordinator"
+            if report.get("coordinator-saw-individual-updates", True)
+            else "never seen by the coordinator: secure aggregation (it saw each round's sum)",
+        ),
         ("report generated", str(report["generated"])),
     ]
     return Section("Run", (Table(("", ""), tuple(rows)),))

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from fedlora.config import RunConfig
 from fedlora.errors import FedloraError
 from fedlora.protocol import ADAPTER, SITE
+from fedlora.report.build import build_report, write_report
 from fedlora.secagg import Quantiser
 from fedlora.secure_messages import MESSAGE_TYPE, read_stage
 from fedlora.server.federation import run_federation
@@ -101,6 +102,11 @@ def test_a_secure_run_gives_the_plain_runs_adapter_up_to_quantisation(
         assert entry["protocol-bytes-received"] > 8 * sum(t.numel() for t in got.values()) // 2
         assert entry["protocol-seconds"] >= 0
     assert "secure-aggregation" not in read_metrics(plain.run_dir.path)[1]
+    # The privacy report says whether the coordinator saw individual updates.
+    assert build_report(plain.run_dir.path)["coordinator-saw-individual-updates"] is True
+    assert build_report(secure.run_dir.path)["coordinator-saw-individual-updates"] is False
+    markdown = (write_report(secure.run_dir.path) / "report.md").read_text(encoding="utf-8")
+    assert "never seen by the coordinator" in markdown
 
 
 def test_a_site_that_drops_after_sharing_is_recovered(tmp_path: Path) -> None:
