@@ -203,7 +203,12 @@ class CoordinatorSession:
         return sum(self.examples[site] for site in self.masked) / max(1, self.total_examples)
 
     def counts(self) -> dict[str, Any]:
-        """The round's participation: advertised, masked, dropped, recovered, refused."""
+        """The round's participation: advertised, masked, dropped, recovered, refused.
+
+        ``dropped``: advertised sites that did not answer the unmasking request (all of them
+        when the round was abandoned before it); ``recovered``: sharers whose masks were
+        removed from their shares because they sent no masked input.
+        """
         return {
             "advertised": len(self.advertised),
             "masked": len(self.masked),
