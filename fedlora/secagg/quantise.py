@@ -111,7 +111,8 @@ class Quantiser:
         if not 0.0 <= weight <= 1.0:
             raise SecAggError(f"a site's weight must be in [0, 1], got {weight}")
         integers = np.rint(np.clip(values, -self.clip, self.clip) * (weight * self.scale))
-        return (integers.astype(np.int64) & 0xFFFFFFFF).astype(RING)
+        wrapped: np.ndarray = (integers.astype(np.int64) & 0xFFFFFFFF).astype(RING)
+        return wrapped
 
     def decode(
         self, total: np.ndarray, layout: Sequence[TensorSlot], sites: int, weight_sum: float
