@@ -8,20 +8,25 @@ its adapter. The session (private keys, seed, shares, the quantised update) stay
 ``Context.state`` between the round's messages, never on the wire; each ``train.secagg``
 message moves it one stage (:mod:`fedlora.secure_messages`).
 
-In simulation each site signs with a key of its own made for the round and the roster is not
-authenticated (:class:`~fedlora.secagg.KeyRoster` ``None``); deployment's roster-signed keys
-are not wired in yet (docs/security.md).
+A site whose node config names ``secagg-identity-key`` (its Ed25519 private key, PEM) and
+``secagg-roster`` (JSON: every site's name -> its raw public key in hex) signs with that key and
+refuses any advertisement that the roster does not vouch for. Without them (simulation) each
+site signs with a key made for the round and checks signatures against the advertised keys
+(:class:`~fedlora.secagg.KeyRoster` ``None``). ``fedlora pki`` does not yet issue these files
+(docs/security.md).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from flwr.app import Context, Message, RecordDict
 
 from fedlora.adapters import AdapterState, packed_array_record, packed_from_array_record
+from fedlora.errors import ConfigError
 from fedlora.protocol import Instruction, make_reply
 from fedlora.secagg import KeyRoster, Quantiser, SecAggError, SiteSession
 from fedlora.secagg.crypto import Identity
@@ -43,6 +48,8 @@ from fedlora.secure_messages import (
 logger = logging.getLogger(__name__)
 
 STATE_KEY = "fedlora-secagg-session"
+IDENTITY_KEY = "secagg-identity-key"
+ROSTER = "secagg-roster"
 
 
 def secure_train_reply(
@@ -62,6 +69,7 @@ def secure_train_reply(
         When the update cannot be encoded (non-finite, beyond the range).
     """
     config = instruction.config
+    identity, roster = site_keys(context, site)
     quantiser = Quantiser(config.secure_aggregation_range)
     session = SiteSession(
         site,
@@ -71,12 +79,39 @@ def secure_train_reply(
         quantiser.flatten(state),
         int(metrics["num-examples"]),
         quantiser,
-        Identity(),
-        KeyRoster(None),
+        identity,
+        roster,
     )
     advertisement = encode_advertisement(session.advertise())
     context.state[STATE_KEY] = packed_array_record(session.export())
     return attach_advertisement(make_reply(site, metrics, None, privacy, evaluation), advertisement)
+
+
+def site_keys(context: Context, site: str) -> tuple[Identity, KeyRoster]:
+    """The site's identity and the roster it checks its peers against (module docstring).
+
+    Raises
+    ------
+    ConfigError
+        When the node config names only one of the two files, or one cannot be read.
+    SecAggError
+        When a file is malformed, or the roster does not list this site with its own key.
+    """
+    node = context.node_config
+    key_path, roster_path = node.get(IDENTITY_KEY), node.get(ROSTER)
+    if key_path is None and roster_path is None:
+        return Identity(), KeyRoster(None)
+    if key_path is None or roster_path is None:
+        raise ConfigError(f"node config: give both {IDENTITY_KEY} and {ROSTER}, or neither")
+    try:
+        identity = Identity.from_pem(Path(str(key_path)).read_bytes())
+        roster = KeyRoster.from_json(Path(str(roster_path)).read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ConfigError(f"node config: cannot read a secure-aggregation file: {error}") from None
+    assert roster.keys is not None
+    if roster.keys.get(site) != identity.public:
+        raise SecAggError(f"the secure-aggregation roster does not list site {site} with its key")
+    return identity, roster
 
 
 def handle_secure_stage(message: Message, context: Context) -> Message:

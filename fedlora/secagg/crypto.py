@@ -12,6 +12,7 @@ Why the mask generator is fedlora's own
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 
@@ -23,7 +24,13 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+    load_pem_private_key,
+)
 
 from fedlora.secagg.types import DOMAIN, Advertisement, ForgedKeyError, SecAggError
 
@@ -102,6 +109,27 @@ class Identity:
     def __init__(self, private: Ed25519PrivateKey | None = None) -> None:
         self._private = private if private is not None else Ed25519PrivateKey.generate()
 
+    @classmethod
+    def from_pem(cls, pem: bytes) -> Identity:
+        """An identity from an unencrypted PEM (PKCS#8) Ed25519 private key.
+
+        Raises
+        ------
+        SecAggError
+            When the PEM is not an unencrypted Ed25519 private key.
+        """
+        try:
+            key = load_pem_private_key(pem, password=None)
+        except (ValueError, TypeError) as error:
+            raise SecAggError(f"the identity key is not a readable PEM key: {error}") from None
+        if not isinstance(key, Ed25519PrivateKey):
+            raise SecAggError(f"the identity key must be Ed25519, got {type(key).__name__}")
+        return cls(key)
+
+    def to_pem(self) -> bytes:
+        """The private key as an unencrypted PEM (PKCS#8), for the site's own disk only."""
+        return self._private.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+
     @property
     def public(self) -> bytes:
         """The raw 32-byte public key (what a roster lists)."""
@@ -122,6 +150,32 @@ class KeyRoster:
 
     def __init__(self, keys: Mapping[str, bytes] | None) -> None:
         self.keys = dict(keys) if keys is not None else None
+
+    @classmethod
+    def from_json(cls, text: str) -> KeyRoster:
+        """A roster from JSON ``{"site name": "<64 hex digits: raw Ed25519 public key>"}``.
+
+        Raises
+        ------
+        SecAggError
+            When the text is not such an object (a key of another length, not hex, ...).
+        """
+        try:
+            payload = json.loads(text)
+        except ValueError as error:
+            raise SecAggError(f"the secure-aggregation roster is not JSON: {error}") from None
+        if not isinstance(payload, dict) or not payload:
+            raise SecAggError("the secure-aggregation roster must be a non-empty JSON object")
+        keys = {}
+        for site, value in payload.items():
+            try:
+                key = bytes.fromhex(value) if isinstance(value, str) else b""
+            except ValueError:
+                key = b""
+            if len(key) != KEY_BYTES:
+                raise SecAggError(f"the roster's key for {site!r} is not 64 hex digits")
+            keys[str(site)] = key
+        return cls(keys)
 
     @property
     def authenticated(self) -> bool:

@@ -3,17 +3,22 @@ session kept between messages."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from flwr.app import Context, Message, RecordDict
 
 from fedlora.adapters import pack_adapter
-from fedlora.clients.secure_site import handle_secure_stage, secure_train_reply
+from fedlora.clients.secure_site import handle_secure_stage, secure_train_reply, site_keys
 from fedlora.config import RunConfig
+from fedlora.errors import ConfigError
 from fedlora.protocol import Instruction, make_reply
 from fedlora.replies import MAX_ADVERTISEMENT_BYTES, ReplyRejectedError, parse_reply
-from fedlora.secagg import Quantiser, SecAggError
+from fedlora.secagg import ForgedKeyError, Quantiser, SecAggError
+from fedlora.secagg.crypto import Identity
 from fedlora.secagg.wire import (
     decode_advertisement,
     decode_named,
@@ -111,3 +116,47 @@ def test_a_stage_message_round_trips_and_a_foreign_one_is_refused() -> None:
         read_stage(Message(RecordDict(), dst_node_id=7, message_type=MESSAGE_TYPE))
     with pytest.raises(SecAggError, match="stage 'open'"):
         read_stage(_stage("open", 3, b""))
+
+
+def _node(tmp_path: Path, site: str, identity: Identity, roster: dict[str, str]) -> Context:
+    key, listed = tmp_path / f"{site}.pem", tmp_path / f"{site}-roster.json"
+    key.write_bytes(identity.to_pem())
+    listed.write_text(json.dumps(roster))
+    config = {"secagg-identity-key": str(key), "secagg-roster": str(listed)}
+    return Context(run_id=1, node_id=7, node_config=config, state=RecordDict(), run_config={})
+
+
+def test_a_site_with_a_roster_signs_with_its_key_and_refuses_peers_the_roster_lacks(
+    tmp_path: Path,
+) -> None:
+    ids = {"a": Identity(), "b": Identity(), "c": Identity()}
+    # a's roster knows a and b; c is not on it (an impostor the coordinator inserted).
+    roster = {name: ids[name].public.hex() for name in ("a", "b")}
+    contexts = {name: _node(tmp_path, name, ids[name], roster | {"c": ids["c"].public.hex()})
+                for name in ("b", "c")}  # fmt: skip
+    contexts["a"] = _node(tmp_path, "a", ids["a"], roster)
+    ads = []
+    for site, context in contexts.items():
+        content = secure_train_reply(
+            context, _instruction(4), site, {"w": torch.zeros(2)}, {"num-examples": 2.0}, None, None
+        )
+        advertisement = parse_reply(Message(content, dst_node_id=1, message_type="train"), "train")
+        ads.append(decode_advertisement(advertisement.advertisement or b""))
+    assert {ad.site: ad.signing_key for ad in ads} == {n: i.public for n, i in ids.items()}
+    with pytest.raises(ForgedKeyError, match=r"'c'.*not on the roster"):
+        handle_secure_stage(_stage("share", 4, encode_listing(6, ads)), contexts["a"])
+    # b's roster vouches for all three: it shares.
+    handle_secure_stage(_stage("share", 4, encode_listing(6, ads)), contexts["b"])
+
+
+def test_a_site_refuses_a_half_configured_or_foreign_roster(tmp_path: Path) -> None:
+    mine, other = Identity(), Identity()
+    half = _node(tmp_path, "a", mine, {"a": mine.public.hex()})
+    del half.node_config["secagg-roster"]
+    with pytest.raises(ConfigError, match="give both"):
+        site_keys(half, "a")
+    with pytest.raises(SecAggError, match="does not list site a with its key"):
+        site_keys(_node(tmp_path, "a", mine, {"a": other.public.hex()}), "a")
+    with pytest.raises(SecAggError, match="not 64 hex digits"):
+        site_keys(_node(tmp_path, "a", mine, {"a": "zz"}), "a")
+    assert site_keys(_node(tmp_path, "a", mine, {"a": mine.public.hex()}), "a")[1].authenticated
