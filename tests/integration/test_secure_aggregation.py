@@ -69,7 +69,7 @@ def _watching(app, seen: list[tuple[str, bool]], fail: dict[str, set[int]] | Non
     return run
 
 
-@pytest.mark.parametrize("strategy", ["fedavg", "ffa-lora"])
+@pytest.mark.parametrize("strategy", ["fedavg", "ffa-lora", "fedadam"])
 def test_a_secure_run_gives_the_plain_runs_adapter_up_to_quantisation(
     tmp_path: Path, strategy: str
 ) -> None:
