@@ -22,6 +22,7 @@ from fedlora.clients.evaluation import evaluate_model
 from fedlora.clients.private_round import Declined, train_with_privacy
 from fedlora.clients.proximal import freeze_for_strategy, unfreeze
 from fedlora.clients.runtime import LoadedModel, get_datasets, get_model
+from fedlora.clients.secure_site import handle_secure_stage, secure_train_reply
 from fedlora.clients.site_policy import check_dp_allowed
 from fedlora.clients.site_rank import adapter_for_rank, config_for_rank, site_rank
 from fedlora.clients.training import TrainResult, train_locally
@@ -33,6 +34,7 @@ from fedlora.lora_factors import trained_state
 from fedlora.models import check_fingerprint
 from fedlora.protocol import Instruction, make_reply, make_status_reply, read_instruction
 from fedlora.quiet import quiet_library_warnings
+from fedlora.secure_messages import ACTION
 from fedlora.sites import SiteSpec, sites_from_files
 
 logger = logging.getLogger(__name__)
@@ -166,6 +168,11 @@ def handle_train(message: Message, context: Context, resolve_site: SiteResolver)
     state = adapter_state(job.loaded.peft)
     if config.strategy == "ffa-lora":
         state = trained_state(state)  # A is frozen and shared: only B (and heads) travel
+    if config.secure_aggregation:
+        reply = secure_train_reply(
+            context, job.instruction, site.name, state, metrics, privacy, evaluation
+        )
+        return Message(reply, reply_to=message)
     reply = make_reply(site.name, metrics, pack_adapter(state), privacy, evaluation)
     return Message(reply, reply_to=message)
 
@@ -240,6 +247,13 @@ def make_client_app(resolve_site: SiteResolver = site_from_context) -> ClientApp
     def train(message: Message, context: Context) -> Message:
         try:
             return handle_train(message, context, resolve_site)
+        except FedloraError as error:
+            return _refusal(message, error)
+
+    @client_app.train(ACTION)
+    def secure_stage(message: Message, context: Context) -> Message:
+        try:
+            return handle_secure_stage(message, context)
         except FedloraError as error:
             return _refusal(message, error)
 

@@ -23,6 +23,9 @@ The schema (``fedlora.protocol`` writes it; the ``site`` record):
 ``status``     text (a train reply that declines), with ``status-detail``: a JSON object
 ``evaluation`` JSON object like ``metrics`` (held-out metrics of the received adapter; train
                replies only), ``num-examples`` at least 0
+``secagg-advertisement`` bytes (at most :data:`MAX_ADVERTISEMENT_BYTES`): under secure
+               aggregation a train reply with an update carries the site's key advertisement in
+               place of the adapter (:mod:`fedlora.secure_messages`); refused anywhere else
 ============== ==================================================================================
 
 JSON payloads are limited to :data:`MAX_JSON_CHARS` characters each, and their non-standard
@@ -45,6 +48,7 @@ from fedlora.adapters import AdapterState, unpack_adapter
 from fedlora.errors import AdapterError
 from fedlora.progress import Phase
 from fedlora.protocol import (
+    ADVERTISEMENT,
     EVALUATION,
     METRICS,
     PRIVACY,
@@ -58,6 +62,8 @@ MAX_NAME_CHARS = 128
 MAX_JSON_CHARS = 64 * 1024
 """Longest JSON payload a reply field may hold: ledger entries and metrics are a few hundred
 characters; the limit keeps one site from filling ``metrics.jsonl``."""
+MAX_ADVERTISEMENT_BYTES = 1024
+"""Largest key advertisement: two keys, a signing key, a signature and the names."""
 MAX_EXAMPLES = 2**53
 """Largest example count: every integer up to it is exact as a float (JSON numbers)."""
 PRIVACY_NUMBERS = (
@@ -100,6 +106,8 @@ class SiteReply:
     privacy: Mapping[str, Any] | None = None
     status: Mapping[str, Any] | None = None
     evaluation: Mapping[str, float] | None = None
+    advertisement: bytes | None = None
+    """Secure aggregation: the site's key advertisement, sent in place of its update."""
 
     @property
     def declined(self) -> bool:
@@ -108,8 +116,8 @@ class SiteReply:
 
     @property
     def received_bytes(self) -> int:
-        """Size of the packed update the reply carried (0 without one)."""
-        return len(self.adapter) if self.adapter is not None else 0
+        """Size of the packed update (or key advertisement) the reply carried (0 without)."""
+        return len(self.adapter or b"") + len(self.advertisement or b"")
 
 
 def parse_reply(message: Message, phase: Phase) -> SiteReply:
@@ -149,7 +157,10 @@ def parse_reply(message: Message, phase: Phase) -> SiteReply:
         state = unpack_adapter(adapter) if adapter is not None else None
     except AdapterError as error:
         raise ReplyRejectedError(str(error)) from None
-    if trains and adapter is None:
+    advertisement = _advertisement(record)
+    if advertisement is not None and (not trains or adapter is not None):
+        raise ReplyRejectedError("only a train reply without an adapter carries an advertisement")
+    if trains and adapter is None and advertisement is None:
         raise ReplyRejectedError("the train reply carries no adapter")
     if not trains and adapter is not None:
         what = "a reply that declines" if status is not None else f"an {phase} reply"
@@ -164,7 +175,20 @@ def parse_reply(message: Message, phase: Phase) -> SiteReply:
         privacy=privacy,
         status=status,
         evaluation=evaluation,
+        advertisement=advertisement,
     )
+
+
+def _advertisement(record: Mapping[str, Any]) -> bytes | None:
+    """The secure-aggregation key advertisement, bytes of a bounded size, if there is one."""
+    value = record.get(ADVERTISEMENT)
+    if value is None:
+        return None
+    if not isinstance(value, bytes) or not 0 < len(value) <= MAX_ADVERTISEMENT_BYTES:
+        raise ReplyRejectedError(
+            f"the reply's {ADVERTISEMENT!r} must be 1-{MAX_ADVERTISEMENT_BYTES} bytes"
+        )
+    return value
 
 
 def _name(value: object) -> str:

@@ -24,6 +24,7 @@ from fedlora.config import RunConfig
 from fedlora.errors import FedloraError
 from fedlora.progress import Phase, RoundObserver
 from fedlora.replies import ReplyRejectedError, SiteReply, parse_reply
+from fedlora.secure_messages import MESSAGE_TYPE
 from fedlora.server.reply_polls import ReplyPolls
 from fedlora.server.rundir import RunDirectory
 from fedlora.server.site_binding import SiteBinding
@@ -46,6 +47,8 @@ class PhaseResult:
     rejected: dict[str, str] = field(default_factory=dict)
     evaluations: dict[str, dict[str, float]] = field(default_factory=dict)
     """Held-out metrics per site: an evaluate reply's, or those a train reply carried."""
+    secure_aggregation: dict[str, Any] | None = None
+    """A secure round's participation, bytes and seconds (``fedlora.server.secure_round``)."""
 
 
 def wait_for_nodes(grid: Grid, expected: int, timeout: float) -> list[int]:
@@ -235,6 +238,54 @@ class SiteExchange:
         self.observer.on_reply(
             server_round=server_round, phase=phase, site=site, metrics=dict(parsed.metrics)
         )
+
+    def relay(
+        self, contents: Mapping[int, RecordDict], server_round: int, stage: str, result: PhaseResult
+    ) -> dict[str, Message]:
+        """Send each node its own ``contents`` (a secure-aggregation stage), collect the replies.
+
+        Replies are returned by the site bound to their node; an error reply, one from another
+        node, or none within ``round-timeout`` is recorded in ``result.errors`` (phase
+        ``secagg-<stage>``) and that site is left out: the protocol treats it as dropped.
+        """
+        phase = f"secagg-{stage}"
+        messages = [
+            Message(
+                content=content,
+                dst_node_id=node_id,
+                message_type=MESSAGE_TYPE,
+                group_id=str(server_round),
+            )
+            for node_id, content in contents.items()
+        ]
+        message_ids = dict(zip(self.grid.push_messages(messages), contents, strict=True))
+        pending, replies = set(message_ids), {}
+        pushed = time.monotonic()
+        deadline = pushed + self.config.round_timeout
+        polls = ReplyPolls(None)
+        while pending and (now := time.monotonic()) < deadline:
+            time.sleep(min(polls.next_wait(now - pushed), deadline - now))
+            for reply in self.grid.pull_messages(pending):
+                message_id = reply.metadata.reply_to_message_id
+                if message_id not in pending:
+                    continue
+                polls.replied()
+                pending.discard(message_id)
+                node_id = message_ids[message_id]
+                site = self.binding.name(node_id)
+                if reply.has_error() or reply.metadata.src_node_id != node_id:
+                    why = reply.error.reason if reply.has_error() else "a reply from another node"
+                    reason = (why or "unknown").strip().splitlines()[-1]
+                    logger.warning("round %d %s: site %s: %s", server_round, phase, site, reason)
+                    result.errors.append({"site": site, "phase": phase, "reason": reason})
+                    continue
+                replies[site] = reply
+        for message_id in pending:
+            site = self.binding.name(message_ids[message_id])
+            reason = f"no reply within {self.config.round_timeout:.0f} s"
+            logger.warning("round %d %s: site %s: %s", server_round, phase, site, reason)
+            result.errors.append({"site": site, "phase": phase, "reason": reason})
+        return replies
 
     def _record_binding(self, run_dir: RunDirectory) -> None:
         """Write new node bindings into ``config.json``, so that a resumed run keeps them."""

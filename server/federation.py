@@ -26,19 +26,9 @@ from typing import Any
 import torch
 from flwr.serverapp import Grid
 
-from fedlora.adapters import (
-    AdapterState,
-    adapter_state,
-    pack_adapter,
-    save_peft_dir,
-)
+from fedlora.adapters import AdapterState, adapter_state, pack_adapter, save_peft_dir
 from fedlora.config import RunConfig
-from fedlora.errors import (
-    AdapterError,
-    BudgetExhaustedError,
-    ConfigError,
-    FedloraError,
-)
+from fedlora.errors import AdapterError, BudgetExhaustedError, ConfigError, FedloraError
 from fedlora.models import apply_lora, load_run_base
 from fedlora.progress import Phase, RoundObserver
 from fedlora.protocol import make_instruction
@@ -59,6 +49,7 @@ from fedlora.server.round_record import (
     with_evaluation,
 )
 from fedlora.server.rundir import RunDirectory
+from fedlora.server.secure_round import SecureAggregation, accepted_sites
 from fedlora.server.site_receipts import SiteReceipts
 from fedlora.strategies import Strategy, strategy_for_run
 from fedlora.strategies.validation import AggregateRejectedError
@@ -93,6 +84,12 @@ class Federation:
         self.strategy.prepare(self.global_state)
         self.sites = SiteExchange(grid, config, self.observer, roster)
         """The exchanges with the sites: node bindings, ledger receipts, reply timing."""
+        self.secure = (
+            SecureAggregation(self.sites, self.strategy, config)
+            if config.secure_aggregation
+            else None
+        )
+        """Secure rounds (``secure-aggregation``): the coordinator learns only the sum."""
         self._saved_binding: dict[str, str] = {}
         """A resumed run's ``site-nodes``, restored once the nodes are connected."""
         self.first_round = 1
@@ -268,10 +265,14 @@ class Federation:
                 self._finish(with_evaluation(owed, carried), pending=True)
                 self.pending = None
             trained.errors[:0] = failed
-            updates = validated_updates(
-                self.strategy, self.global_state, trained, config.update_norm_bound
+            updates = (
+                self.secure.updates(trained, self.global_state, server_round, self.run_dir.run_id)
+                if self.secure is not None
+                else validated_updates(
+                    self.strategy, self.global_state, trained, config.update_norm_bound
+                )
             )
-            if len(updates) >= config.min_fit:
+            if accepted_sites(updates) >= config.min_fit:
                 return trained, updates
             if not updates and trained.refused and not trained.replies:
                 self._finish(self._round_record(server_round, started, trained, PhaseResult()))
@@ -280,8 +281,8 @@ class Federation:
                     "declined to train because the round would exceed its privacy budget"
                 )
             shortfall = (
-                f"round {server_round}: {len(updates)} accepted update(s), fewer than min-fit "
-                f"= {config.min_fit}; rejected: {trained.rejected or 'none'}; errors: "
+                f"round {server_round}: {accepted_sites(updates)} accepted update(s), fewer than "
+                f"min-fit = {config.min_fit}; rejected: {trained.rejected or 'none'}; errors: "
                 f"{[e['site'] + ': ' + e['reason'] for e in trained.errors] or 'none'}"
             )
             if attempt < config.round_retries:

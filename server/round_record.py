@@ -48,6 +48,8 @@ def round_record(
         "rejected": trained.rejected if trained else {},
         "duration-s": round(time.monotonic() - started, 3),
     }
+    if trained is not None and trained.secure_aggregation is not None:
+        record["secure-aggregation"] = trained.secure_aggregation
     record.update(strategy_metrics or {})
     _total_bytes(record)
     return record if evaluated is None else with_evaluation(record, evaluated)

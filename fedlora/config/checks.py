@@ -143,6 +143,43 @@ def check_aggregation(config: RunConfig) -> None:
         raise ConfigError(
             f"min-fit is {config.min_fit} but the federation has {config.sites} sites"
         )
+    if config.secure_aggregation:
+        check_secure_aggregation(config)
+
+
+NEEDS_INDIVIDUAL_UPDATES = {
+    "median": "a coordinate-wise median",
+    "trimmed-mean": "a coordinate-wise trimmed mean",
+    "krum": "distances between the sites' updates",
+    "multi-krum": "distances between the sites' updates",
+    "hetero-rank": "each site's own B·A product",
+}
+"""Strategies that need every site's update and so cannot run on a secure sum, with why."""
+
+
+def check_secure_aggregation(config: RunConfig) -> None:
+    """Secure aggregation's settings, and the strategies and options it cannot serve."""
+    if config.strategy in NEEDS_INDIVIDUAL_UPDATES:
+        raise ConfigError(
+            f"secure-aggregation cannot run strategy {config.strategy}: it needs "
+            f"{NEEDS_INDIVIDUAL_UPDATES[config.strategy]}, and the coordinator sees only the sum"
+        )
+    if config.central_dp != "off":
+        raise ConfigError(
+            "secure-aggregation with central-dp is not supported yet: clipping each update "
+            "needs it in clear (the sites would have to clip before masking)"
+        )
+    if config.sites == 1:
+        raise ConfigError("secure-aggregation needs at least 2 sites: one site's sum is its update")
+    threshold = config.secure_aggregation_threshold
+    if threshold != 0 and not 2 <= threshold <= max(config.sites, 2):
+        raise ConfigError(
+            f"secure-aggregation-threshold must be 0 (a majority) or 2..sites, got {threshold}"
+        )
+    if not (config.secure_aggregation_range > 0 and math.isfinite(config.secure_aggregation_range)):
+        raise ConfigError(
+            f"secure-aggregation-range must be > 0, got {config.secure_aggregation_range}"
+        )
 
 
 def check_privacy(config: RunConfig) -> None:

@@ -144,6 +144,17 @@ class RunConfig:
     round_retries: int = _setting(
         0, "retry a round with fewer accepted updates this many times, then stop", AGGREGATION
     )
+    secure_aggregation: bool = _setting(
+        False,
+        "SecAgg+: the coordinator learns only the sum of the sites' updates (docs/security.md)",
+        AGGREGATION,
+    )
+    secure_aggregation_threshold: int = _setting(
+        0, "secure aggregation: fewest sites that must remain; 0: a majority", AGGREGATION
+    )
+    secure_aggregation_range: float = _setting(
+        8.0, "secure aggregation: largest magnitude of a value a site may send", AGGREGATION
+    )
     site_ranks: tuple[str, ...] = _setting(
         (),
         "hetero-rank: the sites' own LoRA ranks, e.g. site-a=4,site-b=16 (each <= lora-r)",

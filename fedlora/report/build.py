@@ -234,6 +234,8 @@ def build_report(run_dir: Path) -> dict[str, Any]:
         "budget-epsilon": flat.get("budget-epsilon"),
         "max-grad-norm": flat.get("max-grad-norm"),
         "central-dp": central_mode,
+        "secure-aggregation": bool(flat.get("secure-aggregation", False)),
+        "coordinator-saw-individual-updates": not flat.get("secure-aggregation", False),
         "sites": list(sites),
         "guarantee": _guarantee(dp, central),
         "summary": [detail["row"] for detail in sites.values()],

@@ -85,6 +85,12 @@ def _run_section(report: Mapping[str, Any]) -> Section:
         ("accountant that counts", str(report["accountant"])),
         ("DP mode", str(report["dp-mode"])),
         ("central (client-level) DP", str(report["central-dp"])),
+        (
+            "individual updates",
+            "seen by the coordinator"
+            if report.get("coordinator-saw-individual-updates", True)
+            else "never seen by the coordinator: secure aggregation (it saw each round's sum)",
+        ),
         ("report generated", str(report["generated"])),
     ]
     return Section("Run", (Table(("", ""), tuple(rows)),), key="run")
