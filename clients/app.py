@@ -173,7 +173,8 @@ def handle_train(message: Message, context: Context, resolve_site: SiteResolver)
             context, job.instruction, site.name, state, metrics, privacy, evaluation
         )
         return Message(reply, reply_to=message)
-    reply = make_reply(site.name, metrics, pack_adapter(state), privacy, evaluation)
+    packed = pack_adapter(state, config.wire_dtype)
+    reply = make_reply(site.name, metrics, packed, privacy, evaluation)
     return Message(reply, reply_to=message)
 
 

@@ -90,14 +90,40 @@ def load_adapter_state(model: PeftModel, state: Mapping[str, torch.Tensor]) -> N
         raise AdapterError(f"adapter tensors not used by the model: {unexpected[:3]}")
 
 
-def pack_adapter(state: Mapping[str, torch.Tensor]) -> bytes:
-    """Serialise adapter tensors to safetensors bytes (bit-exact, each tensor its own dtype)."""
-    tensors = {name: tensor.detach().to("cpu").contiguous() for name, tensor in state.items()}
+WIRE_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+"""The ``wire-dtype`` setting's choices."""
+
+
+def pack_adapter(state: Mapping[str, torch.Tensor], wire_dtype: str = "float32") -> bytes:
+    """Serialise adapter tensors to safetensors bytes.
+
+    With ``wire_dtype="float32"`` each tensor keeps its own dtype (bit-exact); with
+    ``"bfloat16"`` every float32 tensor is rounded to bfloat16, half the bytes.
+
+    Raises
+    ------
+    AdapterError
+        For a wire dtype that is not one of :data:`WIRE_DTYPES`.
+    """
+    if wire_dtype not in WIRE_DTYPES:
+        raise AdapterError(
+            f"wire-dtype must be one of {', '.join(WIRE_DTYPES)}, got {wire_dtype!r}"
+        )
+    narrow = WIRE_DTYPES[wire_dtype]
+    tensors = {}
+    for name, tensor in state.items():
+        tensor = tensor.detach().to("cpu")
+        if tensor.dtype == torch.float32 and narrow != torch.float32:
+            tensor = tensor.to(narrow)
+        tensors[name] = tensor.contiguous()
     return bytes(safetensors_save(tensors))
 
 
 def unpack_adapter(packed: bytes) -> AdapterState:
-    """Decode what :func:`pack_adapter` wrote.
+    """Decode what :func:`pack_adapter` wrote; bfloat16 tensors come back as float32.
+
+    Widening is exact, so the receiver computes in float32 whatever the sender's wire dtype,
+    and the schema checks (:func:`check_compatible`) see the run's float32 names and shapes.
 
     Raises
     ------
@@ -105,9 +131,13 @@ def unpack_adapter(packed: bytes) -> AdapterState:
         When the bytes are not a safetensors serialisation.
     """
     try:
-        return dict(safetensors_load(bytes(packed)))
+        state = dict(safetensors_load(bytes(packed)))
     except Exception as exc:
         raise AdapterError(f"the packed adapter cannot be decoded: {exc}") from exc
+    return {
+        name: tensor.to(torch.float32) if tensor.dtype == torch.bfloat16 else tensor
+        for name, tensor in state.items()
+    }
 
 
 def packed_array_record(packed: bytes) -> ArrayRecord:

@@ -303,7 +303,7 @@ class Federation:
         *,
         evaluate_received: bool = False,
     ) -> PhaseResult:
-        adapter = pack_adapter(self.global_state)
+        adapter = pack_adapter(self.global_state, self.config.wire_dtype)
         content = make_instruction(
             adapter,
             self.config,

@@ -29,6 +29,7 @@ from fedlora.config.settings import (
     OptimizerName,
     RunConfig,
     Task,
+    WireDtype,
     field_kinds,
 )
 
@@ -43,6 +44,7 @@ __all__ = [
     "STRATEGY_NAMES",
     "AccountantChoice",
     "Bf16Choice",
+    "WireDtype",
     "CentralDpMode",
     "DeviceChoice",
     "DpMode",

@@ -36,6 +36,7 @@ Bf16Choice = Literal["auto", "on", "off"]
 AccountantChoice = Literal["prv", "rdp"]
 DpMode = Literal["hooks", "ghost"]
 CentralDpMode = Literal["off", "fixed", "adaptive"]
+WireDtype = Literal["float32", "bfloat16"]
 
 STRATEGY_NAMES = (
     "fedavg", "fedprox", "fedadam", "fedyogi", "fedavgm", "median", "trimmed-mean", "krum",
@@ -154,6 +155,12 @@ class RunConfig:
     )
     secure_aggregation_range: float = _setting(
         8.0, "secure aggregation: largest magnitude of a value a site may send", AGGREGATION
+    )
+    wire_dtype: WireDtype = _setting(
+        "float32",
+        "dtype of the adapters on the wire; bfloat16 halves the bytes, rounding each value to "
+        "8 significant bits (lossless for bf16-trained adapters)",
+        AGGREGATION,
     )
     site_ranks: tuple[str, ...] = _setting(
         (),
