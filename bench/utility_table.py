@@ -46,18 +46,27 @@ def _points(value: float | None) -> float | None:
     return None if value is None or math.isnan(value) else 100.0 * value
 
 
+def _order(row: Mapping[str, Any]) -> tuple[int, float, str]:
+    """central, federated, DP by falling ε, the local sites, in that order."""
+    config = str(row["config"])
+    if config.startswith(DP_PREFIX):
+        return (2, -float(config[len(DP_PREFIX) :]), config)
+    rank = {CENTRAL: 0, FEDERATED: 1}.get(config, 3)
+    return (rank, 0.0, config)
+
+
 def with_local_mean(results: Sequence[Mapping[str, Any]], task: str) -> list[dict[str, Any]]:
     """``results`` plus one ``local-mean`` row averaging the local-only sites' metrics.
 
     The mean is unweighted (each site's own model, on the same held-out data): it answers
     "what does the average hospital get alone". No row is added without local results.
     """
-    rows = [dict(result) for result in results]
+    rows = sorted((dict(result) for result in results), key=_order)
     local = [row for row in rows if str(row["config"]).startswith(LOCAL_PREFIX)]
     local = [row for row in local if row["config"] != LOCAL_MEAN]
     if not local:
         return rows
-    keys = ("accuracy", "macro-f1") if task == "classification" else ("loss", "exact-match")
+    keys = ("accuracy", "macro-f1", "loss") if task == "classification" else ("loss", "exact-match")
     mean: dict[str, Any] = {"config": LOCAL_MEAN, "sites": len(local)}
     for key in keys:
         values = [float(row[key]) for row in local if key in row]
@@ -146,7 +155,9 @@ def _cell(row: Mapping[str, Any], key: str, digits: int = 3) -> str:
 
 def markdown_table(rows: Sequence[Mapping[str, Any]], task: str) -> str:
     """One Markdown table: a row per config, the task's metrics, ε, rounds, steps, time, bytes."""
-    metrics = ("accuracy", "macro-f1") if task == "classification" else ("exact-match", "loss")
+    metrics = (
+        ("accuracy", "macro-f1", "loss") if task == "classification" else ("exact-match", "loss")
+    )
     header = ["config", *metrics, "ε per site", "rounds", "steps", "wall s", "KiB / round"]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for row in rows:

@@ -38,6 +38,17 @@ def test_local_mean_is_the_unweighted_mean_of_the_local_sites() -> None:
     assert mean["accuracy"] == pytest.approx(0.65)
     assert mean["macro-f1"] == pytest.approx(0.30)
     assert len(rows) == len(_classification_rows()) + 1
+    shuffled = list(reversed(_classification_rows()))
+    order = [row["config"] for row in table.with_local_mean(shuffled, "classification")]
+    assert order == [
+        "central",
+        "federated",
+        "dp-eps8",
+        "dp-eps1",
+        "local-site-0",
+        "local-site-1",
+        "local-mean",
+    ]
 
 
 def test_no_local_mean_without_local_results() -> None:
@@ -94,7 +105,7 @@ def test_markdown_table_shows_each_row_and_dashes_for_what_was_not_measured() ->
     lines = text.splitlines()
     assert len(lines) == 2 + len(rows)
     federated = next(line for line in lines if line.startswith("| federated "))
-    assert "| 0.790 | 0.550 | — |" in federated
+    assert "| 0.790 | 0.550 | — | — |" in federated  # no loss, no ε
     assert federated.endswith("| 2 |")  # 2048 bytes per round = 2 KiB
     dp8 = next(line for line in lines if line.startswith("| dp-eps8 "))
     assert "| 8.00 |" in dp8
