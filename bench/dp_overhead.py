@@ -40,11 +40,15 @@ site pays that once per round.
 
 Models: the ``tiny-llama`` preset, and a larger Llama built like it (same tiny tokenizer and
 vocabulary, same head ratio, intermediate size 2 × hidden) with hidden size 512, 4 layers,
-8 attention heads and 4 key-value heads. Both: SFT, LoRA r=8 (alpha 16) on q_proj, v_proj.
+8 attention heads and 4 key-value heads. With ``--model smollm2-135m``: the cached real
+SmolLM2-135M-Instruct (``fedlora assets fetch``; its own tokenizer), timed like the larger model
+(``--large-steps``); ``--variants dp-hooks`` skips ghost clipping. All: SFT, LoRA r=8 (alpha 16)
+on q_proj, v_proj.
 
 Run from the repository root::
 
     .venv/bin/python bench/dp_overhead.py
+    .venv/bin/python bench/dp_overhead.py --model smollm2-135m --variants dp-hooks
 """
 
 from __future__ import annotations
