@@ -66,6 +66,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--alpha", type=float, default=0.5, help="Dirichlet non-IID α")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lr", type=float, default=None, help="default: the product's")
+    parser.add_argument("--optimizer", default=None, help="the sites' optimizer (default: adamw)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--local-epochs", type=int, default=1)
     parser.add_argument(
@@ -154,6 +155,8 @@ def _base_config(args: argparse.Namespace, model: str, task: str, out: Path) -> 
         settings["labels"] = drug_reviews.LABELS  # a local site may lack a rating
     if args.lr is not None:
         settings["lr"] = args.lr
+    if args.optimizer is not None:
+        settings["optimizer"] = args.optimizer
     return RunConfig(**settings)
 
 
@@ -308,6 +311,8 @@ def _sweep(args: argparse.Namespace) -> None:
             )
             if args.lr is not None:
                 config = config.replace(lr=args.lr)
+            if args.optimizer is not None:
+                config = config.replace(optimizer=args.optimizer)
             print(f"[{time.strftime('%H:%M:%S')}] sweep {name}: running", flush=True)
             try:
                 run_dir, wall = _run(config, name, out / "ledgers")

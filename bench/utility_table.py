@@ -245,6 +245,8 @@ def plot_sweep(points: Sequence[Mapping[str, Any]], path: Path) -> None:
     axes.plot(sizes, [float(p["non-dp"]) for p in ordered], "o-", label="non-DP")
     axes.plot(sizes, [float(p["dp"]) for p in ordered], "s-", label="DP ε 4")
     axes.set_xscale("log")
+    axes.minorticks_off()
+    axes.set_xticks(sizes, [str(size) for size in sizes])
     axes.set_xlabel("train records per site")
     axes.set_ylabel("accuracy")
     axes.legend(fontsize=8)
