@@ -49,6 +49,7 @@ from fedlora.evaluation import RunEvaluator
 from fedlora.rundir import RunDirectoryReader
 from fedlora.simulations import drug_reviews
 from fedlora.simulations.runner import simulate
+from fedlora.simulations.scenarios import get_scenario
 
 TASKS = {"minilm-l6": "classification", "smollm2-135m": "sft"}
 CONFIGS = ("central", "federated", "dp", "local")
@@ -350,8 +351,11 @@ def _sweep(args: argparse.Namespace) -> None:
                     "epsilon": private["epsilon"],
                 }
             )
-    threshold = table.sweep_threshold(points)
-    _save(out / "summary.json", {"points": points, "threshold": threshold, "argv": sys.argv[1:]})
+    # The generated scenario's label set is the run's; chance is one over its size.
+    chance = 1.0 / len(get_scenario("hospitals").labels)
+    threshold = table.sweep_threshold(points, chance=chance)
+    summary = {"points": points, "threshold": threshold, "chance": chance, "argv": sys.argv[1:]}
+    _save(out / "summary.json", summary)
     text = table.markdown_sweep(points, threshold) + "\n"
     (out / "table.md").write_text(text)
     if points:

@@ -127,18 +127,21 @@ def goals(rows: Sequence[Mapping[str, Any]], task: str) -> list[dict[str, Any]]:
 
 
 def sweep_threshold(
-    points: Sequence[Mapping[str, Any]], within: float = SWEEP_POINTS
+    points: Sequence[Mapping[str, Any]], within: float = SWEEP_POINTS, chance: float = 0.0
 ) -> int | None:
     """Fewest records per site at which DP comes within ``within`` points of non-DP.
 
     ``points`` hold ``records``, ``non-dp`` and ``dp`` (accuracies in [0, 1]) per sweep size.
     The answer is the smallest size from which on every larger size also stays within (a
-    single lucky small size does not count); None when the largest size is not within.
+    single lucky small size does not count); None when the largest size is not within. A size
+    where non-DP itself is not more than ``within`` points over ``chance`` does not count: DP
+    "within" a model that learned nothing says nothing.
     """
     ordered = sorted(points, key=lambda point: int(point["records"]))
     answer: int | None = None
     for point in reversed(ordered):
-        if 100.0 * (float(point["non-dp"]) - float(point["dp"])) > within:
+        plain, private = 100.0 * float(point["non-dp"]), 100.0 * float(point["dp"])
+        if plain - private > within or plain - 100.0 * chance <= within:
             break
         answer = int(point["records"])
     return answer

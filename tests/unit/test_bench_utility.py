@@ -99,6 +99,14 @@ def test_sweep_threshold_needs_every_larger_size_within() -> None:
     assert "not within" in table.markdown_sweep(points[:2], None)
 
 
+def test_sweep_threshold_ignores_sizes_where_non_dp_learned_nothing() -> None:
+    at_chance = [{"records": 112, "non-dp": 0.125, "dp": 0.133}]  # both at chance (1/8)
+    assert table.sweep_threshold(at_chance) == 112
+    assert table.sweep_threshold(at_chance, chance=0.125) is None
+    learned = [{"records": 112, "non-dp": 0.80, "dp": 0.79}]
+    assert table.sweep_threshold(learned, chance=0.125) == 112
+
+
 def test_markdown_table_shows_each_row_and_dashes_for_what_was_not_measured() -> None:
     rows = table.with_local_mean(_classification_rows(), "classification")
     text = table.markdown_table(rows, "classification")
