@@ -26,7 +26,9 @@ sites' generated held-out splits.
 
 Run from the repository root (see docs/benchmarks.md for the commands that made the tables)::
 
-    python bench/utility.py --models minilm-l6 --out bench/results/utility/minilm
+    python bench/utility.py --models minilm-l6 --rounds 2 --max-length 48
+    python bench/utility.py --models --sweep-sizes 20 40 80 160 320 --sweep-rounds 2
+    python bench/utility.py --models smollm2-135m --max-steps 2 --test-rows 40   # not yet run
 """
 
 from __future__ import annotations
