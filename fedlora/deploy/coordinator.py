@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from fedlora.deploy.host import check_port, flower_environment, flower_executable
+from fedlora.deploy.flwr_cli import run_flwr
+from fedlora.deploy.host import check_port, flower_executable
 from fedlora.deploy.roster import RosterEntry, default_roster_path, write_roster_entry
 from fedlora.errors import ConfigError
 from fedlora.flower_internals.link_hold import DEFAULT_HOLD_S, check_hold
@@ -231,20 +231,7 @@ def register_site(
     """
     argv = [*register_argv(site, pki_dir, connection), "--format", "json"]
     public_key = Path(argv[3])
-    try:
-        result = subprocess.run(
-            argv,
-            env=flower_environment(env),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        raise ConfigError(
-            f"flwr supernode register {site} did not answer in {timeout:.0f} s"
-        ) from None
+    result = run_flwr(argv, what=f"flwr supernode register {site}", env=env, timeout=timeout)
     node_id, message = _register_answer(result.stdout)
     if result.returncode != 0 or node_id is None:
         output = message or " ".join((result.stdout + result.stderr).split())[-2000:]

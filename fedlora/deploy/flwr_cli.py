@@ -7,11 +7,13 @@ connection, :func:`submit_argv` the command.
 
 from __future__ import annotations
 
+import subprocess
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from fedlora.deploy.host import flower_executable, flwr_home
+from fedlora.deploy.host import flower_environment, flower_executable, flwr_home
 from fedlora.errors import ConfigError
 from fedlora.io import atomic_write_text
 from fedlora.pki.layout import PkiLayout
@@ -21,10 +23,34 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-__all__ = ["CONFIG_FILE", "flower_app_dir", "submit_argv", "write_connection"]
+__all__ = ["CONFIG_FILE", "flower_app_dir", "run_flwr", "submit_argv", "write_connection"]
 
 CONFIG_FILE = "config.toml"
 """The ``flwr`` CLI's configuration file in ``$FLWR_HOME``."""
+
+
+def run_flwr(
+    argv: Sequence[str], *, what: str, env: Mapping[str, str] | None, timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """Run one ``flwr`` CLI command to its end, its output captured, no stdin.
+
+    Raises
+    ------
+    ConfigError
+        When it does not answer within ``timeout`` seconds (``what`` names it).
+    """
+    try:
+        return subprocess.run(
+            list(argv),
+            env=flower_environment(env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise ConfigError(f"{what} did not answer in {timeout:.0f} s") from None
 
 
 def flower_app_dir(app_dir: Path | str | None = None) -> Path:

@@ -9,12 +9,12 @@ deploy register`` writes (:mod:`fedlora.deploy.roster`) maps each node id to its
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fedlora.deploy.host import flower_environment, flower_executable
+from fedlora.deploy.flwr_cli import run_flwr
+from fedlora.deploy.host import flower_executable
 from fedlora.deploy.roster import RosterEntry
 from fedlora.errors import ConfigError
 
@@ -53,20 +53,7 @@ def superlink_nodes(
         When ``flwr`` fails or answers something else than a node list (its message).
     """
     argv = [flower_executable("flwr"), "supernode", "list", connection, "--format", "json"]
-    try:
-        result = subprocess.run(
-            argv,
-            env=flower_environment(env),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        raise ConfigError(
-            f"flwr supernode list {connection} did not answer in {timeout:.0f} s"
-        ) from None
+    result = run_flwr(argv, what=f"flwr supernode list {connection}", env=env, timeout=timeout)
     start = result.stdout.find("{")
     try:
         answer = json.loads(result.stdout[start:]) if start >= 0 else {}
