@@ -16,6 +16,7 @@ and back), so a tiny-llama message is 3 objects rather than 20 with one array pe
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -93,12 +94,17 @@ def load_adapter_state(model: PeftModel, state: Mapping[str, torch.Tensor]) -> N
 WIRE_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 """The ``wire-dtype`` setting's choices."""
 
+NARROWED_KEY = "fedlora-narrowed"
+"""Safetensors metadata: the JSON list of the tensors :func:`pack_adapter` narrowed from
+float32 to the wire dtype, which :func:`unpack_adapter` widens back."""
+
 
 def pack_adapter(state: Mapping[str, torch.Tensor], wire_dtype: str = "float32") -> bytes:
     """Serialise adapter tensors to safetensors bytes.
 
     With ``wire_dtype="float32"`` each tensor keeps its own dtype (bit-exact); with
-    ``"bfloat16"`` every float32 tensor is rounded to bfloat16, half the bytes.
+    ``"bfloat16"`` every float32 tensor is rounded to bfloat16, half the bytes, and named in
+    the metadata so that :func:`unpack_adapter` widens it back.
 
     Raises
     ------
@@ -106,38 +112,57 @@ def pack_adapter(state: Mapping[str, torch.Tensor], wire_dtype: str = "float32")
         For a wire dtype that is not one of :data:`WIRE_DTYPES`.
     """
     if wire_dtype not in WIRE_DTYPES:
-        raise AdapterError(
-            f"wire-dtype must be one of {', '.join(WIRE_DTYPES)}, got {wire_dtype!r}"
-        )
+        choices = ", ".join(WIRE_DTYPES)
+        raise AdapterError(f"wire-dtype must be one of {choices}, got {wire_dtype!r}")
     narrow = WIRE_DTYPES[wire_dtype]
-    tensors = {}
+    tensors, narrowed = {}, []
     for name, tensor in state.items():
         tensor = tensor.detach().to("cpu")
         if tensor.dtype == torch.float32 and narrow != torch.float32:
             tensor = tensor.to(narrow)
+            narrowed.append(name)
         tensors[name] = tensor.contiguous()
-    return bytes(safetensors_save(tensors))
+    metadata = {NARROWED_KEY: json.dumps(sorted(narrowed))} if narrowed else None
+    return bytes(safetensors_save(tensors, metadata=metadata))
 
 
 def unpack_adapter(packed: bytes) -> AdapterState:
-    """Decode what :func:`pack_adapter` wrote; bfloat16 tensors come back as float32.
+    """Decode what :func:`pack_adapter` wrote.
 
-    Widening is exact, so the receiver computes in float32 whatever the sender's wire dtype,
-    and the schema checks (:func:`check_compatible`) see the run's float32 names and shapes.
+    Each tensor comes back in its own dtype, bit-exact, except those narrowed for the wire,
+    which are widened back to float32 (exactly).
 
     Raises
     ------
     AdapterError
-        When the bytes are not a safetensors serialisation.
+        When the bytes are not a safetensors serialisation, or its list of narrowed tensors
+        is malformed.
     """
     try:
         state = dict(safetensors_load(bytes(packed)))
     except Exception as exc:
         raise AdapterError(f"the packed adapter cannot be decoded: {exc}") from exc
-    return {
-        name: tensor.to(torch.float32) if tensor.dtype == torch.bfloat16 else tensor
-        for name, tensor in state.items()
-    }
+    for name in _narrowed(bytes(packed)):
+        tensor = state.get(name)
+        if tensor is None or tensor.dtype != torch.bfloat16:
+            raise AdapterError(f"the packed adapter names {name!r} as narrowed, but it is not")
+        state[name] = tensor.to(torch.float32)
+    return state
+
+
+def _narrowed(packed: bytes) -> list[str]:
+    """The names in the header's :data:`NARROWED_KEY` (the header is valid: it was loaded)."""
+    size = int.from_bytes(packed[:8], "little")
+    metadata = json.loads(packed[8 : 8 + size]).get("__metadata__") or {}
+    if NARROWED_KEY not in metadata:
+        return []
+    try:
+        names = json.loads(metadata[NARROWED_KEY])
+    except ValueError:
+        names = None
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise AdapterError(f"the packed adapter's {NARROWED_KEY!r} is not a list of names")
+    return names
 
 
 def packed_array_record(packed: bytes) -> ArrayRecord:
