@@ -22,10 +22,12 @@ from fedlora.errors import ConfigError
 __all__ = [
     "check_port",
     "command_line",
+    "ephemeral_low",
     "flower_environment",
     "flower_executable",
     "flwr_home",
     "free_port",
+    "free_stable_port",
     "port_is_free",
     "serves",
 ]
@@ -86,6 +88,33 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
         probe.bind((host, 0))
         return int(probe.getsockname()[1])
+
+
+_EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_EPHEMERAL_LOW_DEFAULT = 32768
+"""Linux's default start of the ports it hands out to outgoing connections."""
+
+
+def ephemeral_low() -> int:
+    """The lowest port this host hands out to outgoing connections (Linux), else 32768."""
+    try:
+        low = int(_EPHEMERAL_RANGE_FILE.read_text(encoding="ascii").split()[0])
+    except (OSError, ValueError, IndexError):
+        return _EPHEMERAL_LOW_DEFAULT
+    return low if 1024 < low <= 65535 else _EPHEMERAL_LOW_DEFAULT
+
+
+def free_stable_port(host: str = "127.0.0.1", start: int = 9095) -> int:
+    """A free port at or above ``start`` and below the ephemeral range, else :func:`free_port`.
+
+    A port the OS picks (:func:`free_port`) is an ephemeral one: until the server binds it, any
+    outgoing connection on the host may be given it. A free port below that range is taken only
+    by a program that asks for it by number.
+    """
+    for port in range(max(start, 1025), ephemeral_low()):
+        if port_is_free(host, port):
+            return port
+    return free_port(host)
 
 
 def serves(host: str, port: int, cafile: Path | None = None) -> bool:

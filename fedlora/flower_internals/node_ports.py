@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
-from fedlora.deploy.host import free_port, port_is_free
+from fedlora.deploy.host import free_stable_port, port_is_free
 
 __all__ = ["LOCK_FILE", "claim_runtime_port", "runtime_host_port"]
 
@@ -71,7 +71,9 @@ def claim_runtime_port(flower_args: Sequence[str], lock_file: Path | None = LOCK
         fcntl.flock(lock, fcntl.LOCK_EX)
     port = preferred
     if not port_is_free(host, preferred):
-        port = free_port(host)
+        # not an OS-picked (ephemeral) port: an outgoing connection could take it before
+        # Flower binds it seconds later
+        port = free_stable_port(host, start=preferred + 1)
         logger.info(
             "Runtime API port %d is taken on %s (another SuperNode?): this node uses %d",
             preferred,

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from fedlora.deploy import commands as deploy
+from fedlora.deploy.host import free_stable_port
 from fedlora.deploy.site_config import load_site_config
 from fedlora.flower_internals.node_ports import claim_runtime_port
 
@@ -42,8 +43,10 @@ def _ports(logs: list[Path]) -> list[int]:
 def test_two_supernodes_started_together_take_two_ports(tmp_path: Path) -> None:
     config = load_site_config(_site_toml(tmp_path, deploy.free_port()), allow_insecure=True)
     argv = deploy.supernode_argv(config)  # what fedlora deploy supernode runs: port not given
-    preferred = deploy.free_port()
-    argv[argv.index("--port") + 1] = str(preferred)  # 9094 may be another test's
+    # 9094 may be another test's; not an OS-picked port, which any outgoing connection could
+    # take before the node binds it
+    preferred = free_stable_port(start=20000)
+    argv[argv.index("--port") + 1] = str(preferred)
     logs = [tmp_path / f"node-{index}.log" for index in range(2)]
     processes = []
     for log in logs:
@@ -112,3 +115,13 @@ def test_a_given_port_that_is_taken_stops_the_node_in_one_line(tmp_path: Path) -
         "by another process?): choose a free port with fedlora deploy supernode --runtime-port N"
     ]
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_a_stable_free_port_lies_below_the_ephemeral_range_and_skips_taken_ones() -> None:
+    from fedlora.deploy.host import ephemeral_low
+
+    first = free_stable_port(start=21000)
+    assert 21000 <= first < ephemeral_low()
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", first))
+        assert free_stable_port(start=first) > first
