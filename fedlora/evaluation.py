@@ -211,8 +211,9 @@ class RunEvaluator:
         answers: list[str] = []
         references: list[str] = []
         kept = [example for example in examples if isinstance(example, SftExample)]
-        loss = self.loss(kept, batch_size=batch_size)
-        for chunk in self._batches(kept, batch_size):
+        chunks = self._batches(kept, batch_size)  # tokenised once, for the loss and the answers
+        loss = self._sft_loss(chunks)
+        for chunk in chunks:
             prompts = [_prompt_ids(item) for item in chunk]
             answers += self._generate(prompts, max_new_tokens)
             references += [self._reference(item) for item in chunk]
@@ -261,8 +262,11 @@ class RunEvaluator:
         """
         if self.config.task == "classification":
             return self._classify(examples, batch_size)["loss"]
+        return self._sft_loss(self._batches(examples, batch_size))
+
+    def _sft_loss(self, chunks: list[list[dict[str, list[int]]]]) -> float:
         loss_sum, tokens = 0.0, 0
-        for chunk in self._batches(examples, batch_size):
+        for chunk in chunks:
             batch = collate(chunk, pad_id=self.pad_id, task="sft")
             labels = batch.pop("labels")
             logits = self.peft(**batch).logits.float()
