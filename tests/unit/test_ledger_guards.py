@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -117,14 +118,14 @@ RACER = textwrap.dedent(
     from fedlora.config import RunConfig
     from fedlora.sites import SiteSpec
 
-    ledger_dir, data, budget, name, start, unlocked = sys.argv[1:7]
+    ledger_dir, data, budget, name, start, unlocked, train_s = sys.argv[1:8]
     if unlocked == "1":  # today's behaviour: no lock between the check and the append
         fedlora.privacy.ledger.ledger_lock = lambda *a, **k: contextlib.nullcontext()
     decided = []
 
     def train(_model, dataset, *, settings, **_kwargs):
         decided.append("allowed")
-        time.sleep(2.0)  # the other run checks its budget while this one trains
+        time.sleep(float(train_s))  # the other run checks its budget while this one trains
         return TrainResult(loss=0.0, steps=settings.steps, num_examples=len(dataset))
 
     fedlora.clients.private_round.dp_train_locally = train
@@ -132,6 +133,7 @@ RACER = textwrap.dedent(
                        accountant="rdp", budget_epsilon=float(budget))
     context = Context(run_id=1, node_id=1, node_config={"ledger-dir": ledger_dir},
                       state=RecordDict(), run_config={})
+    Path(start + "." + name).touch()  # imported: ready to race
     while not Path(start).exists():
         time.sleep(0.01)
     try:
@@ -148,7 +150,7 @@ RACER = textwrap.dedent(
 
 
 def race(tmp_path: Path, *, unlocked: bool) -> list[dict[str, Any]]:
-    """Two real processes each open, check, 'train' (2 s) and append on one ledger."""
+    """Two real processes each open, check, 'train' (2 s and 4 s) and append on one ledger."""
     site = site_file(tmp_path)
     ledger_dir, start = tmp_path / "ledger", tmp_path / "start"
     fingerprint = data_fingerprint(site.train_file)
@@ -157,15 +159,21 @@ def race(tmp_path: Path, *, unlocked: bool) -> list[dict[str, Any]]:
     budget = (eps(1) + eps(2)) / 2  # room for exactly one round
     arguments = [str(ledger_dir), str(site.train_file), str(budget)]
     flag = "1" if unlocked else "0"
+    # Both check the same history within the first one's training; their appends (if both
+    # train) are 2 s apart, so neither append can interleave with the other's re-read.
     racers = [
         subprocess.Popen(
-            [sys.executable, "-c", RACER, *arguments, name, str(start), flag],
+            [sys.executable, "-c", RACER, *arguments, name, str(start), flag, train_s],
             stdout=subprocess.PIPE,
             env=env,
             text=True,
         )
-        for name in ("run-a", "run-b")
+        for name, train_s in (("run-a", "2.0"), ("run-b", "4.0"))
     ]
+    ready = [Path(f"{start}.{name}") for name in ("run-a", "run-b")]
+    deadline = time.monotonic() + 300
+    while not all(path.exists() for path in ready) and time.monotonic() < deadline:
+        time.sleep(0.05)
     start.touch()  # both imported torch & co; let them race
     outputs = [racer.communicate(timeout=300)[0] for racer in racers]
     return [json.loads(output.strip().splitlines()[-1]) for output in outputs]
