@@ -11,6 +11,7 @@ scenario's generated test files (regenerated, identically, when they are gone).
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -170,5 +171,13 @@ def run_generate(args: argparse.Namespace) -> int:
             raise RunDirError(f"{args.run_dir} has no adapter at {path}")
         checkpoint = Checkpoint(path.name, path)
     evaluator.use(checkpoint)
-    print(evaluator.generate(args.question, max_new_tokens=args.max_new_tokens))
+    answer = evaluator.generate(args.question, max_new_tokens=args.max_new_tokens)
+    print(answer)
+    if not answer:
+        # stdout stays the bare answer for scripts; the person learns why it is blank
+        print(
+            f"fedlora: the {checkpoint.name} adapter's answer is empty "
+            "(its first token ended the answer, or it wrote only whitespace)",
+            file=sys.stderr,
+        )
     return 0

@@ -4,8 +4,14 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+from peft import PeftModel
 
 from fedlora.cli.main import main
+from fedlora.config import RunConfig
+from fedlora.data import PROMPT_TEMPLATE
+from fedlora.evaluation import RunEvaluator
+from fedlora.models import load_base_model
 from fedlora.testing import run_tiny_federation, write_sft_file
 
 pytestmark = pytest.mark.slow
@@ -64,12 +70,42 @@ def test_evaluate_classification_with_a_data_file(classification_run, tmp_path, 
         assert 0.0 <= row["accuracy"] <= 1.0
 
 
-def test_generate_prints_an_answer(sft_run, capsys):
-    assert main(["generate", str(sft_run), "Question 3 at a site?", "--max-new-tokens", "5"]) == 0
-    first = capsys.readouterr().out
-    assert first.strip()
-    assert main(["generate", str(sft_run), "Question 3 at a site?", "--max-new-tokens", "5"]) == 0
-    assert capsys.readouterr().out == first  # greedy: the same answer every time
+def _greedy_answer(run_dir: Path, question: str, max_new_tokens: int) -> str:
+    """The final adapter's greedy answer, by PEFT's own loader and an argmax loop."""
+    config = RunConfig.from_flat(json.loads((run_dir / "config.json").read_text())["config"])
+    base = load_base_model(config.model, task="sft", max_length=config.max_length)
+    model = PeftModel.from_pretrained(base.model, run_dir / "adapters" / "final").eval()
+    prompt = PROMPT_TEMPLATE.format(instruction=question)
+    ids = list(base.tokenizer(prompt)["input_ids"])
+    bos = base.tokenizer.bos_token_id
+    if bos is not None and ids[:1] != [bos]:
+        ids.insert(0, bos)  # training prompts start with bos whether or not the tokenizer adds it
+    answer: list[int] = []
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            token = int(model(input_ids=torch.tensor([ids + answer])).logits[0, -1].argmax())
+            if token == base.tokenizer.eos_token_id:
+                break
+            answer.append(token)
+    return str(base.tokenizer.decode(answer, skip_special_tokens=True)).strip()
+
+
+def test_generate_prints_the_final_adapters_greedy_answer(sft_run, capsys):
+    question = "Question 3 at a site?"
+    assert main(["generate", str(sft_run), question, "--max-new-tokens", "5"]) == 0
+    first = capsys.readouterr()
+    # the tiny model's DP-trained answer is random text, and may be empty
+    assert first.out == _greedy_answer(sft_run, question, 5) + "\n"
+    assert main(["generate", str(sft_run), question, "--max-new-tokens", "5"]) == 0
+    assert capsys.readouterr().out == first.out  # greedy: the same answer every time
+
+
+def test_an_empty_answer_is_a_blank_line_and_a_note(sft_run, capsys, monkeypatch):
+    monkeypatch.setattr(RunEvaluator, "generate", lambda *args, **kwargs: "")
+    assert main(["generate", str(sft_run), "Question 3 at a site?"]) == 0
+    out = capsys.readouterr()
+    assert out.out == "\n"
+    assert "final adapter's answer is empty" in out.err
 
 
 def test_generate_refuses_a_classification_run(classification_run, capsys):
