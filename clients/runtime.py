@@ -88,8 +88,15 @@ def get_datasets(
         else:
             test_examples = load_examples(site.test_file, config.task, config.labels)
         tokenizer = loaded.base.tokenizer
-        train_set = tokenize(train_examples, tokenizer, max_length=config.max_length)
-        test_set = tokenize(test_examples, tokenizer, max_length=config.max_length)
+        train_set, test_set = (
+            tokenize(
+                examples,
+                tokenizer,
+                max_length=config.max_length,
+                where=f"site {site.name}, {split} records",
+            )
+            for split, examples in (("training", train_examples), ("held-out", test_examples))
+        )
         for split, examples, dataset in (
             ("training", train_examples, train_set),
             ("held-out", test_examples, test_set),

@@ -70,7 +70,11 @@ class TokenizedDataset(torch.utils.data.Dataset[dict[str, list[int]]]):
 
 
 def tokenize(
-    examples: Sequence[Example], tokenizer: PreTrainedTokenizerBase, *, max_length: int
+    examples: Sequence[Example],
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    max_length: int,
+    where: str = "",
 ) -> TokenizedDataset:
     """Tokenise examples for training or evaluation.
 
@@ -82,6 +86,8 @@ def tokenize(
     Texts are cut to :func:`text_budget` characters *before* tokenising, so memory stays
     bounded by ``max_length`` whatever a record holds; a prompt longer than the budget counts
     as filling ``max_length`` (dropped), and a response cut short gets no ``eos``.
+
+    ``where`` names the records in the warning (e.g. ``site a, training records``).
     """
     items: list[dict[str, list[int]]] = []
     dropped = 0
@@ -111,7 +117,13 @@ def tokenize(
         items.append({"input_ids": ids, "labels": labels})
     if dropped:
         logger.warning(
-            "%d example(s) dropped: prompt longer than max-length %d", dropped, max_length
+            "%s%d of %d example(s) (%.0f%%) left out: the prompt fills max-length %d before "
+            "any response token; raise --max-length to keep them",
+            f"{where}: " if where else "",
+            dropped,
+            len(examples),
+            100 * dropped / len(examples),
+            max_length,
         )
     return TokenizedDataset(items)
 

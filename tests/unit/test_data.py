@@ -135,6 +135,18 @@ def test_example_whose_response_is_truncated_away_is_dropped():
     assert len(dataset) == 1
 
 
+def test_left_out_records_are_counted_and_named_in_one_warning(caplog):
+    examples = [SftExample("x" * 20, "answer")] * 3 + [SftExample("q", "a")]
+    with caplog.at_level("WARNING", logger="fedlora.data"):
+        dataset = tokenize(
+            examples, byte_level_tokenizer(), max_length=10, where="site a, training records"
+        )
+    assert len(dataset) == 1
+    [warning] = [record.getMessage() for record in caplog.records]
+    assert warning.startswith("site a, training records: 3 of 4 example(s) (75%) left out")
+    assert "max-length 10" in warning and "raise --max-length" in warning
+
+
 def test_collate_pads_sft_labels_with_ignore_index():
     batch = collate(
         [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [5], "labels": [5]}],
