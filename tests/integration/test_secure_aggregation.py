@@ -184,5 +184,10 @@ def test_a_secure_run_with_central_dp_is_released_and_recorded_as_the_plain_run(
     report = build_report(secure.run_dir.path)
     assert report["coordinator-saw-individual-updates"] is False
     assert report["central-privacy"]["final"]["epsilon-rdp"] == ledgers[1][-1].epsilon_rdp
+    assert "each site clips its own update before masking" in report["guarantee"]["client-level"]
+    assert "the sum of the sites' updates as the coordinator sees" in str(
+        report["guarantee"]["not-protected"]
+    )
+    assert "the coordinator clips" in build_report(plain.run_dir.path)["guarantee"]["client-level"]
     markdown = (write_report(secure.run_dir.path) / "report.md").read_text(encoding="utf-8")
     assert "never seen by the coordinator" in markdown
