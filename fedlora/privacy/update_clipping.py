@@ -139,11 +139,13 @@ def clip_for_secure_sum(
     Raises
     ------
     ConfigError
-        When ``sites < 2``, or the rounding ``η`` is not below ``C`` (the update could not be
-        sent at all): the message says what to change.
+        When ``C`` is not a positive number, ``sites < 2``, or the rounding ``η`` is not
+        below ``C`` (the update could not be sent at all): the message says what to change.
     AdapterError, FloatingPointError
         As :func:`clip_delta`.
     """
+    if not (clip_norm > 0 and math.isfinite(clip_norm)):
+        raise ConfigError(f"central-clip-norm must be a positive number, got {clip_norm}")
     if isinstance(sites, bool) or not isinstance(sites, int) or sites < 2:
         raise ConfigError(f"secure aggregation with central DP needs sites >= 2, got {sites}")
     values = sum(tensor.numel() for tensor in start.values())

@@ -250,6 +250,9 @@ def test_a_clip_norm_the_rounding_would_swamp_is_refused_with_what_to_change():
         clip_for_secure_sum(start, start, 1e-9, sites=SITES, range_=8.0, site="a")
     with pytest.raises(ConfigError, match="needs sites >= 2, got 0"):
         clip_for_secure_sum(start, start, CLIP, sites=0, range_=8.0, site="a")
+    for clip in (float("inf"), float("nan"), -1.0):  # a coordinator's config is checked too
+        with pytest.raises(ConfigError, match="central-clip-norm must be a positive number"):
+            clip_for_secure_sum(start, start, clip, sites=SITES, range_=8.0, site="a")
 
 
 def _summed(step: float, **changes: object) -> SummedUpdate:
