@@ -25,8 +25,14 @@ from typing import Any
 
 from flwr.app import Context, Message, RecordDict
 
-from fedlora.adapters import AdapterState, packed_array_record, packed_from_array_record
+from fedlora.adapters import (
+    AdapterState,
+    packed_array_record,
+    packed_from_array_record,
+    unpack_adapter,
+)
 from fedlora.errors import ConfigError
+from fedlora.privacy.update_clipping import clip_for_secure_sum
 from fedlora.protocol import Instruction, make_reply
 from fedlora.secagg import KeyRoster, Quantiser, SecAggError, SiteSession
 from fedlora.secagg.crypto import Identity
@@ -63,21 +69,38 @@ def secure_train_reply(
 ) -> RecordDict:
     """The train reply of a secure round: metrics and the key advertisement, no adapter.
 
+    With central DP the site first clips its update from the adapter it received
+    (:func:`fedlora.privacy.update_clipping.clip_for_secure_sum`) and weighs 1 in the sum.
+
     Raises
     ------
     SecAggError
         When the update cannot be encoded (non-finite, beyond the range).
+    ConfigError
+        When central DP's clip norm is not above the secure sum's rounding.
     """
     config = instruction.config
     identity, roster = site_keys(context, site)
     quantiser = Quantiser(config.secure_aggregation_range)
+    weight = int(metrics["num-examples"])
+    if config.central_dp != "off":
+        # Central DP: clipped here, before masking; every site weighs the same.
+        state = clip_for_secure_sum(
+            unpack_adapter(instruction.adapter),
+            state,
+            config.central_clip_norm,
+            sites=config.sites,
+            range_=config.secure_aggregation_range,
+            site=site,
+        )
+        weight = 1
     session = SiteSession(
         site,
         instruction.run_id,
         instruction.server_round,
         config.secure_aggregation_threshold,
         quantiser.flatten(state),
-        int(metrics["num-examples"]),
+        weight,
         quantiser,
         identity,
         roster,

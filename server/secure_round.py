@@ -11,6 +11,13 @@ FedAdam / FedYogi / FedAvgM and FFA-LoRA work on that mean. Fewer sites than the
 any stage abandon the protocol: the round has no update, and ``min-fit`` / ``round-retries``
 decide as for any short round. The round's ``metrics.jsonl`` line records the participation,
 the protocol's bytes and its seconds under ``secure-aggregation``.
+
+With central DP (``central-dp = fixed``) each site has clipped its own update before masking
+(:mod:`fedlora.privacy.update_clipping`) and every site weighs the same, ``1 / sites``: the
+example counts are replaced by 1 and the announced total by the federation's size, so no
+site's rounding depends on who else takes part. The mean is decoded in float64 and handed to
+:class:`~fedlora.strategies.central_dp.CentralDP` with the adapter the sites clipped from and
+the clip norm; it adds the noise to it and records the release as in a plain round.
 """
 
 from __future__ import annotations
@@ -22,9 +29,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from flwr.app import RecordDict
 
-from fedlora.adapters import AdapterState
+from fedlora.adapters import AdapterState, pack_adapter, unpack_adapter
 from fedlora.config import RunConfig
 from fedlora.errors import AdapterError
 from fedlora.secagg import CoordinatorSession, KeyRoster, Quantiser, SecAggError
@@ -41,22 +49,20 @@ from fedlora.secagg.wire import (
 from fedlora.secure_messages import make_stage, read_stage_reply
 from fedlora.server.aggregation import BoundedUpdate
 from fedlora.server.exchange import PhaseResult, SiteExchange
-from fedlora.strategies import SiteUpdate, Strategy
+from fedlora.strategies import Strategy, SummedUpdate
 from fedlora.strategies.validation import effective_bound, validate_update
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class SecureSum(SiteUpdate):
-    """The unmasked sum's example-weighted mean, standing for the sites in ``sites``."""
-
-    sites: tuple[str, ...] = ()
+class SecureSum(SummedUpdate):
+    """The unmasked sum's mean, standing for the sites in ``sites`` (module docstring)."""
 
 
 def accepted_sites(updates: list[BoundedUpdate]) -> int:
     """How many sites' updates ``updates`` hold (a :class:`SecureSum` counts its sites)."""
-    return sum(len(u.sites) if isinstance(u, SecureSum) else 1 for u, _, _ in updates)
+    return sum(len(u.sites) if isinstance(u, SummedUpdate) else 1 for u, _, _ in updates)
 
 
 @dataclass
@@ -78,6 +84,8 @@ class SecureAggregation:
     def __init__(self, sites: SiteExchange, strategy: Strategy, config: RunConfig) -> None:
         self.sites, self.strategy, self.config = sites, strategy, config
         self.quantiser = Quantiser(config.secure_aggregation_range)
+        self.central = config.central_dp != "off"
+        """Central DP: the sites clipped their updates and weigh the same (module docstring)."""
 
     def updates(
         self, trained: PhaseResult, global_state: AdapterState, server_round: int, run_id: str
@@ -91,6 +99,8 @@ class SecureAggregation:
         started = time.monotonic()
         reference = self.strategy.update_reference(global_state, global_state)
         layout = layout_of(reference)
+        if self.central:  # decoded in float64: no cast rounds the mean before the noise
+            layout = [TensorSlot(slot.name, slot.shape, torch.float64) for slot in layout]
         threshold = self.config.secure_aggregation_threshold
         length = sum(slot.size for slot in layout)
         session = CoordinatorSession(run_id, server_round, threshold, length, KeyRoster(None))
@@ -117,13 +127,20 @@ class SecureAggregation:
         if mean is None:
             return []
         bound = self.config.update_norm_bound
+        cast = {name: tensor.to(reference[name].dtype) for name, tensor in mean.items()}
         try:
-            norm = validate_update(reference, mean, norm_bound=bound)
+            norm = validate_update(reference, cast, norm_bound=bound)
         except AdapterError as error:
             logger.warning("round %d: the secure sum is rejected: %s", server_round, error)
             trained.rejected["secure-sum"] = str(error)
             return []
-        update = SecureSum("secure-sum", mean, count, sites=session.masked)
+        if not self.central:
+            update = SecureSum("secure-sum", cast, count, sites=session.masked)
+            return [(update, norm, effective_bound(reference, bound))]
+        # What the sites clipped from: the global adapter as the wire delivered it.
+        start = unpack_adapter(pack_adapter(reference, self.config.wire_dtype))
+        clip_norm = self.config.central_clip_norm
+        update = SecureSum("secure-sum", mean, count, session.masked, start, clip_norm)
         return [(update, norm, effective_bound(reference, bound))]
 
     def _protocol(self, state: _Round, layout: list[TensorSlot]) -> tuple[AdapterState, int]:
@@ -135,7 +152,11 @@ class SecureAggregation:
             except SecAggError as error:
                 session.refused[site] = f"unreadable key advertisement: {error}"
         examples = {site: reply.num_examples for site, reply in state.trained.replies.items()}
+        if self.central:  # uniform weights 1 / sites, whoever takes part (update_clipping)
+            examples = dict.fromkeys(examples, 1)
         broadcast = session.receive_advertisements(ads, examples)
+        if self.central:
+            session.total_examples = self.config.sites
         listed = encode_listing(session.total_examples, broadcast)
         answers = self._stage(state, "share", dict.fromkeys(session.advertised, listed))
         routed = session.route_shares(_decoded(answers, decode_named, session.refused))

@@ -37,6 +37,20 @@ class SiteUpdate:
     num_examples: int
 
 
+@dataclass(frozen=True)
+class SummedUpdate(SiteUpdate):
+    """Several sites' updates as one: their mean, opened only as a sum (secure aggregation).
+
+    ``sites`` are the sites in it. With central DP each site clipped its own update, measured
+    from ``start`` (the global adapter as the sites received it), to ``clip_norm`` before it
+    was masked, and every site weighed the same (``fedlora.server.secure_round``).
+    """
+
+    sites: tuple[str, ...] = ()
+    start: AdapterState | None = None
+    clip_norm: float | None = None
+
+
 class Strategy(abc.ABC):
     """Turns the global adapter and the sites' updates into the next global adapter."""
 

@@ -27,18 +27,20 @@ clip norm:
 Privacy statement
     The guarantee is (ε, δ)-DP at *client level* under add/remove of one site's entire
     contribution, for what the server releases: the sequence of global adapters (and, in
-    adaptive mode, the clip norms and the noisy clipped fractions). The server itself is
-    trusted: it sees the raw updates. Evaluation metrics the sites report are not covered.
+    adaptive mode, the clip norms and the noisy clipped fractions). The server is trusted to
+    add the noise (and sees the raw updates unless secure aggregation is on). Evaluation
+    metrics the sites report are not covered.
     Each round is accounted as one Poisson-subsampled Gaussian release with sample rate
     ``q = m / sites`` and noise multiplier ``sigma`` (``q = 1.0`` when all sites train every
     round, as in :class:`fedlora.server.federation.Federation`; ``q < 1`` assumes each site is
     sampled independently with probability ``q``). ε is reported by both Opacus accountants (PRV and
     RDP) via :func:`fedlora.privacy.accounting.epsilons` over all rounds so far.
 
-Adaptive noise split and deliberate differences from Flower
-    ``sigma`` is the *total* noise multiplier asked for, split between the update and the
-    clipped-count noise; Flower's adaptive-clipping wrapper is followed with a few deliberate
-    differences (:mod:`fedlora.strategies.dp_clipping`). The accountant uses ``sigma``.
+With secure aggregation (fixed mode only)
+    Each site clips its own update (:mod:`fedlora.privacy.update_clipping`, the same function)
+    before masking; this wrapper receives one uniform mean of the clipped updates
+    (:class:`~fedlora.strategies.base.SummedUpdate`) and runs steps 2-3 on it unchanged: the
+    same noise, ledger and ε. Adaptive mode needs each site's clipped-or-not bit: refused.
 
 Limitations
     The noise comes from numpy's PCG64 in floating point, not a cryptographically secure
@@ -49,8 +51,7 @@ Limitations
 Server ledger
     Every round is accounted and appended to the hash-chained server ledger before the aggregate
     is returned (:mod:`fedlora.strategies.central_releases`; the run's ledger is
-    ``runs/<id>/privacy/server-ledger.jsonl``, attached by :meth:`CentralDP.open_run`). The
-    ledger's names are re-exported here.
+    ``runs/<id>/privacy/server-ledger.jsonl``, attached by :meth:`CentralDP.open_run`).
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ import torch
 from flwr.supercore.differential_privacy import compute_stdv
 
 from fedlora.adapters import AdapterState
+from fedlora.config.checks import SECURE_ADAPTIVE_REFUSAL
 from fedlora.errors import ConfigError, FedloraError, LedgerError
 from fedlora.io import atomic_write_json
 from fedlora.privacy.server_ledger import (
@@ -79,9 +81,11 @@ from fedlora.privacy.server_ledger import (
 from fedlora.strategies.base import SiteUpdate, Strategy, check_finite
 from fedlora.strategies.central_releases import CentralReleases, central_delta
 from fedlora.strategies.dp_clipping import (
+    check_mechanism,
     clip_updates,
     next_clip_norm,
     noisy_unclipped_fraction,
+    secure_clipped_mean,
     split_adaptive_noise,
     to_numpy,
 )
@@ -106,9 +110,7 @@ CENTRAL_MODES: tuple[CentralMode, ...] = ("fixed", "adaptive")
 
 
 class CentralDP(Strategy):
-    """DP-FedAvg with fixed or adaptive clipping around an averaging strategy.
-
-    See the module docstring for the mechanism, its guarantee and its accounting.
+    """DP-FedAvg with fixed or adaptive clipping around an averaging strategy (module docstring).
 
     Parameters
     ----------
@@ -171,10 +173,9 @@ class CentralDP(Strategy):
             raise ConfigError(
                 f"central DP needs an inner strategy that averages like fedavg, got {inner.name!r}"
             )
-        if not (noise_multiplier >= 0 and math.isfinite(noise_multiplier)):
-            raise ConfigError(f"central-noise-multiplier must be >= 0, got {noise_multiplier}")
-        if not (clip_norm > 0 and math.isfinite(clip_norm)):
-            raise ConfigError(f"central-clip-norm must be > 0, got {clip_norm}")
+        check_mechanism(
+            noise_multiplier, clip_norm, target_clipped_quantile, clip_norm_lr, clipped_count_stddev
+        )
         if isinstance(sites, bool) or not isinstance(sites, int) or sites < 1:
             raise ConfigError(f"central DP needs at least one site, got {sites}")
         sampled = sites if sampled_per_round is None else sampled_per_round
@@ -184,14 +185,6 @@ class CentralDP(Strategy):
             self.delta = central_delta(delta, sites)
         except ConfigError as exc:
             raise ConfigError(f"central-delta: {exc}") from None
-        if not 0 <= target_clipped_quantile <= 1:
-            raise ConfigError(
-                f"target clipped quantile must be in [0, 1], got {target_clipped_quantile}"
-            )
-        if not clip_norm_lr > 0:
-            raise ConfigError(f"clip-norm learning rate must be > 0, got {clip_norm_lr}")
-        if clipped_count_stddev is not None and not clipped_count_stddev >= 0:
-            raise ConfigError(f"clipped-count stddev must be >= 0, got {clipped_count_stddev}")
 
         self.inner = inner
         self.name = f"central-dp({inner.name})"
@@ -275,8 +268,8 @@ class CentralDP(Strategy):
 
         Raises
         ------
-        FloatingPointError
-            For a site update with NaN or infinite values (it cannot be clipped).
+        FloatingPointError, FedloraError
+            For non-finite values; a secure sum ``secure_clipped_mean`` refuses (or adaptive).
         LedgerError
             When the round cannot be recorded; the aggregate is then not released.
         """
@@ -290,21 +283,27 @@ class CentralDP(Strategy):
         names = list(global_state)
         base = [to_numpy(global_state[name]) for name in names]
         clip_norm = self.clip_norm
-        start, clipped_updates, unclipped = clip_updates(global_state, updates, clip_norm)
-        mean = self.inner.aggregate(start, clipped_updates)
-        result = [to_numpy(mean[name]) for name in names]
-        if len(updates) != self.sampled:
+        secure = secure_clipped_mean(global_state, updates, clip_norm, self.sampled)
+        if secure is not None and self.mode == "adaptive":
+            raise ConfigError(SECURE_ADAPTIVE_REFUSAL)
+        if secure is None:
+            start_state, clipped_updates, unclipped = clip_updates(global_state, updates, clip_norm)
+            mean = self.inner.aggregate(start_state, clipped_updates)
+            start, result, received = base, [to_numpy(mean[name]) for name in names], len(updates)
+        else:  # The sites clipped (from what they received, start) and masked: only the mean.
+            (start, result, received), unclipped = secure, 0
+        if received != self.sampled or start is not base:
             # Fixed denominator m: the uniform mean over the n received updates becomes
             # global + sum_i clip(d_i) / m, as if absent sampled sites sent zero updates.
-            if len(updates) < self.sampled:
+            if received < self.sampled:
                 logger.warning(
                     "central DP: %d of %d sampled sites sent an update; absent ones count as "
                     "zero updates",
-                    len(updates),
+                    received,
                     self.sampled,
                 )
-            scale = len(updates) / self.sampled
-            result = [g + (r - g) * scale for g, r in zip(base, result, strict=True)]
+            scale = received / self.sampled
+            result = [g + (r - s) * scale for g, s, r in zip(base, start, result, strict=True)]
         stddev = compute_stdv(self.update_noise_multiplier, clip_norm, self.sampled)
         if stddev > 0:
             for array in result:
@@ -315,7 +314,7 @@ class CentralDP(Strategy):
             noise = self.clipped_count_stddev
             unclipped_fraction = noisy_unclipped_fraction(
                 unclipped=unclipped,
-                received=len(updates),
+                received=received,
                 sampled=self.sampled,
                 noise=float(self._rng.normal(0.0, noise)) if noise > 0 else 0.0,
             )
@@ -333,7 +332,7 @@ class CentralDP(Strategy):
             update_noise_multiplier=self.update_noise_multiplier,
             clipped_count=clipped_count,
             clipped_count_stddev=self.clipped_count_stddev if self.mode == "adaptive" else None,
-            received=len(updates),
+            received=received,
             std=stddev,
         )
         aggregate: AdapterState = {

@@ -30,38 +30,61 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import numpy.typing as npt
-import torch
-from flwr.supercore.differential_privacy import (
-    adaptive_clip_inputs_inplace,
-    compute_adaptive_noise_params,
-    get_norm,
-)
+from flwr.supercore.differential_privacy import compute_adaptive_noise_params
 
-from fedlora.adapters import AdapterState, check_compatible
-from fedlora.errors import ConfigError
-from fedlora.strategies.base import SiteUpdate
+from fedlora.adapters import AdapterState
+from fedlora.errors import AdapterError, ConfigError, FedloraError
+from fedlora.privacy.update_clipping import Arrays, clip_delta, to_numpy, to_state
+from fedlora.strategies.base import SiteUpdate, SummedUpdate
 
-Arrays = list[npt.NDArray[np.float64]]
-
-
-def to_numpy(tensor: torch.Tensor) -> npt.NDArray[np.float64]:
-    """A float64 copy of ``tensor`` (numpy has no bfloat16; the copy is never shared)."""
-    array: npt.NDArray[np.float64] = (
-        tensor.detach().to(device="cpu", dtype=torch.float64).numpy().copy()
-    )
-    return array
+__all__ = [
+    "Arrays",
+    "check_mechanism",
+    "clip_updates",
+    "next_clip_norm",
+    "noisy_unclipped_fraction",
+    "secure_clipped_mean",
+    "split_adaptive_noise",
+    "to_numpy",
+    "to_state",
+]
 
 
-def to_state(names: list[str], arrays: Arrays) -> AdapterState:
-    """``arrays`` as an adapter state under ``names`` (float64 tensors sharing their memory)."""
-    return {name: torch.from_numpy(array) for name, array in zip(names, arrays, strict=True)}
+def check_mechanism(
+    noise_multiplier: float,
+    clip_norm: float,
+    target_clipped_quantile: float,
+    clip_norm_lr: float,
+    clipped_count_stddev: float | None,
+) -> None:
+    """Refuse impossible central-DP settings (``CentralDP``'s parameters of the same names).
+
+    Raises
+    ------
+    ConfigError
+        Naming the first setting out of its range.
+    """
+    if not (noise_multiplier >= 0 and math.isfinite(noise_multiplier)):
+        raise ConfigError(f"central-noise-multiplier must be >= 0, got {noise_multiplier}")
+    if not (clip_norm > 0 and math.isfinite(clip_norm)):
+        raise ConfigError(f"central-clip-norm must be > 0, got {clip_norm}")
+    if not 0 <= target_clipped_quantile <= 1:
+        raise ConfigError(
+            f"target clipped quantile must be in [0, 1], got {target_clipped_quantile}"
+        )
+    if not clip_norm_lr > 0:
+        raise ConfigError(f"clip-norm learning rate must be > 0, got {clip_norm_lr}")
+    if clipped_count_stddev is not None and not clipped_count_stddev >= 0:
+        raise ConfigError(f"clipped-count stddev must be >= 0, got {clipped_count_stddev}")
 
 
 def clip_updates(
     global_state: AdapterState, updates: list[SiteUpdate], clip_norm: float
 ) -> tuple[AdapterState, list[SiteUpdate], int]:
     """Clip each update's distance from ``global_state`` to L2 norm ``clip_norm``, flat.
+
+    Each update goes through :func:`fedlora.privacy.update_clipping.clip_delta`, the very
+    clipping a site applies to its own update before a secure sum.
 
     Returns
     -------
@@ -82,20 +105,66 @@ def clip_updates(
     clipped: list[SiteUpdate] = []
     unclipped = 0
     for update in updates:
-        check_compatible(global_state, update.state)
-        delta = [to_numpy(update.state[name]) - g for name, g in zip(names, base, strict=True)]
-        norm = get_norm(delta)
-        if not math.isfinite(norm):
-            bad = next(n for n, d in zip(names, delta, strict=True) if not np.isfinite(d).all())
-            raise FloatingPointError(
-                f"site {update.site} sent non-finite values in {bad}; it cannot be clipped"
-            )
-        # A zero update is within any norm; Flower's helper would divide by its norm.
-        was_clipped = norm > 0 and adaptive_clip_inputs_inplace(delta, clip_norm)
+        _, delta, was_clipped = clip_delta(global_state, update.state, clip_norm, site=update.site)
         unclipped += 0 if was_clipped else 1
         restored = [g + d for g, d in zip(base, delta, strict=True)]
         clipped.append(SiteUpdate(update.site, to_state(names, restored), 1))
     return to_state(names, base), clipped, unclipped
+
+
+def secure_clipped_mean(
+    global_state: AdapterState, updates: list[SiteUpdate], clip_norm: float, sampled: int
+) -> tuple[Arrays, Arrays, int] | None:
+    """The start, mean and site count of a secure sum the sites clipped; ``None`` if plain.
+
+    The sum's mean update is checked against the triangle inequality: a mean of updates each
+    within ``C`` is within ``C`` (up to float64 rounding, hence the 1e-9 relative slack; this
+    catches a site that did not clip grossly, it is not what the privacy rests on).
+
+    Raises
+    ------
+    FedloraError
+        For a sum that is not the round's only update, lacks its start or clip norm, was
+        clipped to another norm, or counts no site or more than ``sampled``.
+    AdapterError
+        For a sum that does not fit the global adapter, or whose mean update is beyond ``C``.
+    FloatingPointError
+        For a sum with NaN or infinite values.
+    """
+    summed = [update for update in updates if isinstance(update, SummedUpdate)]
+    if not summed:
+        return None
+    update = summed[0]
+    if len(updates) != 1 or update.start is None or update.clip_norm is None:
+        raise FedloraError(
+            "central DP: a secure sum must be the round's only update and name the adapter its "
+            "sites started from and the norm they clipped to"
+        )
+    if update.clip_norm != clip_norm:
+        raise FedloraError(
+            f"central DP: the sites clipped to {update.clip_norm:g}, this round needs {clip_norm:g}"
+        )
+    received = len(set(update.sites))
+    if not 1 <= received <= sampled or received != len(update.sites):
+        raise FedloraError(
+            f"central DP: a secure sum of {len(update.sites)} sites, {received} distinct, "
+            f"for {sampled} sampled"
+        )
+    shapes = {name: tensor.shape for name, tensor in global_state.items()}
+    for what, state in (("start", update.start), ("mean", update.state)):
+        if {name: tensor.shape for name, tensor in state.items()} != shapes:
+            raise AdapterError(f"central DP: the secure sum's {what} does not fit the adapter")
+    start = [to_numpy(update.start[name]) for name in shapes]
+    mean = [to_numpy(update.state[name]) for name in shapes]
+    norm = math.sqrt(sum(float(np.sum((m - s) ** 2)) for m, s in zip(mean, start, strict=True)))
+    if not math.isfinite(norm):
+        raise FloatingPointError("central DP: the secure sum has non-finite values")
+    if norm > clip_norm * (1 + 1e-9):
+        raise AdapterError(
+            f"central DP: the secure sum's mean update has norm {norm:.6g}, above the clip norm "
+            f"{clip_norm:g}: a site did not clip its update"
+        )
+    return start, mean, received
 
 
 def noisy_unclipped_fraction(*, unclipped: int, received: int, sampled: int, noise: float) -> float:

@@ -157,6 +157,13 @@ NEEDS_INDIVIDUAL_UPDATES = {
 """Strategies that need every site's update and so cannot run on a secure sum, with why."""
 
 
+SECURE_ADAPTIVE_REFUSAL = (
+    "secure-aggregation cannot run central-dp=adaptive: adaptive clipping needs whether each "
+    "site's update was clipped, which the coordinator would see in clear; use central-dp=fixed"
+)
+"""Central DP with secure aggregation: the sites clip before masking, at a fixed norm only."""
+
+
 def check_secure_aggregation(config: RunConfig) -> None:
     """Secure aggregation's settings, and the strategies and options it cannot serve."""
     if config.strategy in NEEDS_INDIVIDUAL_UPDATES:
@@ -164,11 +171,8 @@ def check_secure_aggregation(config: RunConfig) -> None:
             f"secure-aggregation cannot run strategy {config.strategy}: it needs "
             f"{NEEDS_INDIVIDUAL_UPDATES[config.strategy]}, and the coordinator sees only the sum"
         )
-    if config.central_dp != "off":
-        raise ConfigError(
-            "secure-aggregation with central-dp is not supported yet: clipping each update "
-            "needs it in clear (the sites would have to clip before masking)"
-        )
+    if config.central_dp == "adaptive":
+        raise ConfigError(SECURE_ADAPTIVE_REFUSAL)
     if config.sites == 1:
         raise ConfigError("secure-aggregation needs at least 2 sites: one site's sum is its update")
     threshold = config.secure_aggregation_threshold

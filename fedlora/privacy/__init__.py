@@ -7,5 +7,7 @@ values Opacus gives. ``ledger`` is a site's durable, hash-chained record of its 
 with its round line in ``ledger_entry`` and its files on disk (lock, high-water mark, where
 ledgers live) in ``ledger_storage``, and every ledger under a root summarised read-only (for
 ``fedlora budget``) in ``ledger_summary``; ``server_ledger`` is the coordinator's record of its
-central-DP releases; ``hashchain`` the chained-line format both ledgers use.
+central-DP releases; ``hashchain`` the chained-line format both ledgers use;
+``update_clipping`` central DP's clipping of one site's update, at the coordinator or (before
+a secure sum) at the site.
 """

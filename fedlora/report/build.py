@@ -81,13 +81,19 @@ def _central(metrics: Sequence[Mapping[str, Any]], mode: str) -> dict[str, Any] 
     return {"mode": rounds[-1].get("mode", mode), "rounds": rounds, "final": rounds[-1]}
 
 
-def _guarantee(dp: bool, central: Mapping[str, Any] | None) -> dict[str, Any]:
+def _guarantee(dp: bool, central: Mapping[str, Any] | None, secure: bool) -> dict[str, Any]:
     client_level = None
     if central is not None:
+        clipping = (
+            "each site clips its own update before masking it (secure aggregation) and the "
+            "coordinator adds Gaussian noise to their sum "
+            if secure
+            else "the coordinator clips each site's update and adds Gaussian noise to the "
+            "aggregate "
+        )
         client_level = (
             "client-level (ε, δ)-DP with respect to each site's whole contribution (all of its "
-            "records at once), composed over all rounds of this run: the coordinator clips each "
-            "site's update and adds Gaussian noise to the aggregate "
+            f"records at once), composed over all rounds of this run: {clipping}"
             f"(central-dp = {central['mode']}; see central-privacy for ε, δ, σ and the clip "
             "norm). It protects the released global adapters, not a site's update as the "
             "coordinator receives it"
@@ -98,9 +104,10 @@ def _guarantee(dp: bool, central: Mapping[str, Any] | None) -> dict[str, Any]:
             "whole: there is no client-level (central) DP in this run"
         )
     else:
+        seen = "the sum of the sites' updates" if secure else "a site's individual update"
         whole_site = (
-            "a site's individual update as the coordinator sees it before adding noise: the "
-            "client-level guarantee assumes an honest coordinator"
+            f"{seen} as the coordinator sees it before adding noise: the client-level "
+            "guarantee assumes an honest coordinator"
         )
     return {
         "dp": dp,
@@ -237,7 +244,7 @@ def build_report(run_dir: Path) -> dict[str, Any]:
         "secure-aggregation": bool(flat.get("secure-aggregation", False)),
         "coordinator-saw-individual-updates": not flat.get("secure-aggregation", False),
         "sites": list(sites),
-        "guarantee": _guarantee(dp, central),
+        "guarantee": _guarantee(dp, central, bool(flat.get("secure-aggregation", False))),
         "summary": [detail["row"] for detail in sites.values()],
         "epsilon-series": {site: detail["series"] for site, detail in sites.items()},
         "rounds-trained": {site: detail["rounds-trained"] for site, detail in sites.items()},

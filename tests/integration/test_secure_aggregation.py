@@ -7,6 +7,7 @@ train on the same numbers: their adapters then differ only by the quantisation.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from safetensors.torch import load_file
 
 from fedlora.config import RunConfig
 from fedlora.errors import FedloraError
+from fedlora.privacy.server_ledger import read_server_ledger
 from fedlora.protocol import ADAPTER, SITE
 from fedlora.report.build import build_report, write_report
 from fedlora.secagg import Quantiser
@@ -146,3 +148,46 @@ def test_too_few_sites_abandon_the_round_and_nothing_is_aggregated(tmp_path: Pat
     assert record["secure-aggregation"]["aggregated"] is False
     assert not (run_dir / "adapters" / "round-001").exists()
     assert json.loads((run_dir / "status.json").read_text())["state"] == "incomplete"
+
+
+def test_a_secure_run_with_central_dp_is_released_and_recorded_as_the_plain_run(
+    tmp_path: Path,
+) -> None:
+    central = {"central_dp": "fixed", "central_clip_norm": 0.05, "central_noise_multiplier": 1.0}
+    plain_config = _config(tmp_path / "plain", **central)
+    plain = run_federation(
+        InProcessGrid(scenario_client_app(plain_config), 4), plain_config,
+        out=Path(plain_config.out), run_id="run",
+    )  # fmt: skip
+    secure_config = _config(tmp_path / "secure", secure_aggregation=True, **central)
+    seen: list[tuple[str, bool]] = []
+    grid = InProcessGrid(_watching(scenario_client_app(secure_config), seen), 4)
+    secure = run_federation(grid, secure_config, out=Path(secure_config.out), run_id="run")
+
+    # The sites clipped and masked: no reply carried an adapter, every round was a secure sum.
+    assert seen and not any(carries for _, carries in seen)
+    secure_metrics = read_metrics(secure.run_dir.path)[1:]
+    assert [r["secure-aggregation"]["aggregated"] for r in secure_metrics] == [True, True]
+    # The same releases in the server ledger, with the same epsilon, round by round.
+    ledgers = [
+        read_server_ledger(run.run_dir.path / "privacy" / "server-ledger.jsonl").entries
+        for run in (plain, secure)
+    ]
+    assert len(ledgers[1]) == 2
+    for in_clear, summed in zip(*ledgers, strict=True):
+        assert dataclasses.replace(summed, time="") == dataclasses.replace(in_clear, time="")
+        assert summed.updates == 4 and summed.clip_norm == 0.05
+    plain_metrics = read_metrics(plain.run_dir.path)[1:]
+    for in_clear, summed in zip(plain_metrics, secure_metrics, strict=True):
+        assert summed["central-privacy"] == in_clear["central-privacy"]
+    # The report: client-level DP released as usual, individual updates never seen.
+    report = build_report(secure.run_dir.path)
+    assert report["coordinator-saw-individual-updates"] is False
+    assert report["central-privacy"]["final"]["epsilon-rdp"] == ledgers[1][-1].epsilon_rdp
+    assert "each site clips its own update before masking" in report["guarantee"]["client-level"]
+    assert "the sum of the sites' updates as the coordinator sees" in str(
+        report["guarantee"]["not-protected"]
+    )
+    assert "the coordinator clips" in build_report(plain.run_dir.path)["guarantee"]["client-level"]
+    markdown = (write_report(secure.run_dir.path) / "report.md").read_text(encoding="utf-8")
+    assert "never seen by the coordinator" in markdown

@@ -341,7 +341,7 @@ def test_flowers_shamir_sharing_recovers_from_any_threshold_and_not_fewer() -> N
         ({"strategy": "multi-krum"}, "cannot run strategy multi-krum"),
         ({"strategy": "trimmed-mean"}, "cannot run strategy trimmed-mean"),
         ({"strategy": "hetero-rank"}, "cannot run strategy hetero-rank: it needs each site's"),
-        ({"central_dp": "fixed"}, "with central-dp is not supported yet"),
+        ({"central_dp": "adaptive"}, "cannot run central-dp=adaptive: adaptive clipping needs"),
         ({"sites": 1}, "needs at least 2 sites"),
         ({"secure_aggregation_threshold": 1}, "must be 0 \\(a majority\\) or 2..sites, got 1"),
         ({"sites": 3, "secure_aggregation_threshold": 4}, "2..sites, got 4"),
