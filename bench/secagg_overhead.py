@@ -12,11 +12,17 @@ so "round" is the slowest site plus the coordinator. Torch runs on one thread he
 ChaCha20 do anyway): on a loaded 2-core machine torch's thread pool made FedAvg's float64 mean
 of 5 x 2 M values cost 1.8 s of CPU instead of 0.02 s, which would flatter the secure side.
 
+Part 1b, ``pieces``: where the protocol's time goes, each piece of one site's and of the
+coordinator's per-value work timed alone (best CPU seconds of ``--repeat``) at the same size,
+with the mask cipher (ChaCha20) beside AES-256-CTR, each writing into a fresh buffer and into
+one reused cache-sized block (what :func:`fedlora.secagg.crypto.apply_masks` does).
+
 Part 2, ``simulate``: tiny-llama federations on the in-process engine (no DP, 1 round) at 5
 and 20 sites, with and without ``--secure-aggregation``, in ABBA order; the round's
 ``duration-s`` and the bytes per site from ``metrics.jsonl``.
 
     python bench/secagg_overhead.py protocol [--values 8388608] [--sites 10] [--repeat 3]
+    python bench/secagg_overhead.py pieces [--values 8388608] [--sites 10] [--repeat 5]
     python bench/secagg_overhead.py simulate [--sites 5 20] [--repeat 1]
 """
 
@@ -30,12 +36,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 
 from bench.bench_common import abba_schedule, add_output_arguments, emit_result, quiet_flower
 from fedlora.adapters import pack_adapter, unpack_adapter
 from fedlora.secagg import CoordinatorSession, KeyRoster, Quantiser, SiteSession
-from fedlora.secagg.crypto import Identity
+from fedlora.secagg.crypto import MASK_BLOCK, Identity, apply_masks
 from fedlora.secagg.quantise import layout_of
 from fedlora.secagg.wire import (
     decode_advertisement,
@@ -236,6 +244,63 @@ def protocol(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def _cipher(name: str) -> CipherContext:
+    key = bytes(range(32))
+    if name == "chacha20":
+        return Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None).encryptor()
+    return Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor()
+
+
+def _blockwise(name: str, values: int) -> None:
+    encryptor, zeros = _cipher(name), bytes(4 * MASK_BLOCK)
+    scratch = np.empty(MASK_BLOCK, dtype="<u4")
+    for start in range(0, values, MASK_BLOCK):
+        size = 4 * min(MASK_BLOCK, values - start)
+        encryptor.update_into(zeros[:size], scratch.data.cast("B")[:size])
+
+
+def pieces(args: argparse.Namespace) -> dict[str, Any]:
+    """Part 1b: each piece of the per-value work timed alone (best of ``--repeat``)."""
+    torch.set_num_threads(1)
+    state = lora_7b_like(args.values)
+    values = sum(t.numel() for t in state.values())
+    quantiser, layout = Quantiser(8.0), layout_of(state)
+    flat = quantiser.flatten(state)
+    encoded = quantiser.encode(flat, 0.1)
+    wire = encode_vector(encoded)
+    keys = [bytes([index]) * 32 for index in range(1, args.sites + 1)]
+    work: dict[str, Callable[[], Any]] = {
+        "keystream chacha20, fresh buffer": lambda: _cipher("chacha20").update(bytes(4 * values)),
+        "keystream aes-256-ctr, fresh buffer": lambda: _cipher("aes").update(bytes(4 * values)),
+        "keystream chacha20, reused block": lambda: _blockwise("chacha20", values),
+        "keystream aes-256-ctr, reused block": lambda: _blockwise("aes", values),
+        "site: flatten + range check": lambda: quantiser.flatten(state),
+        "site: encode (weight, round, wrap)": lambda: quantiser.encode(flat, 0.1),
+        f"site: add {args.sites} masks (self + pairs)": lambda: apply_masks(
+            encoded.copy(), add=keys
+        ),
+        "site: masked input to bytes": lambda: encode_vector(encoded),
+        "coordinator: read and add one input": lambda: np.add(
+            encoded, decode_vector(wire, values), out=encoded.copy()
+        ),
+        "coordinator: decode the mean": lambda: quantiser.decode(
+            np.zeros(values, np.uint32), layout, args.sites, 1.0
+        ),
+    }
+    result: dict[str, Any] = {"values": values, "sites": args.sites, "repeat": args.repeat}
+    print(f"{values:,} values; best CPU seconds of {args.repeat}")
+    for piece, run in work.items():
+        run()  # first call: page faults of new buffers, imports
+        times = []
+        for _ in range(args.repeat):
+            start = time.process_time()
+            run()
+            times.append(time.process_time() - start)
+        result[piece] = min(times)
+        print(f"{piece:40} {min(times):.4f}")
+    return result
+
+
 def simulate_sites(args: argparse.Namespace) -> dict[str, Any]:
     """Part 2: tiny-llama federations, with and without secure aggregation (ABBA order)."""
     from fedlora.config import RunConfig
@@ -301,12 +366,18 @@ def main() -> None:
     proto.add_argument("--sites", type=int, default=10)
     proto.add_argument("--repeat", type=int, default=3)
     add_output_arguments(proto, verbose_help="unused", run_data=False)
+    parts = commands.add_parser("pieces", help="where the time goes, piece by piece")
+    parts.add_argument("--values", type=int, default=32 * 2 * 16 * 2 * 4096)
+    parts.add_argument("--sites", type=int, default=10)
+    parts.add_argument("--repeat", type=int, default=5)
+    add_output_arguments(parts, verbose_help="unused", run_data=False)
     sim = commands.add_parser("simulate", help="tiny-llama federations, in-process engine")
     sim.add_argument("--sites", type=int, nargs="+", default=[5, 20])
     sim.add_argument("--repeat", type=int, default=1)
     add_output_arguments(sim, verbose_help="unused")
     args = parser.parse_args()
-    result = protocol(args) if args.command == "protocol" else simulate_sites(args)
+    command = {"protocol": protocol, "pieces": pieces, "simulate": simulate_sites}
+    result = command[args.command](args)
     emit_result({"bench": "secagg_overhead", "command": args.command, **result}, args.json)
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from fedlora.flower_internals.shamir import combine_secret
-from fedlora.secagg.crypto import KeyRoster, agree, mask_stream, public_x25519
+from fedlora.secagg.crypto import KeyRoster, agree, apply_masks, public_x25519
 from fedlora.secagg.site import pair_key, self_key
 from fedlora.secagg.types import (
     Advertisement,
@@ -159,26 +159,22 @@ class CoordinatorSession:
         answers = {site: reply for site, reply in sorted(replies.items()) if site in self.masked}
         self.answered = tuple(answers)
         self._require(len(self.answered), "answered the unmasking request")
-        total = self._sum.copy()
+        added: list[bytes] = []
+        subtracted: list[bytes] = []
         for survivor in self.masked:
             seed = self._combine(answers, survivor, "self_seed_shares")
-            key = self_key(seed, self.run_id, self.server_round, survivor)
-            np.subtract(total, mask_stream(key, self.length), out=total)
+            subtracted.append(self_key(seed, self.run_id, self.server_round, survivor))
         for dropped in (site for site in self.sharers if site not in self.masked):
             private = self._combine(answers, dropped, "mask_key_shares")
             if public_x25519(private) != self.advertised[dropped].mask_key:
                 raise SecAggError(f"the shares of site {dropped}'s mask key do not match its key")
             for survivor in self.masked:
                 secret = agree(private, self.advertised[survivor].mask_key)
-                stream = mask_stream(
-                    pair_key(secret, self.run_id, self.server_round, survivor, dropped), self.length
-                )
+                key = pair_key(secret, self.run_id, self.server_round, survivor, dropped)
                 # The survivor added the mask when its name sorts first, subtracted it otherwise.
-                if survivor < dropped:
-                    np.subtract(total, stream, out=total)
-                else:
-                    np.add(total, stream, out=total)
-        self._sum = None
+                (subtracted if survivor < dropped else added).append(key)
+        total, self._sum = self._sum, None
+        apply_masks(total, add=added, subtract=subtracted)
         return total
 
     def _combine(self, answers: Mapping[str, UnmaskReply], owner: str, field: str) -> bytes:

@@ -33,6 +33,9 @@ from fedlora.secagg.types import SecAggError
 DEFAULT_BITS = 29
 """Fraction bits: a sum of weights <= 1 then stays below 2^29 + k/2, far inside 2^31."""
 RING = np.uint32
+_BLOCK = 1 << 16
+"""Values :meth:`Quantiser.encode` scales at a time (512 KiB of float64: stays in the cache)."""
+_NARROW = (torch.float32, torch.float16, torch.bfloat16)
 
 
 @dataclass(frozen=True)
@@ -79,40 +82,63 @@ class Quantiser:
         return 0.5 * sites / (self.scale * weight_sum)
 
     def flatten(self, state: Mapping[str, torch.Tensor]) -> np.ndarray:
-        """``state``'s values in layout order (float64), checked for what the ring can hold.
+        """``state``'s values in layout order, checked for what the ring can hold.
+
+        float32 when every tensor is float32 or narrower (the cast is exact), float64
+        otherwise: :meth:`encode` scales in float64 either way, so the encoding is the same.
 
         Raises
         ------
         SecAggError
             Naming a tensor with a value that is not finite or beyond the range.
         """
-        parts = []
-        for slot in layout_of(state):
-            values = state[slot.name].detach().to(torch.float64).reshape(-1).numpy()
-            if not np.isfinite(values).all():
+        layout = layout_of(state)
+        narrow = all(slot.dtype in _NARROW for slot in layout)
+        flat = np.empty(sum(slot.size for slot in layout), np.float32 if narrow else np.float64)
+        offset = 0
+        for slot in layout:
+            values = flat[offset : offset + slot.size]
+            torch.from_numpy(values).copy_(state[slot.name].detach().reshape(-1))
+            offset += slot.size
+            # max and min carry a NaN through, and neither allocates (unlike abs)
+            peak = max(float(values.max(initial=0.0)), -float(values.min(initial=0.0)))
+            if not math.isfinite(peak):
                 raise SecAggError(f"tensor {slot.name} has non-finite values")
-            peak = float(np.abs(values).max(initial=0.0))
             if peak > self.clip:
                 raise SecAggError(
                     f"tensor {slot.name} has a value of magnitude {peak:.4g}, beyond the secure-"
                     f"aggregation range {self.clip:g}; raise secure-aggregation-range"
                 )
-            parts.append(values)
-        return np.concatenate(parts) if parts else np.zeros(0)
+        return flat
 
     def encode(self, values: np.ndarray, weight: float) -> np.ndarray:
         """Flattened ``values`` (within the range) weighted by ``weight`` in [0, 1], in the ring.
 
+        Each value is clipped to the range, scaled and rounded in float64 (exact integers up
+        to 2^53, far above 2^bits) a cache-sized block at a time, then stored as int32 and
+        read as uint32: two's complement is the ring's wraparound.
+
         Raises
         ------
         SecAggError
-            When the weight is outside [0, 1].
+            When the weight is outside [0, 1] or a value is NaN.
         """
         if not 0.0 <= weight <= 1.0:
             raise SecAggError(f"a site's weight must be in [0, 1], got {weight}")
-        integers = np.rint(np.clip(values, -self.clip, self.clip) * (weight * self.scale))
-        wrapped: np.ndarray = (integers.astype(np.int64) & 0xFFFFFFFF).astype(RING)
-        return wrapped
+        values = np.asarray(values).reshape(-1)
+        factor = weight * self.scale
+        limit = self.clip * factor  # clip(x) * factor, as x * factor is monotonic
+        encoded = np.empty(values.size, dtype=np.int32)
+        scratch = np.empty(min(values.size, _BLOCK), dtype=np.float64)
+        for start in range(0, values.size, _BLOCK):
+            block = scratch[: min(_BLOCK, values.size - start)]
+            np.multiply(values[start : start + block.size], factor, out=block, dtype=np.float64)
+            np.clip(block, -limit, limit, out=block)
+            np.rint(block, out=block)
+            if np.isnan(block.max()):
+                raise SecAggError("an update to encode has a NaN value")
+            encoded[start : start + block.size] = block
+        return encoded.view(RING)
 
     def decode(
         self, total: np.ndarray, layout: Sequence[TensorSlot], sites: int, weight_sum: float
@@ -131,16 +157,17 @@ class Quantiser:
             raise SecAggError(f"the unmasked sum has {total.size} values, expected {expected}")
         if not (math.isfinite(weight_sum) and 0 < weight_sum <= 1 + 1e-9):
             raise SecAggError(f"the sites' weights sum to {weight_sum}, not in (0, 1]")
-        signed = total.astype(RING, copy=False).view(np.int32).astype(np.int64)
+        signed = total.astype(RING, copy=False).view(np.int32)
         limit = weight_sum * 2**self.bits + sites
-        peak = int(np.abs(signed).max(initial=0))
+        # as Python integers: -(-2^31) does not fit int32
+        peak = max(int(signed.max(initial=0)), -int(signed.min(initial=0)))
         if peak > limit:
             raise SecAggError(f"the unmasked sum is out of range ({peak} > {limit:.0f})")
-        mean = signed.astype(np.float64) / (self.scale * weight_sum)
+        divisor = self.scale * weight_sum
         state: AdapterState = {}
         offset = 0
         for slot in layout:
-            chunk = mean[offset : offset + slot.size].reshape(slot.shape)
-            state[slot.name] = torch.from_numpy(chunk.copy()).to(slot.dtype)
+            chunk = np.divide(signed[offset : offset + slot.size], divisor, dtype=np.float64)
+            state[slot.name] = torch.from_numpy(chunk.reshape(slot.shape)).to(slot.dtype)
             offset += slot.size
         return state

@@ -21,8 +21,8 @@ from fedlora.secagg.crypto import (
     Identity,
     KeyRoster,
     agree,
+    apply_masks,
     derive,
-    mask_stream,
     new_x25519,
     public_x25519,
     seal,
@@ -48,6 +48,9 @@ from fedlora.secagg.wire import (
 )
 
 _STAGES = ("advertise", "share", "mask", "unmask", "done")
+_UPDATE_TAGS = {b"4": "<f4", b"1": "<f8"}
+"""An update's dtypes (float32 or float64, as :meth:`Quantiser.flatten` returns) by their tag
+in an export."""
 
 
 def pair_key(secret: bytes, run_id: str, server_round: int, one: str, other: str) -> bytes:
@@ -106,7 +109,9 @@ class SiteSession:
         self._identity = identity
         if num_examples < 0:
             raise SecAggError(f"site {site}: a negative example count {num_examples}")
-        self._update: np.ndarray | None = update.astype(np.float64, copy=False)
+        if update.dtype not in (np.float32, np.float64):
+            update = update.astype(np.float64)
+        self._update: np.ndarray | None = update.reshape(-1)
         self.num_examples = num_examples
         self.total_examples = 0
         """The round's example total the coordinator announced at ``share`` (fixed then)."""
@@ -233,24 +238,16 @@ class SiteSession:
         assert self._update is not None
         masked = self.quantiser.encode(self._update, self.num_examples / self.total_examples)
         self._update = None  # nothing unmasked stays behind
-        np.add(
-            masked,
-            mask_stream(
-                self_key(self._seed, self.run_id, self.server_round, self.site), masked.size
-            ),
-            out=masked,
-        )
+        added = [self_key(self._seed, self.run_id, self.server_round, self.site)]
+        subtracted: list[bytes] = []
         for peer in self.sharers:
             if peer == self.site:
                 continue
             secret = agree(self._mask_private, self.peers[peer].mask_key)
-            stream = mask_stream(
-                pair_key(secret, self.run_id, self.server_round, self.site, peer), masked.size
-            )
-            if self.site < peer:
-                np.add(masked, stream, out=masked)
-            else:
-                np.subtract(masked, stream, out=masked)
+            key = pair_key(secret, self.run_id, self.server_round, self.site, peer)
+            # The pair's masks cancel: the site whose name sorts first adds, the other subtracts.
+            (added if self.site < peer else subtracted).append(key)
+        apply_masks(masked, add=added, subtract=subtracted)
         return masked
 
     def unmask(self, request: UnmaskRequest) -> UnmaskReply:
@@ -309,7 +306,7 @@ class SiteSession:
             self._encryption_private,
             self._mask_private,
             self._seed,
-            b"" if self._update is None else b"1" + self._update.astype("<f8").tobytes(),
+            b"" if self._update is None else self._export_update(self._update),
             *(str(n).encode() for n in (self.num_examples, self.total_examples)),
             *(repr(v).encode() for v in (self.quantiser.clip, self.quantiser.bits)),
             encode_named({name: encode_advertisement(ad) for name, ad in self.peers.items()}),
@@ -320,6 +317,11 @@ class SiteSession:
             encode_named({name: b"" for name in self.revealed_seeds}),
             roster,
         )
+
+    @staticmethod
+    def _export_update(update: np.ndarray) -> bytes:
+        tag = b"4" if update.dtype == np.float32 else b"1"
+        return tag + update.astype(_UPDATE_TAGS[tag], copy=False).tobytes()
 
     @classmethod
     def restore(cls, data: bytes) -> SiteSession:
@@ -341,7 +343,11 @@ class SiteSession:
         if texts[5] not in _STAGES:
             raise SecAggError(f"the kept secure-aggregation session has stage {texts[5]!r}")
         roster = KeyRoster(decode_named(fields[20][1:]) if fields[20] else None)
-        update = np.frombuffer(fields[9][1:], dtype="<f8").astype(np.float64)
+        tag, kept = fields[9][:1], fields[9][1:]
+        stored = _UPDATE_TAGS.get(tag) if tag else _UPDATE_TAGS[b"1"]
+        if stored is None or len(kept) % int(stored[-1]):
+            raise SecAggError("the kept secure-aggregation session has an unreadable update")
+        update = np.frombuffer(kept, dtype=stored).astype(stored[1:], copy=False)
         session = cls(
             texts[0], texts[1], server_round, configured, update, num_examples, quantiser, None,
             roster,

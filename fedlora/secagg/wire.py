@@ -137,10 +137,13 @@ def encode_vector(vector: np.ndarray) -> bytes:
 
 
 def decode_vector(data: bytes, length: int) -> np.ndarray:
-    """A masked input of ``length`` values from :func:`encode_vector`'s bytes."""
+    """A masked input of ``length`` values from :func:`encode_vector`'s bytes.
+
+    A read-only view of ``data`` where the machine is little-endian (no copy: it is only added).
+    """
     if len(data) != 4 * length:
         raise SecAggError(f"a masked input has {len(data)} bytes, expected {4 * length}")
-    return np.frombuffer(data, dtype="<u4").astype(np.uint32)
+    return np.frombuffer(data, dtype="<u4").astype(np.uint32, copy=False)
 
 
 def encode_listing(total_examples: int, advertisements: list[Advertisement]) -> bytes:

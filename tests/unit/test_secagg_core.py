@@ -8,6 +8,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from scipy import stats
 
 from fedlora.adapters import AdapterState, adapter_state
@@ -27,7 +28,7 @@ from fedlora.secagg import (
     UnmaskReply,
     UnmaskRequest,
 )
-from fedlora.secagg.crypto import Identity
+from fedlora.secagg.crypto import MASK_BLOCK, Identity, apply_masks, mask_stream
 from fedlora.secagg.quantise import layout_of
 from fedlora.secagg.wire import (
     decode_advertisement,
@@ -38,6 +39,8 @@ from fedlora.secagg.wire import (
     encode_named,
     encode_request,
     encode_unmask_reply,
+    pack_fields,
+    unpack_fields,
 )
 
 RUN = "run-1"
@@ -308,6 +311,94 @@ def test_the_quantiser_refuses_what_it_cannot_encode_exactly() -> None:
     site.advertise()
     with pytest.raises(SecAggError, match="example total 4 is below its own 9"):
         site.share([], 4)
+
+
+def _chacha20(key: bytes, count: int) -> np.ndarray:
+    """The reference mask: ChaCha20's keystream under ``key`` (zero nonce) read as uint32."""
+    stream = Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None).encryptor()
+    return np.frombuffer(stream.update(bytes(4 * count)), dtype="<u4").astype(np.uint32)
+
+
+@pytest.mark.parametrize("count", [1, 5, MASK_BLOCK, 2 * MASK_BLOCK + 7])
+def test_masks_applied_a_block_at_a_time_are_whole_chacha20_keystreams(count: int) -> None:
+    keys = [bytes([index]) * 32 for index in range(1, 4)]
+    start = np.arange(count, dtype=np.uint32) * np.uint32(2654435761)
+    expected = start + _chacha20(keys[0], count) + _chacha20(keys[1], count)
+    expected -= _chacha20(keys[2], count)
+    vector = start.copy()
+    apply_masks(vector, add=keys[:2], subtract=keys[2:])
+    assert np.array_equal(vector, expected)
+    assert np.array_equal(mask_stream(keys[2], count), _chacha20(keys[2], count))
+
+
+def test_masks_refuse_a_short_key_and_a_vector_they_cannot_add_to_in_place() -> None:
+    with pytest.raises(SecAggError, match="32 bytes, got 16"):
+        apply_masks(np.zeros(4, dtype=np.uint32), add=[bytes(16)])
+    for vector in (np.zeros(4, dtype=np.int64), np.zeros((2, 2), dtype=np.uint32)):
+        with pytest.raises(SecAggError, match="writable one-dimensional uint32"):
+            apply_masks(vector, add=[bytes(32)])
+    frozen = np.zeros(4, dtype=np.uint32)
+    frozen.flags.writeable = False
+    with pytest.raises(SecAggError, match="writable"):
+        apply_masks(frozen, subtract=[bytes(32)])
+
+
+def _encode_whole(values: np.ndarray, weight: float, quantiser: Quantiser) -> np.ndarray:
+    """The encoding written out at once in float64, as the issue's formula states it."""
+    scaled = np.clip(values.astype(np.float64), -quantiser.clip, quantiser.clip)
+    integers = np.rint(scaled * (weight * quantiser.scale)).astype(np.int64)
+    return (integers & 0xFFFFFFFF).astype(np.uint32)
+
+
+def test_float32_updates_encode_in_float64_a_block_at_a_time_as_the_whole_formula() -> None:
+    # Most values are above 2^24 steps: a float32 product would round them to even steps.
+    quantiser = Quantiser(clip=1.0)
+    generator = torch.Generator().manual_seed(4)
+    state = {"a": torch.rand(70_000, generator=generator) * 2 - 1, "b": torch.ones(3)}
+    flat = quantiser.flatten(state)
+    assert flat.dtype == np.float32
+    for weight in (1.0, 0.37, 0.0):
+        encoded = quantiser.encode(flat, weight)
+        assert np.array_equal(encoded, _encode_whole(flat, weight, quantiser))
+        assert np.array_equal(encoded, quantiser.encode(flat.astype(np.float64), weight))
+    assert np.count_nonzero(quantiser.encode(flat, 0.37).view(np.int32) % 2)
+    # Out of range: clipped as the formula clips; NaN: refused, not encoded as 0.
+    wide = np.array([3.0, -3.0, 0.25])
+    assert np.array_equal(quantiser.encode(wide, 0.5), _encode_whole(wide, 0.5, quantiser))
+    with pytest.raises(SecAggError, match="NaN"):
+        quantiser.encode(np.array([0.0, float("nan")]), 0.5)
+
+
+def test_flatten_keeps_float32_only_when_it_is_exact_and_checks_every_tensor() -> None:
+    quantiser = Quantiser(clip=1.0)
+    half = {"a": torch.tensor([0.5], dtype=torch.bfloat16), "b": torch.tensor([-0.25])}
+    assert quantiser.flatten(half).dtype == np.float32
+    assert quantiser.flatten(half).tolist() == [0.5, -0.25]
+    precise = {**half, "c": torch.tensor([1 / 3], dtype=torch.float64)}
+    flat = quantiser.flatten(precise)
+    assert flat.dtype == np.float64 and flat[2] == 1 / 3
+    for bad, message in ((float("inf"), "tensor c has non-finite"), (-1.5, "tensor c has a")):
+        with pytest.raises(SecAggError, match=message):
+            quantiser.flatten({**half, "c": torch.tensor([0.0, bad, float("nan")][:2])})
+
+
+def test_a_float32_update_is_kept_as_float32_and_a_tampered_one_is_refused() -> None:
+    update = QUANTISER.flatten({"w": torch.tensor([0.1, -7.5, 3.0])})
+    site = _sessions({"a": (update, 3)}, threshold=2)["a"]
+    restored = SiteSession.restore(site.export())
+    kept = restored._update
+    assert kept is not None and kept.dtype == np.float32 and np.array_equal(kept, update)
+    fields = unpack_fields(site.export(), 21)
+    for tampered in (b"8" + fields[9][1:], fields[9][:-1]):
+        with pytest.raises(SecAggError, match="unreadable update"):
+            SiteSession.restore(pack_fields(*fields[:9], tampered, *fields[10:]))
+
+
+def test_a_sum_at_the_ring_s_most_negative_value_is_out_of_range() -> None:
+    layout = layout_of({"w": torch.zeros(2)})
+    edge = np.array([0, -(2**31)], dtype=np.int32).view(np.uint32)
+    with pytest.raises(SecAggError, match="out of range \\(2147483648 >"):
+        QUANTISER.decode(edge, layout, sites=2, weight_sum=1.0)
 
 
 def test_messages_round_trip_through_bytes_and_truncation_is_refused() -> None:
