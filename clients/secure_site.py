@@ -126,6 +126,12 @@ def site_keys(context: Context, site: str) -> tuple[Identity, KeyRoster]:
         raise SecAggError(
             f"the secure-aggregation roster {roster_path} does not list site {site} with its key"
         )
+    logger.info(
+        "site %s: secure-aggregation keys checked against a roster of %d sites%s",
+        site,
+        len(roster.keys),
+        " signed by the federation CA" if ca_path is not None else " (unsigned)",
+    )
     return identity, roster
 
 
