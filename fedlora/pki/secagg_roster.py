@@ -268,11 +268,22 @@ def _issuing_ca(ca_path: Path, fingerprint: str, where: str) -> x509.Certificate
         raise PkiError(f"{ca_path} is not a PEM certificate") from None
     for cert in certificates:
         if ca_fingerprint(cert) == fingerprint.lower():
+            if not _is_ca(cert):
+                # e.g. server.pem bundled into root-certificates: its key is on the coordinator
+                raise PkiError(f"{where} names a certificate in {ca_path} that is not a CA")
             return cert
     raise PkiError(
         f"{where} was issued for another federation CA (SHA-256 {fingerprint[:16]}...), "
         f"not the one in {ca_path}"
     )
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        return False
+    return constraints.ca
 
 
 def _checked_sites(sites: Mapping[str, object], where: str) -> dict[str, bytes]:

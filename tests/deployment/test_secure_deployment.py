@@ -25,6 +25,7 @@ pytestmark = pytest.mark.deployment
 ROOT = Path(__file__).resolve().parents[2]
 SITES = ("site-a", "site-b")
 RUN_TIMEOUT = 300
+RANGE = 8.0
 RUN = {
     "rounds": 1,
     "sites": 2,
@@ -62,12 +63,15 @@ def test_a_secure_deployed_run_gives_the_plain_runs_adapter_up_to_quantisation(
     federation: LocalDeployment,
 ) -> None:
     plain = _final(federation.submit(RUN, timeout=RUN_TIMEOUT))
-    secure_dir = federation.submit({**RUN, "secure-aggregation": True}, timeout=RUN_TIMEOUT)
+    secure_dir = federation.submit(
+        {**RUN, "secure-aggregation": True, "secure-aggregation-range": RANGE},
+        timeout=RUN_TIMEOUT,
+    )
     secure = _final(secure_dir)
 
     # One round from the same start: each value of the mean is within the quantisation bound
     # of 2 sites of summed weight 1 (fedlora/secagg/quantise.py), plus the float32 cast.
-    bound = Quantiser(8.0).error_bound(len(SITES), 1.0)
+    bound = Quantiser(RANGE).error_bound(len(SITES), 1.0)
     assert plain.keys() == secure.keys()
     for name, tensor in plain.items():
         cast = 1.2e-7 * float(tensor.abs().max())

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from flwr.app import Context, RecordDict
 
@@ -122,6 +122,25 @@ def test_a_roster_of_another_federation_is_refused(pki_dir, tmp_path):
     (other / "secagg-roster.json").write_text(json.dumps(document))
     with pytest.raises(PkiError, match="not signed by the federation CA"):
         verify_roster(other / "secagg-roster.json", pki_dir / "ca.pem")
+
+
+def test_a_roster_signed_by_the_coordinators_server_key_is_refused(pki_dir, tmp_path):
+    # A site that bundled server.pem into its root-certificates trusts it for TLS; the
+    # coordinator holds server.key, so a roster it signs must still not pass.
+    pki.issue_server_cert(pki_dir, dns_names=["localhost"])
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes((pki_dir / "ca.pem").read_bytes() + (pki_dir / "server.pem").read_bytes())
+    server_key = serialization.load_pem_private_key(
+        (pki_dir / "server.key").read_bytes(), password=None
+    )
+    server_cert = x509.load_pem_x509_certificate((pki_dir / "server.pem").read_bytes())
+    assert isinstance(server_key, ec.EllipticCurvePrivateKey)
+    forged = tmp_path / "forged.json"
+    forged.write_bytes(sign_roster(server_key, server_cert, {"site-a": Identity().public}))
+    assert verify_roster(pki_dir / "secagg-roster.json", bundle)  # the CA's roster passes
+
+    with pytest.raises(PkiError, match="that is not a CA"):
+        verify_roster(forged, bundle)
 
 
 def test_a_site_named_twice_is_refused_even_in_a_signed_roster(pki_dir):
