@@ -112,7 +112,7 @@ def site_keys(context: Context, site: str) -> tuple[Identity, KeyRoster]:
     if key_path is None or roster_path is None:
         raise ConfigError(f"node config: give both {IDENTITY_KEY} and {ROSTER}, or neither")
     try:
-        identity = Identity.from_pem(Path(str(key_path)).read_bytes())
+        pem = Path(str(key_path)).read_bytes()
         if ca_path is None:
             roster = KeyRoster.from_json(Path(str(roster_path)).read_text(encoding="utf-8"))
         else:
@@ -121,6 +121,10 @@ def site_keys(context: Context, site: str) -> tuple[Identity, KeyRoster]:
         raise ConfigError(f"node config: cannot read a secure-aggregation file: {error}") from None
     except PkiError as error:
         raise SecAggError(str(error)) from None
+    try:
+        identity = Identity.from_pem(pem)
+    except SecAggError as error:
+        raise SecAggError(f"{IDENTITY_KEY} {key_path}: {error}") from None
     assert roster.keys is not None
     if roster.keys.get(site) != identity.public:
         raise SecAggError(

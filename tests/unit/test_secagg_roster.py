@@ -259,6 +259,14 @@ def test_a_site_trusts_the_roster_only_once_the_ca_signature_verifies(pki_dir):
         site_keys(_context(pki_dir, "site-a", ca=False), "site-a")
 
 
+def test_a_site_names_the_identity_key_file_it_cannot_use(pki_dir):
+    context = _context(pki_dir, "site-a")
+    node_key = str(pki_dir / "sites" / "site-a.key")  # the P-384 node key, not Ed25519
+    context.node_config["secagg-identity-key"] = node_key
+    with pytest.raises(SecAggError, match=f"secagg-identity-key {node_key}: "):
+        site_keys(context, "site-a")
+
+
 def test_a_removed_site_is_refused_by_the_sites_given_the_new_roster(pki_dir):
     removed_identity = _identity(pki_dir, "site-b")
     pki.remove_site(pki_dir, "site-b")
