@@ -153,8 +153,9 @@ def sign_roster(
     return (json.dumps(document, indent=2) + "\n").encode("ascii")
 
 
-def issue_roster(layout: PkiLayout, ca_key: ec.EllipticCurvePrivateKey,
-                 ca_cert: x509.Certificate) -> SecaggRoster:  # fmt: skip
+def issue_roster(
+    layout: PkiLayout, ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate
+) -> SecaggRoster:
     """Sign and write ``secagg-roster.json`` from every ``sites/NAME.secagg.pub`` (0644).
 
     Raises
