@@ -45,6 +45,7 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalDeploy
             train_file=write_sft_file(data / name / "train.jsonl", name, 16),
             test_file=write_sft_file(data / name / "test.jsonl", name, count=4),
             allow_no_dp=True,
+            cpu_threads=1,
         )
         for name in SITES
     }
