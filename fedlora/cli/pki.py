@@ -120,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
         if ca.replaced:
             print(
                 "fedlora: warning: the federation CA was replaced: reissue the server "
-                "certificate (fedlora pki server --force) and give the new ca.pem to every site",
+                "certificate (fedlora pki server --force) and the secure-aggregation roster "
+                "(fedlora pki roster), and give the new ca.pem and roster to every site",
                 file=sys.stderr,
             )
         print(f"CA certificate: {ca.cert} ({ca.subject}, expires {ca.not_after:%Y-%m-%d})")

@@ -143,6 +143,20 @@ def test_a_roster_signed_by_the_coordinators_server_key_is_refused(pki_dir, tmp_
         verify_roster(forged, bundle)
 
 
+def test_a_new_ca_leaves_the_old_roster_flagged_until_it_is_reissued(pki_dir, capsys):
+    assert main(["pki", "init", "--force", "--dir", str(pki_dir)]) == 0
+    assert "secure-aggregation roster (fedlora pki roster)" in capsys.readouterr().err
+    warnings = pki.inventory(pki_dir).warnings
+    assert any("issued for another federation CA" in warning for warning in warnings)
+
+    pki.issue_secagg_roster(pki_dir)
+
+    assert not pki.inventory(pki_dir).warnings
+    assert set(verify_roster(pki_dir / "secagg-roster.json", pki_dir / "ca.pem")) == {
+        "site-a", "site-b"
+    }  # fmt: skip
+
+
 def test_a_site_named_twice_is_refused_even_in_a_signed_roster(pki_dir):
     roster = pki_dir / "secagg-roster.json"
     text = roster.read_text()
