@@ -9,11 +9,14 @@ its adapter. The session (private keys, seed, shares, the quantised update) stay
 message moves it one stage (:mod:`fedlora.secure_messages`).
 
 A site whose node config names ``secagg-identity-key`` (its Ed25519 private key, PEM) and
-``secagg-roster`` (JSON: every site's name -> its raw public key in hex) signs with that key and
-refuses any advertisement that the roster does not vouch for. Without them (simulation) each
-site signs with a key made for the round and checks signatures against the advertised keys
-(:class:`~fedlora.secagg.KeyRoster` ``None``). ``fedlora pki`` does not yet issue these files
-(docs/security.md).
+``secagg-roster`` signs with that key and refuses any advertisement that the roster does not
+vouch for. In a deployment the node config also names ``secagg-ca`` (the federation's
+``ca.pem``, what ``site.toml``'s ``root-certificates`` gives): the roster is then the one
+``fedlora pki`` issues, and is trusted only once that CA's signature on it verifies
+(:func:`fedlora.pki.secagg_roster.verify_roster`). Without ``secagg-ca`` the roster is plain
+JSON (every site's name -> its raw public key in hex), as the operator wrote it. Without the
+keys (simulation) each site signs with a key made for the round and checks signatures against
+the advertised keys (:class:`~fedlora.secagg.KeyRoster` ``None``; docs/security.md).
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ from fedlora.adapters import (
     packed_from_array_record,
     unpack_adapter,
 )
-from fedlora.errors import ConfigError
+from fedlora.errors import ConfigError, PkiError
+from fedlora.pki.secagg_roster import verify_roster
 from fedlora.privacy.update_clipping import clip_for_secure_sum
 from fedlora.protocol import Instruction, make_reply
 from fedlora.secagg import KeyRoster, Quantiser, SecAggError, SiteSession
@@ -56,6 +60,7 @@ logger = logging.getLogger(__name__)
 STATE_KEY = "fedlora-secagg-session"
 IDENTITY_KEY = "secagg-identity-key"
 ROSTER = "secagg-roster"
+ROSTER_CA = "secagg-ca"
 
 
 def secure_train_reply(
@@ -116,24 +121,44 @@ def site_keys(context: Context, site: str) -> tuple[Identity, KeyRoster]:
     Raises
     ------
     ConfigError
-        When the node config names only one of the two files, or one cannot be read.
+        When the node config names only one of the two files (or a CA without them), or one
+        cannot be read.
     SecAggError
-        When a file is malformed, or the roster does not list this site with its own key.
+        When a file is malformed, the CA did not sign the roster (altered, forged, another
+        federation's), or the roster does not list this site with its own key.
     """
     node = context.node_config
     key_path, roster_path = node.get(IDENTITY_KEY), node.get(ROSTER)
-    if key_path is None and roster_path is None:
+    ca_path = node.get(ROSTER_CA)
+    if key_path is None and roster_path is None and ca_path is None:
         return Identity(), KeyRoster(None)
     if key_path is None or roster_path is None:
         raise ConfigError(f"node config: give both {IDENTITY_KEY} and {ROSTER}, or neither")
     try:
-        identity = Identity.from_pem(Path(str(key_path)).read_bytes())
-        roster = KeyRoster.from_json(Path(str(roster_path)).read_text(encoding="utf-8"))
+        pem = Path(str(key_path)).read_bytes()
+        if ca_path is None:
+            roster = KeyRoster.from_json(Path(str(roster_path)).read_text(encoding="utf-8"))
+        else:
+            roster = KeyRoster(verify_roster(str(roster_path), str(ca_path)))
     except OSError as error:
         raise ConfigError(f"node config: cannot read a secure-aggregation file: {error}") from None
+    except PkiError as error:
+        raise SecAggError(str(error)) from None
+    try:
+        identity = Identity.from_pem(pem)
+    except SecAggError as error:
+        raise SecAggError(f"{IDENTITY_KEY} {key_path}: {error}") from None
     assert roster.keys is not None
     if roster.keys.get(site) != identity.public:
-        raise SecAggError(f"the secure-aggregation roster does not list site {site} with its key")
+        raise SecAggError(
+            f"the secure-aggregation roster {roster_path} does not list site {site} with its key"
+        )
+    logger.info(
+        "site %s: secure-aggregation keys checked against a roster of %d sites%s",
+        site,
+        len(roster.keys),
+        " signed by the federation CA" if ca_path is not None else " (unsigned)",
+    )
     return identity, roster
 
 

@@ -7,6 +7,8 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from fedlora.pki.inventory import Inventory
 
 
@@ -73,6 +75,27 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     site.add_argument("--superlink", metavar="HOST:PORT", help="SuperLink address for the site")
     site.add_argument("--force", action="store_true", help="replace the site's existing key")
+    site.add_argument(
+        "--secagg-only",
+        action="store_true",
+        help="only the secure-aggregation identity key (a site enrolled before there were any)",
+    )
+    pki_commands.add_parser(
+        "roster",
+        parents=[common],
+        help="re-issue the CA-signed secure-aggregation roster (secagg-roster.json)",
+        description=(
+            "Sign secagg-roster.json listing every sites/NAME.secagg.pub (needs ca.key); give "
+            "the new file to every site."
+        ),
+    )
+    remove = pki_commands.add_parser(
+        "remove",
+        parents=[common],
+        help="delete a site's keys and re-issue the roster without it",
+        description="Delete sites/NAME.* and re-issue secagg-roster.json without the site.",
+    )
+    remove.add_argument("name", metavar="NAME", help="the site to remove")
     show = pki_commands.add_parser(
         "show",
         parents=[common],
@@ -97,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
         if ca.replaced:
             print(
                 "fedlora: warning: the federation CA was replaced: reissue the server "
-                "certificate (fedlora pki server --force) and give the new ca.pem to every site",
+                "certificate (fedlora pki server --force) and the secure-aggregation roster "
+                "(fedlora pki roster), and give the new ca.pem and roster to every site",
                 file=sys.stderr,
             )
         print(f"CA certificate: {ca.cert} ({ca.subject}, expires {ca.not_after:%Y-%m-%d})")
@@ -116,6 +140,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"server private key: {server.key} (0600)")
         print("start the SuperLink with:")
         print(f"  {pki.superlink_command(args.dir)}")
+    elif args.pki_command == "site" and args.secagg_only:
+        issued = pki.create_secagg_key(args.dir, args.name, force=args.force)
+        print(f"site {args.name}: secure-aggregation identity key written (0600)")
+        _print_roster(issued)
     elif args.pki_command == "site":
         site = pki.create_site_key(args.dir, args.name, force=args.force)
         print(f"site {site.name}: public key {site.public_key} ({site.fingerprint})")
@@ -127,9 +155,32 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {line}")
         print("then start the site's SuperNode with:")
         print(f"  {pki.supernode_command()}")
+        print(f"secure-aggregation identity key: {site.secagg_key} (0600; this site only)")
+        _print_roster(site.roster)
+    elif args.pki_command == "roster":
+        _print_roster(pki.issue_secagg_roster(args.dir).path)
+    elif args.pki_command == "remove":
+        removed = pki.remove_site(args.dir, args.name)
+        print(f"removed site {removed.name}: {', '.join(str(p) for p in removed.files)}")
+        print("unregister its node too: flwr supernode list, flwr supernode unregister NODE_ID")
+        if removed.roster is None:
+            print("no site is left: the secure-aggregation roster was deleted")
+        else:
+            _print_roster(removed.roster.path)
     else:
         _print_inventory(pki.inventory(args.dir, warn_days=args.warn_days))
     return 0
+
+
+def _print_roster(roster: Path | None) -> None:
+    if roster is None:
+        print(
+            "no ca.key here: the operator issues the secure-aggregation roster "
+            "(fedlora pki roster) once it has sites/NAME.secagg.pub"
+        )
+        return
+    print(f"secure-aggregation roster re-issued: {roster} (signed by the CA)")
+    print("give the new roster to every site (its [connection] secagg-roster)")
 
 
 def _print_inventory(found: Inventory) -> None:
@@ -149,9 +200,10 @@ def _print_inventory(found: Inventory) -> None:
     for site in found.sites:
         where = site.public_key or site.key
         key = "private key present" if site.key is not None else "no private key here"
+        secagg = "secagg key" if site.secagg_public_key else "NO secagg key"
         print(
             f"site {site.name}: {where} ({site.fingerprint or 'no public key'}; created "
-            f"{site.created:%Y-%m-%d}; {key}; keys do not expire)"
+            f"{site.created:%Y-%m-%d}; {key}; {secagg}; keys do not expire)"
         )
     if not found.sites:
         print("sites: none")

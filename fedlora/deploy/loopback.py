@@ -17,7 +17,10 @@
 On entering it
 
 1. makes a federation PKI under ``ROOT/pki`` (:mod:`fedlora.pki.commands`: CA, a server
-   certificate for ``127.0.0.1`` and ``localhost``, one authentication key per site);
+   certificate for ``127.0.0.1`` and ``localhost``, one authentication key and one
+   secure-aggregation identity key per site, and the CA-signed ``secagg-roster.json`` of
+   them that every site's ``site.toml`` names: a run with ``secure-aggregation = true``
+   authenticates the sites' keys as a real federation's);
 2. starts the SuperLink (:func:`fedlora.deploy.commands.superlink_argv`: Flower's, with held pulls
    unless ``pull_hold=0``) with TLS and SuperNode authentication on a free 127.0.0.1 port,
    with a private ``FLWR_HOME`` (``ROOT/flwr-home``), and waits until it serves TLS;

@@ -64,6 +64,9 @@ class SiteData:
         A warm node logs every request and Flower's DEBUG lines (``--verbose``): the
         deployment tests read its pulls from its log. ``False``: the default of ``fedlora
         deploy supernode`` (:mod:`fedlora.quiet`).
+    allow_no_dp : bool
+        ``[privacy] allow-no-dp``: the site also trains when a run asks for ``dp = false``
+        (default ``False``: it refuses, as a deployed site does unless its operator opts in).
     """
 
     train_file: Path
@@ -76,6 +79,7 @@ class SiteData:
     heartbeat_interval: float | None = None
     poll_interval: float = DEFAULT_POLL_INTERVAL_S
     verbose: bool = True
+    allow_no_dp: bool = False
 
 
 def write_site_toml(
@@ -95,8 +99,8 @@ def write_site_toml(
     superlink : str
         The SuperLink's ``HOST:PORT``.
     pki_dir : Path, optional
-        The federation's PKI (its ``ca.pem`` and ``sites/NAME.key``); ``None`` writes
-        ``insecure = true``.
+        The federation's PKI (its ``ca.pem``, ``sites/NAME.key``, ``sites/NAME.secagg.key``
+        and ``secagg-roster.json``); ``None`` writes ``insecure = true``.
     """
     import tomli_w
 
@@ -119,13 +123,17 @@ def write_site_toml(
     if pki_dir is not None:
         connection["root-certificates"] = str(pki_dir / "ca.pem")
         connection["auth-private-key"] = str(pki_dir / "sites" / f"{name}.key")
+        connection["secagg-identity-key"] = str(pki_dir / "sites" / f"{name}.secagg.key")
+        connection["secagg-roster"] = str(pki_dir / "secagg-roster.json")
     else:
         connection["insecure"] = True
-    document = {
-        "site": site,
-        "privacy": {"budget-epsilon": float(data.budget_epsilon), "ledger-dir": "ledger"},
-        "connection": connection,
+    privacy: dict[str, str | float | bool] = {
+        "budget-epsilon": float(data.budget_epsilon),
+        "ledger-dir": "ledger",
     }
+    if data.allow_no_dp:
+        privacy["allow-no-dp"] = True
+    document = {"site": site, "privacy": privacy, "connection": connection}
     path = folder / "site.toml"
     path.write_text(tomli_w.dumps(document), encoding="utf-8")
     return path

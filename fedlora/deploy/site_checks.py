@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import stat
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-from fedlora.errors import ConfigError
+from fedlora.errors import ConfigError, PkiError
 
 __all__ = [
     "auth_key_file",
     "readable_file",
     "resolve_path",
     "root_certificates_file",
+    "secagg_files",
     "superlink_address",
     "writable_directory",
 ]
@@ -151,3 +154,84 @@ def auth_key_file(base: Path, value: str, where: str) -> Path:
             "accepts only those (make it with fedlora pki site NAME)"
         )
     return path
+
+
+def _private_mode(path: Path, where: str, what: str) -> None:
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise ConfigError(
+            f"{where}: [connection] {what} {path} has mode {mode:04o}; it must be 0600 "
+            f"(chmod 600 {path})"
+        )
+
+
+def secagg_files(
+    base: Path,
+    connection: Mapping[str, Any],
+    root_certificates: Path | None,
+    site: str,
+    where: str,
+) -> tuple[Path, Path] | None:
+    """The site's secure-aggregation identity key and roster, once they belong together.
+
+    ``[connection] secagg-identity-key`` must be a private (0600) Ed25519 PEM key and
+    ``secagg-roster`` a roster that the federation CA (``root-certificates``) signed and that
+    lists ``site`` with that key (:func:`fedlora.pki.secagg_roster.verify_roster`).
+
+    Returns
+    -------
+    tuple of Path, or None
+        (key, roster); ``None`` when neither is given.
+
+    Raises
+    ------
+    ConfigError
+        When only one is given, there is no CA to check the roster with (``insecure``), or a
+        check fails.
+    """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from fedlora.pki.secagg_roster import verify_roster
+
+    given = [key for key in ("secagg-identity-key", "secagg-roster") if key in connection]
+    if not given:
+        return None
+    if len(given) == 1:
+        raise ConfigError(
+            f"{where}: [connection] give both secagg-identity-key and secagg-roster, or neither"
+        )
+    if root_certificates is None:
+        raise ConfigError(
+            f"{where}: [connection] secagg-roster needs root-certificates: the federation's "
+            "ca.pem, which signed it"
+        )
+    key_path = readable_file(
+        base, connection["secagg-identity-key"], where, "[connection] secagg-identity-key"
+    )
+    _private_mode(key_path, where, "secagg-identity-key")
+    try:
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    except (ValueError, TypeError):
+        key = None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ConfigError(
+            f"{where}: [connection] secagg-identity-key {key_path} is not an unencrypted "
+            "Ed25519 PEM key (fedlora pki site NAME makes it)"
+        )
+    roster_path = readable_file(
+        base, connection["secagg-roster"], where, "[connection] secagg-roster"
+    )
+    try:
+        keys = verify_roster(roster_path, root_certificates)
+    except PkiError as error:
+        raise ConfigError(f"{where}: [connection] {error}") from None
+    public = key.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+    if keys.get(site) != public:
+        raise ConfigError(
+            f"{where}: [connection] secagg-roster {roster_path} does not list site {site!r} "
+            f"with the key in {key_path}: ask the operator for the current roster"
+        )
+    return key_path, roster_path

@@ -21,6 +21,8 @@ A site operator writes one TOML file per SuperNode::
     superlink = "superlink.example.org:9093"
     root-certificates = "pki/ca.pem"
     auth-private-key = "pki/sites/hospital-a.key"
+    secagg-identity-key = "pki/sites/hospital-a.secagg.key"   # optional, with secagg-roster:
+    secagg-roster = "pki/secagg-roster.json"                  # secure aggregation's keys
     heartbeat-interval = 30            # optional: s between node heartbeats (10-1800)
 
 Relative paths are resolved against the folder holding the TOML file. :func:`load_site_config`
@@ -51,6 +53,7 @@ from fedlora.deploy.site_checks import (
     auth_key_file,
     readable_file,
     root_certificates_file,
+    secagg_files,
     superlink_address,
     writable_directory,
 )
@@ -91,6 +94,8 @@ SITE_KEYS: dict[str, dict[str, _Kind]] = {
         "superlink": "str",
         "root-certificates": "path",
         "auth-private-key": "path",
+        "secagg-identity-key": "path",
+        "secagg-roster": "path",
         "insecure": "bool",
         "heartbeat-interval": "number",
     },
@@ -131,6 +136,8 @@ class SiteConfig:
     auth_private_key: Path | None
     insecure: bool
     heartbeat_interval: float | None = None
+    secagg_identity_key: Path | None = None
+    secagg_roster: Path | None = None
 
     def node_config(self) -> dict[str, str | float | bool]:
         """The node config the ClientApp reads, as a mapping (optional keys only when set)."""
@@ -148,6 +155,9 @@ class SiteConfig:
             "allow-no-dp": self.allow_no_dp,
             "device": self.device,
             "lora-rank": float(self.lora_rank) if self.lora_rank is not None else None,
+            "secagg-identity-key": _text(self.secagg_identity_key),
+            "secagg-roster": _text(self.secagg_roster),
+            "secagg-ca": _text(self.root_certificates if self.secagg_roster else None),
         }
         return {key: value for key, value in values.items() if value is not None}
 
@@ -278,6 +288,7 @@ def load_site_config(path: Path | str, *, allow_insecure: bool = False) -> SiteC
             )
     if "auth-private-key" in connection:
         auth_key = auth_key_file(base, connection["auth-private-key"], where)
+    secagg = secagg_files(base, connection, root_certificates, name, where)
     heartbeat = _optional_float(connection, "heartbeat-interval")
     if heartbeat is not None:
         try:
@@ -306,6 +317,8 @@ def load_site_config(path: Path | str, *, allow_insecure: bool = False) -> SiteC
         auth_private_key=auth_key,
         insecure=insecure,
         heartbeat_interval=heartbeat,
+        secagg_identity_key=secagg[0] if secagg else None,
+        secagg_roster=secagg[1] if secagg else None,
     )
 
 
@@ -360,6 +373,10 @@ def _check_type(value: Any, kind: _Kind, what: str) -> None:
         expected = "a non-empty string"
     if not ok:
         raise ConfigError(f"{what} must be {expected}, got {value!r}")
+
+
+def _text(path: Path | None) -> str | None:
+    return None if path is None else str(path)
 
 
 def _optional_float(table: Mapping[str, Any], key: str) -> float | None:

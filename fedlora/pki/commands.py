@@ -10,8 +10,14 @@ needs, in one directory (``--dir``, default ``./pki``)::
       server.pem          SuperLink TLS certificate, signed by ca.key (DNS/IP SANs, serverAuth)
       sites/<NAME>.key    SuperNode authentication private key (OpenSSH PEM, 0600) -> site only
       sites/<NAME>.pub    its public key, one OpenSSH line ``ecdsa-sha2-nistp384 AAAA... NAME``
+      sites/<NAME>.secagg.key  secure-aggregation identity key (Ed25519, PKCS8 PEM, 0600) -> site
+      sites/<NAME>.secagg.pub  its public key (PEM)
+      secagg-roster.json  every site's identity key, signed by ca.key (0644) -> every site
 
-Algorithms: every key is NIST EC P-384 and every signature ECDSA with SHA-384. Flower's
+Site keys and the roster: :mod:`fedlora.pki.sites` and :mod:`fedlora.pki.secagg_roster`.
+
+Algorithms: every key but the secure-aggregation identity keys (Ed25519, what the sites sign
+their advertisements with) is NIST EC P-384 and every signature ECDSA with SHA-384. Flower's
 SuperNode authentication only accepts NIST EC curves, so using the same curve for the CA and
 the TLS keys keeps one algorithm to audit; P-384 is also faster and smaller than RSA-3072 at
 the same strength. The CA has ``basicConstraints CA:true, pathlen:0`` and ``keyUsage
@@ -43,7 +49,6 @@ make its own key pair and send only the ``.pub`` file to the operator.
 
 from __future__ import annotations
 
-import json
 import logging
 import shlex
 from collections.abc import Sequence
@@ -54,7 +59,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 
 from fedlora.errors import PkiError
-from fedlora.pki.inventory import Inventory, inventory, require_ca, require_ca_cert
+from fedlora.pki.inventory import Inventory, inventory, require_ca
 from fedlora.pki.layout import (
     DEFAULT_CA_DAYS,
     DEFAULT_CA_NAME,
@@ -66,11 +71,21 @@ from fedlora.pki.layout import (
     check_days,
     check_dns_name,
     check_ip_address,
-    check_site_name,
     make_directory,
     refuse_existing,
-    ssh_fingerprint,
     write_file,
+)
+from fedlora.pki.secagg_roster import SecaggRoster
+from fedlora.pki.sites import (
+    RemovedSite,
+    SiteKey,
+    create_secagg_key,
+    create_site_key,
+    issue_secagg_roster,
+    register_command,
+    remove_site,
+    site_connection_toml,
+    supernode_command,
 )
 from fedlora.pki.x509 import ca_certificate, new_key, pkcs8_pem, server_certificate
 
@@ -82,13 +97,18 @@ __all__ = [
     "CaFiles",
     "Inventory",
     "PkiLayout",
+    "RemovedSite",
+    "SecaggRoster",
     "ServerFiles",
     "SiteKey",
+    "create_secagg_key",
     "create_site_key",
     "init_ca",
     "inventory",
+    "issue_secagg_roster",
     "issue_server_cert",
     "register_command",
+    "remove_site",
     "site_connection_toml",
     "superlink_command",
     "supernode_command",
@@ -119,20 +139,6 @@ class ServerFiles:
     dns_names: tuple[str, ...]
     ip_addresses: tuple[str, ...]
     not_after: datetime
-
-
-@dataclass(frozen=True)
-class SiteKey:
-    """A SuperNode authentication key pair that :func:`create_site_key` made."""
-
-    name: str
-    key: Path
-    public_key: Path
-    ca_cert: Path
-    openssh: str
-    """The public key line, ``ecdsa-sha2-nistp384 AAAA... NAME``."""
-    fingerprint: str
-    """``SHA256:...`` as ``ssh-keygen -l`` prints it."""
 
 
 def init_ca(
@@ -265,62 +271,6 @@ def issue_server_cert(
     )
 
 
-def create_site_key(directory: Path | str, name: str, *, force: bool = False) -> SiteKey:
-    """Create the SuperNode authentication key pair of site ``name`` (NIST P-384).
-
-    Parameters
-    ----------
-    directory : Path or str
-        The PKI directory; it needs ``ca.pem`` (from ``fedlora pki init`` or copied there).
-    name : str
-        The site's name: 1 to 63 letters, digits, ``-`` or ``_``.
-    force : bool
-        Replace an existing key pair of this site (it must then be registered again).
-
-    Returns
-    -------
-    SiteKey
-        The paths, the OpenSSH public key line and its fingerprint.
-
-    Raises
-    ------
-    PkiError
-        If the name is invalid, there is no CA certificate, or the site's key exists and
-        ``force`` is false.
-    """
-    layout = PkiLayout(Path(directory))
-    check_site_name(name)
-    require_ca_cert(layout)
-    key_path, public_path = layout.site_key(name), layout.site_public_key(name)
-    refuse_existing(
-        (key_path, public_path),
-        force,
-        f"a new key for site {name!r} must be registered again with Flower",
-    )
-    key = new_key()
-    private = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.OpenSSH,
-        serialization.NoEncryption(),
-    )
-    public = key.public_key().public_bytes(
-        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-    )
-    openssh = f"{public.decode('ascii')} {name}"
-    make_directory(layout.sites)
-    write_file(key_path, private, KEY_MODE)
-    write_file(public_path, (openssh + "\n").encode("ascii"), PUBLIC_MODE)
-    logger.info("wrote %s and %s", key_path, public_path)
-    return SiteKey(
-        name=name,
-        key=key_path,
-        public_key=public_path,
-        ca_cert=layout.ca_cert,
-        openssh=openssh,
-        fingerprint=ssh_fingerprint(openssh),
-    )
-
-
 def superlink_command(directory: Path | str = DEFAULT_DIR) -> str:
     """The command that starts the SuperLink with the TLS files in ``directory``.
 
@@ -329,56 +279,3 @@ def superlink_command(directory: Path | str = DEFAULT_DIR) -> str:
     same TLS flags would serve it to anyone holding ``ca.pem``).
     """
     return shlex.join(["fedlora", "deploy", "superlink", "--pki", str(Path(directory).absolute())])
-
-
-def register_command(site: SiteKey, connection: str | None = None) -> str:
-    """The ``fedlora deploy register`` command that admits ``site``'s public key.
-
-    It runs ``flwr supernode register`` and records the node id in the roster
-    (docs/deployment.md, step 4).
-
-    Parameters
-    ----------
-    site : SiteKey
-        The site's key pair.
-    connection : str, optional
-        The SuperLink connection name in the Flower configuration (``[superlink.<name>]`` in
-        ``$FLWR_HOME/config.toml``, written by ``fedlora deploy connection``); a placeholder
-        without it.
-    """
-    pki_dir = site.public_key.absolute().parent.parent
-    return shlex.join(
-        [
-            "fedlora",
-            "deploy",
-            "register",
-            site.name,
-            "--pki",
-            str(pki_dir),
-            "--connection",
-            connection or "CONNECTION",
-        ]
-    )
-
-
-def site_connection_toml(site: SiteKey, superlink: str | None = None) -> list[str]:
-    """The ``[connection]`` lines of ``site``'s ``site.toml`` (docs/deployment.md, step 5).
-
-    Parameters
-    ----------
-    site : SiteKey
-        The site's key pair.
-    superlink : str, optional
-        The SuperLink Fleet API address ``HOST:PORT``; a placeholder without it.
-    """
-    return [
-        "[connection]",
-        f"superlink = {json.dumps(superlink or 'SUPERLINK_HOST:9093')}",
-        f"root-certificates = {json.dumps(str(site.ca_cert.absolute()))}",
-        f"auth-private-key = {json.dumps(str(site.key.absolute()))}",
-    ]
-
-
-def supernode_command(site_config: str = "site.toml") -> str:
-    """The command that starts a site's SuperNode from its ``site.toml``."""
-    return shlex.join(["fedlora", "deploy", "supernode", "--site-config", site_config])

@@ -20,7 +20,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from fedlora.errors import PkiError
-from fedlora.pki.layout import DEFAULT_WARN_DAYS, PkiLayout, ssh_fingerprint
+from fedlora.pki.layout import (
+    DEFAULT_WARN_DAYS,
+    SECAGG_PUBLIC_SUFFIX,
+    PkiLayout,
+    ssh_fingerprint,
+)
+from fedlora.pki.secagg_roster import verify_roster
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,8 @@ class SiteEntry:
     fingerprint: str | None
     created: datetime
     """When the public key (else the private key) file was last written."""
+    secagg_public_key: Path | None = None
+    """Its secure-aggregation identity key (``NAME.secagg.pub``), if it has one."""
 
 
 @dataclass(frozen=True)
@@ -192,12 +200,14 @@ def _site(layout: PkiLayout, name: str) -> tuple[SiteEntry, list[str]]:
                 warnings.append(f"{key_path} does not belong to {public_path}")
     existing = public_path if public_path.exists() else key_path
     created = datetime.fromtimestamp(existing.stat().st_mtime, tz=timezone.utc)
+    secagg = layout.secagg_public_key(name)
     entry = SiteEntry(
         name=name,
         public_key=public_path if public_path.exists() else None,
         key=key_path if key_path.exists() else None,
         fingerprint=fingerprint,
         created=created,
+        secagg_public_key=secagg if secagg.exists() else None,
     )
     return entry, warnings
 
@@ -285,15 +295,46 @@ def inventory(
             )
             warnings += _key_checks(layout.server_key, server_cert)
     names = sorted(
-        {path.stem for path in layout.sites.glob("*.pub")}
-        | {path.stem for path in layout.sites.glob("*.key")}
+        (
+            {path.stem for path in layout.sites.glob("*.pub")}
+            | {path.stem for path in layout.sites.glob("*.key")}
+        )
+        - {path.stem for path in layout.sites.glob("*.secagg.*")}
     )
     sites = []
     for name in names:
         site, site_warnings = _site(layout, name)
         sites.append(site)
         warnings += site_warnings
+    warnings += _secagg_checks(layout, ca_cert)
     return Inventory(layout.directory, ca, server, tuple(sites), tuple(warnings))
+
+
+def _secagg_checks(layout: PkiLayout, ca_cert: x509.Certificate | None) -> list[str]:
+    """Readable identity keys, and a roster that is not signed by the CA or out of date."""
+    warnings = [w for path in layout.sites.glob("*.secagg.key") for w in _mode_check(path)]
+    keys = {
+        path.name.removesuffix(SECAGG_PUBLIC_SUFFIX) for path in layout.sites.glob("*.secagg.pub")
+    }
+    reissue = (
+        f"re-issue it with `fedlora pki roster --dir {layout.directory}` and give it to every site"
+    )
+    if not layout.secagg_roster.exists():
+        if keys:
+            warnings.append(f"no secure-aggregation roster {layout.secagg_roster}: {reissue}")
+        return warnings
+    if ca_cert is None:
+        return warnings
+    try:
+        listed = verify_roster(layout.secagg_roster, layout.ca_cert)
+    except PkiError as error:
+        return [*warnings, str(error)]
+    if set(listed) != keys:
+        warnings.append(
+            f"{layout.secagg_roster} is out of date (lists {', '.join(sorted(listed))}; "
+            f"sites/ holds {', '.join(sorted(keys)) or 'none'}): {reissue}"
+        )
+    return warnings
 
 
 def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:

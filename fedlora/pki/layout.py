@@ -29,6 +29,9 @@ CA_CERT = "ca.pem"
 SERVER_KEY = "server.key"
 SERVER_CERT = "server.pem"
 SITES_DIR = "sites"
+SECAGG_ROSTER = "secagg-roster.json"
+SECAGG_KEY_SUFFIX = ".secagg.key"
+SECAGG_PUBLIC_SUFFIX = ".secagg.pub"
 KEY_MODE = 0o600
 PUBLIC_MODE = 0o644
 DIR_MODE = 0o700
@@ -81,6 +84,19 @@ class PkiLayout:
     def site_public_key(self, name: str) -> Path:
         """The public authentication key of site ``name`` (one OpenSSH line)."""
         return self.sites / f"{name}.pub"
+
+    def secagg_key(self, name: str) -> Path:
+        """The secure-aggregation identity key of site ``name`` (Ed25519, PKCS8 PEM, 0600)."""
+        return self.sites / f"{name}{SECAGG_KEY_SUFFIX}"
+
+    def secagg_public_key(self, name: str) -> Path:
+        """Its public key (Ed25519, SubjectPublicKeyInfo PEM): what the roster lists."""
+        return self.sites / f"{name}{SECAGG_PUBLIC_SUFFIX}"
+
+    @property
+    def secagg_roster(self) -> Path:
+        """The CA-signed roster of every site's secure-aggregation key (to every site)."""
+        return self.directory / SECAGG_ROSTER
 
 
 def check_site_name(name: str) -> str:

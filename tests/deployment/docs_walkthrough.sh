@@ -2,7 +2,8 @@
 # docs/deployment.md followed literally, from an empty folder, with an INSTALLED fedlora (no
 # checkout on the path): PKI, SuperLink with a --database in a folder that does not exist,
 # connection, two registered sites, both SuperNodes started at the same moment (no
-# --runtime-port), fedlora deploy sites, submit, fetch. Not collected by pytest (minutes).
+# --runtime-port), fedlora deploy sites, a submit with secure aggregation (the sites' keys and
+# roster from fedlora pki), fetch. Not collected by pytest (minutes).
 #
 #   pip wheel --no-deps --no-build-isolation -w /tmp/dist . && \
 #   pip install --no-deps --target /tmp/fedlora-installed /tmp/dist/fedlora-*.whl && \
@@ -41,12 +42,14 @@ ledger-dir = "ledger"
 superlink = "127.0.0.1:$P"
 root-certificates = "$PWD/pki/ca.pem"
 auth-private-key = "$PWD/pki/sites/$s.key"
+secagg-identity-key = "$PWD/pki/sites/$s.secagg.key"
+secagg-roster = "$PWD/pki/secagg-roster.json"
 TOML
 done
 for s in hospital-a hospital-b; do setsid fedlora deploy supernode --site-config $s/site.toml > $s.log 2>&1 & echo $! > $s.pid; done
 for _ in $(seq 120); do [ "$(grep -l "SuperNode ID" hospital-*.log 2>/dev/null | wc -l)" = 2 ] && break; sleep 1; done
 fedlora deploy sites --pki pki --connection fed
-fedlora deploy submit --connection fed --run-config "rounds=2 sites=2 task='sft' model='tiny-llama' out='$PWD/server-runs' noise-multiplier=1.0 max-length=48 batch-size=8"
+fedlora deploy submit --connection fed --run-config "rounds=2 sites=2 task='sft' model='tiny-llama' out='$PWD/server-runs' noise-multiplier=1.0 max-length=48 batch-size=8 secure-aggregation=true"
 echo "submit exit: $?"
 RUN=$(ls -d "$PWD"/server-runs/*/ | head -1)
 fedlora deploy fetch --run-dir "$RUN" --to runs
