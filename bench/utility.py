@@ -200,9 +200,13 @@ def run_facts(run_dir: Path, accountant: str) -> dict[str, Any]:
     }
 
 
-def _score(run_dir: Path, examples: list[Any], max_new_tokens: int) -> dict[str, float]:
+def _score(
+    run_dir: Path, examples: list[Any], max_new_tokens: int, *, initial: bool = False
+) -> dict[str, float]:
+    """The final adapter's metrics on ``examples`` (``initial``: the untrained adapter's)."""
     evaluator = RunEvaluator(run_dir)
-    evaluator.use(evaluator.checkpoints()[-1])
+    checkpoints = evaluator.checkpoints()
+    evaluator.use(checkpoints[0] if initial else checkpoints[-1])
     return evaluator.evaluate(examples, max_new_tokens=max_new_tokens)
 
 
@@ -248,6 +252,15 @@ def _bench_model(args: argparse.Namespace, model: str) -> None:
         }
         _save(results_path, done)
         print(f"    {json.dumps(done[name], sort_keys=True)}", flush=True)
+    trained = [name for name in done if (out / "runs" / name).is_dir()]
+    if table.UNTRAINED not in done and trained:
+        # Every config starts from the same fresh LoRA (seeded): one run's initial adapter
+        # is theirs, scored on the same test records.
+        print(f"[{time.strftime('%H:%M:%S')}] {model} {table.UNTRAINED}: scoring", flush=True)
+        run_dir = out / "runs" / trained[0]
+        metrics = _score(run_dir, examples, args.max_new_tokens, initial=True)
+        done[table.UNTRAINED] = {"config": table.UNTRAINED, "model": model, **metrics}
+        _save(results_path, done)
     _report(args, out, model, task, list(done.values()), len(examples))
 
 

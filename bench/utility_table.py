@@ -4,8 +4,8 @@ Pure functions over the results ``bench/utility.py`` measures (no training here)
 table and the verdicts against the goals are unit-tested on hand-made results
 (``tests/unit/test_bench_utility.py``).
 
-A result is a dict with at least ``config`` (``central``, ``federated``, ``dp-eps<E>``,
-``local-<site>``) and the metric keys of :mod:`fedlora.evaluation` (``accuracy`` and
+A result is a dict with at least ``config`` (``untrained``, ``central``, ``federated``,
+``dp-eps<E>``, ``local-<site>``) and the metric keys of :mod:`fedlora.evaluation` (``accuracy`` and
 ``macro-f1`` for classification; ``loss`` and ``exact-match`` for sft).
 """
 
@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+UNTRAINED = "untrained"
 CENTRAL = "central"
 FEDERATED = "federated"
 DP_PREFIX = "dp-eps"
@@ -47,11 +48,11 @@ def _points(value: float | None) -> float | None:
 
 
 def _order(row: Mapping[str, Any]) -> tuple[int, float, str]:
-    """central, federated, DP by falling ε, the local sites, in that order."""
+    """untrained, central, federated, DP by falling ε, the local sites, in that order."""
     config = str(row["config"])
     if config.startswith(DP_PREFIX):
         return (2, -float(config[len(DP_PREFIX) :]), config)
-    rank = {CENTRAL: 0, FEDERATED: 1}.get(config, 3)
+    rank = {UNTRAINED: -1, CENTRAL: 0, FEDERATED: 1}.get(config, 3)
     return (rank, 0.0, config)
 
 

@@ -51,6 +51,14 @@ def test_local_mean_is_the_unweighted_mean_of_the_local_sites() -> None:
     ]
 
 
+def test_the_untrained_row_comes_first_and_is_no_local_site() -> None:
+    rows = [*_classification_rows(), {"config": "untrained", "accuracy": 0.25}]
+    ordered = table.with_local_mean(rows, "classification")
+    assert ordered[0]["config"] == "untrained"
+    mean = table.find(ordered, table.LOCAL_MEAN)
+    assert mean is not None and mean["sites"] == 2
+
+
 def test_no_local_mean_without_local_results() -> None:
     rows = [{"config": "central", "accuracy": 0.8}]
     assert table.with_local_mean(rows, "classification") == rows
