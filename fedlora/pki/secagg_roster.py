@@ -49,6 +49,7 @@ from fedlora.pki.layout import (
     check_site_name,
     write_file,
 )
+from fedlora.secagg.crypto import key_from_hex
 
 __all__ = [
     "MAX_ROSTER_BYTES",
@@ -68,7 +69,6 @@ ROSTER_VERSION = 1
 SIGNING_CONTEXT = b"fedlora secure-aggregation roster v1\n"
 MAX_ROSTER_BYTES = 4 * 1024 * 1024
 """Larger files are refused unread: some 40,000 sites, far beyond any federation."""
-KEY_BYTES = 32
 _MEMBERS = {"format", "version", "ca-sha256", "issued", "sites", "signature"}
 
 
@@ -297,11 +297,8 @@ def _checked_sites(sites: Mapping[str, object], where: str) -> dict[str, bytes]:
             check_site_name(name)
         except PkiError as error:
             raise PkiError(f"{where}: {error}") from None
-        try:
-            key = bytes.fromhex(value) if isinstance(value, str) else b""
-        except ValueError:
-            key = b""
-        if len(key) != KEY_BYTES:
+        key = key_from_hex(value)
+        if key is None:
             raise PkiError(f"{where}: the key of site {name!r} is not 64 hex digits")
         if key in owners:
             raise PkiError(f"{where}: sites {owners[key]!r} and {name!r} have the same key")

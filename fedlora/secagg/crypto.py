@@ -47,6 +47,15 @@ KEY_BYTES = 32
 NONCE_BYTES = 12
 
 
+def key_from_hex(value: object) -> bytes | None:
+    """The raw key that ``value`` spells in hex, or None unless it is exactly 64 hex digits."""
+    try:
+        key = bytes.fromhex(value) if isinstance(value, str) else b""
+    except ValueError:
+        return None
+    return key if len(key) == KEY_BYTES else None
+
+
 def new_x25519() -> tuple[bytes, bytes]:
     """A fresh X25519 key pair as raw bytes: ``(private, public)``."""
     private = X25519PrivateKey.generate()
@@ -214,11 +223,8 @@ class KeyRoster:
             raise SecAggError("the secure-aggregation roster must be a non-empty JSON object")
         keys = {}
         for site, value in payload.items():
-            try:
-                key = bytes.fromhex(value) if isinstance(value, str) else b""
-            except ValueError:
-                key = b""
-            if len(key) != KEY_BYTES:
+            key = key_from_hex(value)
+            if key is None:
                 raise SecAggError(f"the roster's key for {site!r} is not 64 hex digits")
             keys[str(site)] = key
         return cls(keys)
