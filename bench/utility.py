@@ -28,7 +28,8 @@ Run from the repository root (see docs/benchmarks.md for the commands that made 
 
     python bench/utility.py --models minilm-l6 --rounds 2 --max-length 48
     python bench/utility.py --models --sweep-sizes 20 40 80 160 320 --sweep-rounds 2
-    python bench/utility.py --models smollm2-135m --max-steps 2 --test-rows 40   # not yet run
+    python bench/utility.py --models smollm2-135m --rounds 2 --max-steps 3 --test-rows 60 \
+        --max-new-tokens 8 --max-length 256
 """
 
 from __future__ import annotations
