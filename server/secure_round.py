@@ -154,9 +154,8 @@ class SecureAggregation:
         examples = {site: reply.num_examples for site, reply in state.trained.replies.items()}
         if self.central:  # uniform weights 1 / sites, whoever takes part (update_clipping)
             examples = dict.fromkeys(examples, 1)
-        broadcast = session.receive_advertisements(ads, examples)
-        if self.central:
-            session.total_examples = self.config.sites
+        fixed_total = self.config.sites if self.central else None
+        broadcast = session.receive_advertisements(ads, examples, total=fixed_total)
         listed = encode_listing(session.total_examples, broadcast)
         answers = self._stage(state, "share", dict.fromkeys(session.advertised, listed))
         routed = session.route_shares(_decoded(answers, decode_named, session.refused))

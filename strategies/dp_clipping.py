@@ -29,8 +29,7 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-from flwr.supercore.differential_privacy import compute_adaptive_noise_params
+from flwr.supercore.differential_privacy import compute_adaptive_noise_params, get_norm
 
 from fedlora.adapters import AdapterState
 from fedlora.errors import AdapterError, ConfigError, FedloraError
@@ -156,7 +155,7 @@ def secure_clipped_mean(
             raise AdapterError(f"central DP: the secure sum's {what} does not fit the adapter")
     start = [to_numpy(update.start[name]) for name in shapes]
     mean = [to_numpy(update.state[name]) for name in shapes]
-    norm = math.sqrt(sum(float(np.sum((m - s) ** 2)) for m, s in zip(mean, start, strict=True)))
+    norm = get_norm([m - s for m, s in zip(mean, start, strict=True)])
     if not math.isfinite(norm):
         raise FloatingPointError("central DP: the secure sum has non-finite values")
     if norm > clip_norm * (1 + 1e-9):

@@ -73,13 +73,18 @@ class CoordinatorSession:
             )
 
     def receive_advertisements(
-        self, advertisements: Mapping[str, Advertisement], examples: Mapping[str, int]
+        self,
+        advertisements: Mapping[str, Advertisement],
+        examples: Mapping[str, int],
+        *,
+        total: int | None = None,
     ) -> list[Advertisement]:
         """U1: the advertisements that verify, to send to every one of those sites.
 
         ``examples``: each site's example count (from its train reply); their total over U1,
         :attr:`total_examples`, goes out with the advertisements, and each site's weight in
-        the sum is its count over that total.
+        the sum is its count over that total. ``total`` fixes that denominator instead (central
+        DP: every site weighs ``1 / sites`` whoever takes part); it may not be below the sum.
 
         ``advertisements``: by the site the exchange bound the reply to; one that speaks for
         another site, or fails the roster or its signature, is refused and named in
@@ -99,7 +104,10 @@ class CoordinatorSession:
         self.examples = {site: int(examples.get(site, 0)) for site in self.advertised}
         if any(count < 0 for count in self.examples.values()):
             raise SecAggError("an example count below 0")
-        self.total_examples = max(1, sum(self.examples.values()))
+        counted = sum(self.examples.values())
+        if total is not None and total < counted:
+            raise SecAggError(f"a fixed example total {total} below the sites' {counted}")
+        self.total_examples = max(1, counted if total is None else total)
         self._require(len(self.advertised), "advertised valid keys")
         return list(self.advertised.values())
 

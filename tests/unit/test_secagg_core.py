@@ -448,3 +448,16 @@ def test_secure_aggregation_refuses_at_start_what_it_cannot_serve(
     assert "\n" not in str(caught.value)
     for strategy in ("fedavg", "fedprox", "fedadam", "fedyogi", "fedavgm", "ffa-lora"):
         RunConfig(secure_aggregation=True, strategy=strategy)  # the sum serves these
+
+
+def test_a_fixed_example_total_is_the_denominator_and_never_below_the_sum() -> None:
+    updates = _updates(3)
+    sites = _sessions(updates, 2)
+    ads = {name: session.advertise() for name, session in sites.items()}
+    length = next(iter(updates.values()))[0].size
+    coordinator = CoordinatorSession(RUN, ROUND, 2, length, KeyRoster(None))
+    coordinator.receive_advertisements(ads, dict.fromkeys(ads, 1), total=5)
+    assert coordinator.total_examples == 5
+    low = CoordinatorSession(RUN, ROUND, 2, length, KeyRoster(None))
+    with pytest.raises(SecAggError, match="below the sites' 3"):
+        low.receive_advertisements(ads, dict.fromkeys(ads, 1), total=2)
