@@ -189,10 +189,9 @@ def secagg_files(
         When only one is given, there is no CA to check the roster with (``insecure``), or a
         check fails.
     """
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
     from fedlora.pki.secagg_roster import verify_roster
+    from fedlora.secagg import SecAggError
+    from fedlora.secagg.crypto import Identity
 
     given = [key for key in ("secagg-identity-key", "secagg-roster") if key in connection]
     if not given:
@@ -211,14 +210,12 @@ def secagg_files(
     )
     _private_mode(key_path, where, "secagg-identity-key")
     try:
-        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-    except (ValueError, TypeError):
-        key = None
-    if not isinstance(key, Ed25519PrivateKey):
+        identity = Identity.from_pem(key_path.read_bytes())
+    except SecAggError:
         raise ConfigError(
             f"{where}: [connection] secagg-identity-key {key_path} is not an unencrypted "
             "Ed25519 PEM key (fedlora pki site NAME makes it)"
-        )
+        ) from None
     roster_path = readable_file(
         base, connection["secagg-roster"], where, "[connection] secagg-roster"
     )
@@ -226,10 +223,7 @@ def secagg_files(
         keys = verify_roster(roster_path, root_certificates)
     except PkiError as error:
         raise ConfigError(f"{where}: [connection] {error}") from None
-    public = key.public_key().public_bytes(
-        serialization.Encoding.Raw, serialization.PublicFormat.Raw
-    )
-    if keys.get(site) != public:
+    if keys.get(site) != identity.public:
         raise ConfigError(
             f"{where}: [connection] secagg-roster {roster_path} does not list site {site!r} "
             f"with the key in {key_path}: ask the operator for the current roster"

@@ -39,7 +39,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fedlora.errors import PkiError
 from fedlora.pki.layout import (
@@ -49,7 +49,7 @@ from fedlora.pki.layout import (
     check_site_name,
     write_file,
 )
-from fedlora.secagg.crypto import key_from_hex
+from fedlora.secagg.crypto import Identity, key_from_hex
 
 __all__ = [
     "MAX_ROSTER_BYTES",
@@ -83,16 +83,11 @@ class SecaggRoster:
 
 def identity_key_pair() -> tuple[bytes, bytes]:
     """A fresh Ed25519 identity key: (private PKCS8 PEM, public SubjectPublicKeyInfo PEM)."""
-    key = Ed25519PrivateKey.generate()
-    private = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    public = key.public_key().public_bytes(
+    identity = Identity()
+    public = Ed25519PublicKey.from_public_bytes(identity.public).public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    return private, public
+    return identity.to_pem(), public
 
 
 def read_public_key(path: Path) -> bytes:
